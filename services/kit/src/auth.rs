@@ -1,0 +1,313 @@
+//! Identity: verifies the JWT bearer token of every call and gives the handlers a
+//! [`Principal`] (`sub`, `name`, `team`, `roles`). Health and reflection are served without
+//! this check; every other service is wrapped in [`Authenticator::interceptor`].
+//!
+//! Keys: an HS256 shared secret (development only) or a JWKS file of RS256/ES256 public
+//! keys, chosen by the token's `kid`. Accepted algorithms are pinned to the key type, `exp`
+//! is required, `nbf`, issuer and audience are checked, with a small clock-skew allowance.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const CLOCK_SKEW_SECONDS: u64 = 30;
+
+/// A sales role, from the token's `roles` claim (R12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    SalesRep,
+    SalesManager,
+    SalesAdmin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::SalesRep => "sales_rep",
+            Role::SalesManager => "sales_manager",
+            Role::SalesAdmin => "sales_admin",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "sales_rep" => Some(Role::SalesRep),
+            "sales_manager" => Some(Role::SalesManager),
+            "sales_admin" => Some(Role::SalesAdmin),
+            _ => None,
+        }
+    }
+}
+
+/// The authenticated caller of one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub id: String,
+    pub display_name: String,
+    pub team: String,
+    pub roles: BTreeSet<Role>,
+}
+
+impl Principal {
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn has_sales_role(&self) -> bool {
+        !self.roles.is_empty()
+    }
+
+    /// Any sales role: what reading the suite's shared data takes (R12).
+    pub fn require_sales_role(&self) -> Result<(), ApiError> {
+        if self.has_sales_role() {
+            Ok(())
+        } else {
+            Err(ApiError::PermissionDenied(
+                "the caller has no sales role (sales_rep, sales_manager or sales_admin)".into(),
+            ))
+        }
+    }
+
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.has_role(role) {
+            Ok(())
+        } else {
+            Err(ApiError::PermissionDenied(format!(
+                "this call requires the {} role",
+                role.as_str()
+            )))
+        }
+    }
+
+    /// The principal the interceptor attached to `request`. A handler reached without one
+    /// was mounted without the interceptor: refuse rather than act anonymously.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Principal, ApiError> {
+        request
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))
+    }
+}
+
+/// The claims salesopp reads and mints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub team: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+enum Keys {
+    Hs256(DecodingKey),
+    /// Public keys by `kid`, with the algorithm each is pinned to.
+    Jwks(Vec<(Option<String>, Algorithm, DecodingKey)>),
+}
+
+/// Verifies bearer tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Authenticator {
+    keys: Arc<Keys>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("Authenticator")
+            .field(
+                "keys",
+                &match &*self.keys {
+                    Keys::Hs256(_) => "hs256(secret redacted)".to_owned(),
+                    Keys::Jwks(keys) => format!("jwks({} keys)", keys.len()),
+                },
+            )
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// Development keys: one HS256 shared secret.
+    pub fn hs256(secret: &[u8], issuer: Option<String>, audience: Option<String>) -> Self {
+        Self {
+            keys: Arc::new(Keys::Hs256(DecodingKey::from_secret(secret))),
+            issuer,
+            audience,
+        }
+    }
+
+    /// Production keys: a JWKS document (RS256 and ES256 keys).
+    pub fn jwks(
+        document: &str,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(document)
+            .map_err(|e| anyhow::anyhow!("the JWKS is not a valid JSON Web Key Set: {e}"))?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let algorithm = match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                _ => continue,
+            };
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|e| anyhow::anyhow!("a JWKS key cannot be used: {e}"))?;
+            keys.push((jwk.common.key_id.clone(), algorithm, key));
+        }
+        anyhow::ensure!(!keys.is_empty(), "the JWKS holds no RS256 or ES256 key");
+        Ok(Self {
+            keys: Arc::new(Keys::Jwks(keys)),
+            issuer,
+            audience,
+        })
+    }
+
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = CLOCK_SKEW_SECONDS;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        validation
+    }
+
+    /// Verifies a compact JWT and returns its principal.
+    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+        let unauthenticated = |why: String| ApiError::Unauthenticated(why);
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| unauthenticated(format!("malformed token: {e}")))?;
+        let (algorithm, key) = match &*self.keys {
+            Keys::Hs256(key) => (Algorithm::HS256, key),
+            Keys::Jwks(keys) => {
+                let found = keys.iter().find(|(kid, _, _)| match &header.kid {
+                    Some(wanted) => kid.as_deref() == Some(wanted.as_str()),
+                    None => keys.len() == 1,
+                });
+                let (_, algorithm, key) = found
+                    .ok_or_else(|| unauthenticated("token signed by an unknown key".into()))?;
+                (*algorithm, key)
+            }
+        };
+        if header.alg != algorithm {
+            return Err(unauthenticated(format!(
+                "token algorithm {:?} is not accepted",
+                header.alg
+            )));
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(algorithm))
+            .map_err(|e| unauthenticated(format!("invalid token: {e}")))?;
+        let claims = data.claims;
+        if claims.sub.trim().is_empty() {
+            return Err(unauthenticated("token has an empty `sub` claim".into()));
+        }
+        Ok(Principal {
+            display_name: if claims.name.trim().is_empty() {
+                claims.sub.clone()
+            } else {
+                claims.name.trim().to_owned()
+            },
+            id: claims.sub,
+            team: claims.team.trim().to_owned(),
+            roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+        })
+    }
+
+    /// The principal of a request's `authorization: Bearer <token>` metadata.
+    pub fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Principal, ApiError> {
+        let value = metadata
+            .get("authorization")
+            .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))?
+            .to_str()
+            .map_err(|_| ApiError::Unauthenticated("malformed authorization header".into()))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                ApiError::Unauthenticated("authorization is not a Bearer token".into())
+            })?;
+        self.verify(token.trim())
+    }
+
+    /// A tonic interceptor that attaches the [`Principal`] or answers `UNAUTHENTICATED`.
+    pub fn interceptor(&self) -> AuthInterceptor {
+        AuthInterceptor(self.clone())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthInterceptor(Authenticator);
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let principal = self.0.authenticate(request.metadata())?;
+        request.extensions_mut().insert(principal);
+        Ok(request)
+    }
+}
+
+/// What `salesopp token` mints: a development HS256 token.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    pub sub: String,
+    pub name: String,
+    pub team: String,
+    pub roles: Vec<String>,
+    pub ttl_seconds: u64,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+/// Mints an HS256 token (development and tests only).
+pub fn mint_hs256(secret: &[u8], request: &TokenRequest) -> anyhow::Result<String> {
+    let now = crate::time::unix_now();
+    let claims = Claims {
+        sub: request.sub.clone(),
+        name: request.name.clone(),
+        team: request.team.clone(),
+        roles: request.roles.clone(),
+        exp: now + request.ttl_seconds,
+        nbf: None,
+        iat: Some(now),
+        iss: request.issuer.clone(),
+        aud: request.audience.clone(),
+    };
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )?)
+}

@@ -1,0 +1,17 @@
+//! What every salesopp service shares: configuration, telemetry, the Postgres pool and the
+//! schema check, identity (JWT), the one error type mapped to `tonic::Status`, idempotency
+//! records, page tokens, and [`serve`] with health, reflection and graceful shutdown.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod idempotency;
+pub mod paging;
+pub mod serve;
+pub mod telemetry;
+pub mod time;
+
+pub use auth::{Authenticator, Principal, Role};
+pub use error::{ApiError, ApiResult, FieldViolations};
+pub use serve::{ServeOptions, serve};

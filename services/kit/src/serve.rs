@@ -1,0 +1,178 @@
+//! The one way every salesopp process serves: the given gRPC services plus
+//! `grpc.health.v1` (per service, NOT_SERVING while the database is unreachable, SERVING
+//! again when it returns) and reflection v1 and v1alpha; graceful shutdown with a grace
+//! period.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// Where and how to serve.
+pub struct ServeOptions {
+    pub listener: TcpListener,
+    /// Resolves when the process should stop taking calls (SIGTERM, SIGINT, a test).
+    pub shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// How long in-flight calls may take to finish after `shutdown`.
+    pub grace: Duration,
+    /// How often the database is probed for health.
+    pub health_interval: Duration,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("listener", &self.listener.local_addr().ok())
+            .field("grace", &self.grace)
+            .field("health_interval", &self.health_interval)
+            .finish()
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown requested: finishing calls in flight");
+}
+
+async fn set_all(reporter: &HealthReporter, names: &[&'static str], status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in names {
+        reporter.set_service_status(*name, status).await;
+    }
+}
+
+/// Probes the database forever, reporting every service SERVING or NOT_SERVING.
+async fn watch_database(
+    pool: PgPool,
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+    interval: Duration,
+) {
+    let probe_timeout = interval.max(Duration::from_secs(1));
+    let mut last = None;
+    loop {
+        let probe = sqlx::query("select 1").execute(&pool);
+        let reachable = matches!(tokio::time::timeout(probe_timeout, probe).await, Ok(Ok(_)));
+        let status = if reachable {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(reachable) {
+            if reachable {
+                tracing::info!("database reachable: SERVING");
+            } else {
+                tracing::warn!("database unreachable: NOT_SERVING");
+            }
+            set_all(&reporter, &names, status).await;
+            last = Some(reachable);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Serves `routes` (the salesopp services, already wrapped in authentication) with health
+/// and reflection until `options.shutdown` resolves and in-flight calls finish (or the
+/// grace period ends). `service_names` are the fully qualified names in `routes`.
+pub async fn serve(
+    pool: Option<PgPool>,
+    routes: Routes,
+    service_names: &[&'static str],
+    options: ServeOptions,
+) -> anyhow::Result<()> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let names = service_names.to_vec();
+    let watcher = match pool {
+        Some(pool) => {
+            set_all(&reporter, &names, ServingStatus::NotServing).await;
+            Some(tokio::spawn(watch_database(
+                pool,
+                reporter.clone(),
+                names.clone(),
+                options.health_interval,
+            )))
+        }
+        // A process with no database of its own (the gateway) is healthy while it runs.
+        None => {
+            set_all(&reporter, &names, ServingStatus::Serving).await;
+            None
+        }
+    };
+
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(salesopp_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc error details, so generic clients decode them.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(HEALTH_SERVICE)
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for name in &names {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let local_addr = options.listener.local_addr()?;
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = options.shutdown;
+    let drain_reporter = reporter.clone();
+    let drain_names = names.clone();
+    let signal = async move {
+        shutdown.await;
+        if let Some(watcher) = &watcher {
+            watcher.abort();
+        }
+        set_all(&drain_reporter, &drain_names, ServingStatus::NotServing).await;
+        let _ = stopping_tx.send(());
+    };
+    tracing::info!(%local_addr, services = ?names, "serving");
+    let server = tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(options.listener), signal);
+    let grace = options.grace;
+    tokio::select! {
+        result = server => result?,
+        _ = async {
+            let _ = stopping_rx.await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(?grace, "grace period over: exiting with calls still in flight"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! `salesopp`: serve one service or all of them, apply the schema, mint a development token.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use salesopp::{ServeConfig, ServiceKind};
+use salesopp_kit::auth::{TokenRequest, mint_hs256};
+use salesopp_kit::config::{AuthArgs, DatabaseArgs, ListenArgs};
+use sqlx::migrate::MigrateDatabase as _;
+
+#[derive(Parser, Debug)]
+#[command(name = "salesopp", version, about = "The sales-opportunity suite")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve every service on one port, or one service with --service.
+    Serve {
+        /// Host only this service (one Kubernetes Deployment each); all of them when absent.
+        #[arg(long, env = "SALESOPP_SERVICE")]
+        service: Option<ServiceKind>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        auth: AuthArgs,
+        #[command(flatten)]
+        listen: ListenArgs,
+        /// Seconds to wait for the database at start-up.
+        #[arg(long, env = "SALESOPP_STARTUP_TIMEOUT_SECONDS", default_value_t = 60)]
+        startup_timeout_seconds: u64,
+    },
+    /// Create the database if it is missing and apply every pending migration.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Mint a development token signed with the HS256 secret.
+    Token {
+        /// The salesperson's id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Display name (`name`).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Team (`team`).
+        #[arg(long, default_value = "")]
+        team: String,
+        /// A role: sales_rep, sales_manager or sales_admin; repeat for several.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 8 * 3600)]
+        ttl_seconds: u64,
+        #[arg(long, env = "SALESOPP_AUTH_HS256_SECRET", hide_env_values = true)]
+        secret: String,
+        #[arg(long, env = "SALESOPP_AUTH_ISSUER")]
+        issuer: Option<String>,
+        #[arg(long, env = "SALESOPP_AUTH_AUDIENCE")]
+        audience: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            service,
+            database,
+            auth,
+            listen,
+            startup_timeout_seconds,
+        } => {
+            salesopp_kit::telemetry::init();
+            let authenticator = auth.authenticator()?;
+            let pool = salesopp_kit::db::connect_lazy(
+                &database.database_url,
+                database.db_max_connections,
+            )?;
+            salesopp::wait_for_schema(&pool, Duration::from_secs(startup_timeout_seconds)).await?;
+            let listener = tokio::net::TcpListener::bind(listen.listen).await?;
+            let services = match service {
+                Some(one) => vec![one],
+                None => ServiceKind::ALL.to_vec(),
+            };
+            salesopp::serve(
+                ServeConfig {
+                    pool,
+                    auth: authenticator,
+                    services,
+                    grace: listen.shutdown_grace(),
+                    health_interval: listen.health_interval(),
+                },
+                listener,
+                salesopp_kit::serve::shutdown_signal(),
+            )
+            .await
+        }
+        Command::Migrate { database } => {
+            salesopp_kit::telemetry::init();
+            if !sqlx::Postgres::database_exists(&database.database_url).await? {
+                sqlx::Postgres::create_database(&database.database_url).await?;
+                tracing::info!("database created");
+            }
+            let pool = salesopp_kit::db::connect_lazy(&database.database_url, 2)?;
+            salesopp_kit::db::migrate(&pool).await?;
+            tracing::info!(
+                version = salesopp_kit::db::required_schema_version(),
+                "schema up to date"
+            );
+            Ok(())
+        }
+        Command::Token {
+            sub,
+            name,
+            team,
+            roles,
+            ttl_seconds,
+            secret,
+            issuer,
+            audience,
+        } => {
+            for role in &roles {
+                anyhow::ensure!(
+                    salesopp_kit::Role::parse(role).is_some(),
+                    "unknown role {role:?}: use sales_rep, sales_manager or sales_admin"
+                );
+            }
+            let token = mint_hs256(
+                secret.as_bytes(),
+                &TokenRequest {
+                    sub,
+                    name,
+                    team,
+                    roles,
+                    ttl_seconds,
+                    issuer,
+                    audience,
+                },
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}

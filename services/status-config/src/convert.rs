@@ -1,0 +1,208 @@
+//! Protobuf <-> domain for the status configuration: every request field is validated here,
+//! and every problem is reported as a field violation naming the request's field path.
+
+use salesopp_kit::error::{ApiError, ApiResult, FieldViolations};
+use salesopp_kit::time::timestamp;
+use salesopp_proto::statusconfig::v1 as pb;
+use uuid::Uuid;
+
+use crate::domain::{
+    LocalizedNames, NewStatus, StatusKind, StatusName, StatusPatch, open_probability,
+};
+use crate::store::StatusRow;
+
+pub fn kind_to_proto(kind: StatusKind) -> pb::StatusKind {
+    match kind {
+        StatusKind::Open => pb::StatusKind::Open,
+        StatusKind::Won => pb::StatusKind::Won,
+        StatusKind::Lost => pb::StatusKind::Lost,
+    }
+}
+
+pub fn status_to_proto(row: &StatusRow) -> pb::OpportunityStatus {
+    pb::OpportunityStatus {
+        id: row.id.to_string(),
+        display_name: row.display_name.clone(),
+        localized_names: row.localized_names.0.clone(),
+        probability: i32::from(row.probability),
+        kind: kind_to_proto(row.kind()).into(),
+        position: row.position,
+        is_default: row.is_default,
+        archived: row.archived,
+        etag: row.etag(),
+        create_time: Some(timestamp(row.create_time)),
+        update_time: Some(timestamp(row.update_time)),
+    }
+}
+
+/// A UUID field; `required` says whether empty is a violation.
+pub fn parse_id(raw: &str) -> Result<Uuid, String> {
+    if raw.is_empty() {
+        return Err("required: a status id (UUID)".into());
+    }
+    Uuid::parse_str(raw).map_err(|_| format!("{raw:?} is not a UUID"))
+}
+
+pub fn id_field(field: &str, raw: &str) -> ApiResult<Uuid> {
+    parse_id(raw).map_err(|why| ApiError::invalid(field, why))
+}
+
+fn names(
+    violations: &mut FieldViolations,
+    field: &str,
+    status: &pb::OpportunityStatus,
+) -> Option<LocalizedNames> {
+    match LocalizedNames::parse(&status.localized_names) {
+        Ok(names) => Some(names),
+        Err(problems) => {
+            for (suffix, why) in problems {
+                violations.add(format!("{field}{suffix}"), why);
+            }
+            None
+        }
+    }
+}
+
+/// CreateStatus: only OPEN statuses can be created (R3).
+pub fn new_status(request: &pb::CreateStatusRequest) -> ApiResult<NewStatus> {
+    let mut violations = FieldViolations::new();
+    if let Err((field, why)) =
+        salesopp_kit::idempotency::validate_request_id("request_id", &request.request_id)
+    {
+        violations.add(field, why);
+    }
+    let Some(status) = &request.status else {
+        violations.add("status", "required");
+        return Err(violations.into_result().unwrap_err());
+    };
+    let display_name = violations.check(
+        "status.display_name",
+        StatusName::parse(&status.display_name),
+    );
+    let localized_names = names(&mut violations, "status.localized_names", status);
+    match pb::StatusKind::try_from(status.kind) {
+        Ok(pb::StatusKind::Unspecified | pb::StatusKind::Open) => {}
+        Ok(pb::StatusKind::Won | pb::StatusKind::Lost) => violations.add(
+            "status.kind",
+            "only OPEN statuses can be created: the WON and LOST statuses exist exactly once (R3)",
+        ),
+        Err(_) => violations.add("status.kind", format!("unknown kind {}", status.kind)),
+    }
+    let probability = violations.check("status.probability", open_probability(status.probability));
+    if status.position < 0 {
+        violations.add(
+            "status.position",
+            "must be 0 (after the last OPEN status) or a 1-based position",
+        );
+    }
+    violations.into_result()?;
+    match (display_name, localized_names, probability) {
+        (Some(display_name), Some(localized_names), Some(probability)) => Ok(NewStatus {
+            display_name,
+            localized_names,
+            probability,
+            position: u32::try_from(status.position).ok().filter(|p| *p > 0),
+            make_default: status.is_default,
+        }),
+        _ => Err(ApiError::internal("validated status without its values")),
+    }
+}
+
+/// The paths UpdateStatus may change.
+const MUTABLE_PATHS: [&str; 3] = ["display_name", "localized_names", "probability"];
+
+/// UpdateStatus: the status id, the etag precondition, and the patch of the masked fields.
+pub fn status_patch(
+    request: &pb::UpdateStatusRequest,
+) -> ApiResult<(Uuid, Option<String>, StatusPatch)> {
+    let mut violations = FieldViolations::new();
+    let Some(status) = &request.status else {
+        return Err(ApiError::invalid("status", "required"));
+    };
+    let id = violations.check("status.id", parse_id(&status.id));
+    let mut paths: Vec<String> = request
+        .update_mask
+        .as_ref()
+        .map(|mask| mask.paths.clone())
+        .unwrap_or_default();
+    if paths.iter().any(|p| p == "*") {
+        if paths.len() > 1 {
+            violations.add("update_mask", "\"*\" cannot be combined with other paths");
+        }
+        paths = MUTABLE_PATHS.iter().map(|p| (*p).to_owned()).collect();
+    } else if paths.is_empty() {
+        // AIP-134: no mask means every mutable field the request sets.
+        if !status.display_name.is_empty() {
+            paths.push("display_name".into());
+        }
+        if !status.localized_names.is_empty() {
+            paths.push("localized_names".into());
+        }
+        if status.probability != 0 {
+            paths.push("probability".into());
+        }
+        if paths.is_empty() {
+            violations.add(
+                "update_mask",
+                "nothing to update: set update_mask or the fields to change",
+            );
+        }
+    }
+    let mut patch = StatusPatch::default();
+    for path in &paths {
+        match path.as_str() {
+            "display_name" => {
+                patch.display_name = violations.check(
+                    "status.display_name",
+                    StatusName::parse(&status.display_name),
+                );
+            }
+            "localized_names" => {
+                patch.localized_names = names(&mut violations, "status.localized_names", status);
+            }
+            "probability" => patch.probability = Some(status.probability),
+            "kind" => violations.add("update_mask", "kind is immutable (R3)"),
+            "position" => violations.add("update_mask", "position is set with ReorderStatuses"),
+            "is_default" => {
+                violations.add("update_mask", "the default is set with SetDefaultStatus")
+            }
+            "archived" => violations.add("update_mask", "statuses are archived with DeleteStatus"),
+            "id" | "etag" | "create_time" | "update_time" => {
+                violations.add("update_mask", format!("{path} is output only"))
+            }
+            other => violations.add("update_mask", format!("unknown field {other:?}")),
+        }
+    }
+    violations.into_result()?;
+    let etag = (!status.etag.is_empty()).then(|| status.etag.clone());
+    Ok((
+        id.ok_or_else(|| ApiError::internal("validated id missing"))?,
+        etag,
+        patch,
+    ))
+}
+
+/// ReorderStatuses: the ids, each a UUID, none twice.
+pub fn reorder_ids(request: &pb::ReorderStatusesRequest) -> ApiResult<Vec<Uuid>> {
+    let mut violations = FieldViolations::new();
+    let mut ids = Vec::with_capacity(request.status_ids.len());
+    if request.status_ids.is_empty() {
+        violations.add(
+            "status_ids",
+            "required: every non-archived status id, in the new order",
+        );
+    }
+    for (index, raw) in request.status_ids.iter().enumerate() {
+        if let Some(id) = violations.check(&format!("status_ids[{index}]"), parse_id(raw)) {
+            if ids.contains(&id) {
+                violations.add(
+                    format!("status_ids[{index}]"),
+                    format!("{id} is listed twice"),
+                );
+            }
+            ids.push(id);
+        }
+    }
+    violations.into_result()?;
+    Ok(ids)
+}

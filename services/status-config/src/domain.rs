@@ -1,0 +1,212 @@
+//! Validated status values and the rules that need no database: R2 (names), R3 (what each
+//! kind's probability may be). Bad values never get past these constructors.
+
+use std::collections::BTreeMap;
+
+/// A status's kind (R2, R3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusKind {
+    Open,
+    Won,
+    Lost,
+}
+
+impl StatusKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusKind::Open => "OPEN",
+            StatusKind::Won => "WON",
+            StatusKind::Lost => "LOST",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "OPEN" => Some(StatusKind::Open),
+            "WON" => Some(StatusKind::Won),
+            "LOST" => Some(StatusKind::Lost),
+            _ => None,
+        }
+    }
+
+    /// R3: the probability a closing status is fixed at.
+    pub fn fixed_probability(self) -> Option<u8> {
+        match self {
+            StatusKind::Open => None,
+            StatusKind::Won => Some(100),
+            StatusKind::Lost => Some(0),
+        }
+    }
+}
+
+/// Longest display or localized name.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// A trimmed name of 1..=100 characters, in any script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusName(String);
+
+impl StatusName {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err("required: 1 to 100 characters".into());
+        }
+        if trimmed.chars().count() > MAX_NAME_CHARS {
+            return Err(format!("must be at most {MAX_NAME_CHARS} characters"));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Names by language tag, holding at least `th` and `en` (R2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalizedNames(BTreeMap<String, String>);
+
+/// The languages every status is named in.
+pub const REQUIRED_LANGUAGES: [&str; 2] = ["th", "en"];
+
+fn is_language_tag(tag: &str) -> bool {
+    // BCP 47 shape: a 2-3 letter primary language, then subtags of 1-8 letters or digits.
+    let mut parts = tag.split('-');
+    let primary = parts.next().unwrap_or_default();
+    (2..=3).contains(&primary.len())
+        && primary.chars().all(|c| c.is_ascii_lowercase())
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
+impl LocalizedNames {
+    /// Validates every entry; each problem is reported as (field suffix, description).
+    pub fn parse(raw: &BTreeMap<String, String>) -> Result<Self, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        let mut names = BTreeMap::new();
+        for (tag, name) in raw {
+            if !is_language_tag(tag) {
+                problems.push((
+                    format!("[{tag:?}]"),
+                    "keys are lower-case BCP 47 language tags, such as \"th\" or \"en\"".into(),
+                ));
+                continue;
+            }
+            match StatusName::parse(name) {
+                Ok(name) => {
+                    names.insert(tag.clone(), name.0);
+                }
+                Err(why) => problems.push((format!("[{tag:?}]"), why)),
+            }
+        }
+        for language in REQUIRED_LANGUAGES {
+            if !raw.contains_key(language) {
+                problems.push((
+                    String::new(),
+                    format!(
+                        "must include a name for {language:?} (R2: at least \"th\" and \"en\")"
+                    ),
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self(names))
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn as_map(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+}
+
+/// R3: an OPEN status's probability is strictly between 0 and 100.
+pub fn open_probability(raw: i32) -> Result<u8, String> {
+    if (1..=99).contains(&raw) {
+        Ok(raw as u8)
+    } else {
+        Err(format!(
+            "an OPEN status's probability must be between 1 and 99 (R3), got {raw}"
+        ))
+    }
+}
+
+/// R3: the probability a status of `kind` may be set to.
+pub fn probability_for(kind: StatusKind, raw: i32) -> Result<u8, String> {
+    match kind.fixed_probability() {
+        None => open_probability(raw),
+        Some(fixed) if raw == i32::from(fixed) => Ok(fixed),
+        Some(fixed) => Err(format!(
+            "the {} status's probability is fixed at {fixed} (R3)",
+            kind.as_str()
+        )),
+    }
+}
+
+/// A status to create: always OPEN (R3: WON and LOST exist exactly once each).
+#[derive(Debug, Clone)]
+pub struct NewStatus {
+    pub display_name: StatusName,
+    pub localized_names: LocalizedNames,
+    pub probability: u8,
+    /// 1-based place to insert at; `None` places it after the last OPEN status.
+    pub position: Option<u32>,
+    pub make_default: bool,
+}
+
+/// The changes of an UpdateStatus call; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct StatusPatch {
+    pub display_name: Option<StatusName>,
+    pub localized_names: Option<LocalizedNames>,
+    /// Checked against the status's kind by [`probability_for`] once the status is read.
+    pub probability: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r03_open_probability_is_strictly_between_0_and_100() {
+        assert!(open_probability(0).is_err());
+        assert!(open_probability(100).is_err());
+        assert!(open_probability(-5).is_err());
+        assert_eq!(open_probability(1), Ok(1));
+        assert_eq!(open_probability(99), Ok(99));
+    }
+
+    #[test]
+    fn r03_closing_probabilities_are_fixed() {
+        assert_eq!(probability_for(StatusKind::Won, 100), Ok(100));
+        assert!(probability_for(StatusKind::Won, 90).is_err());
+        assert_eq!(probability_for(StatusKind::Lost, 0), Ok(0));
+        assert!(probability_for(StatusKind::Lost, 10).is_err());
+    }
+
+    #[test]
+    fn r02_localized_names_need_thai_and_english() {
+        let only_en = BTreeMap::from([("en".to_owned(), "Negotiation".to_owned())]);
+        let problems = LocalizedNames::parse(&only_en).unwrap_err();
+        assert!(problems.iter().any(|(_, why)| why.contains("\"th\"")));
+        let both = BTreeMap::from([
+            ("en".to_owned(), " Negotiation ".to_owned()),
+            ("th".to_owned(), "เจรจาต่อรอง".to_owned()),
+        ]);
+        let names = LocalizedNames::parse(&both).unwrap();
+        assert_eq!(names.as_map()["en"], "Negotiation");
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert!(StatusName::parse("   ").is_err());
+        assert!(StatusName::parse(&"ก".repeat(101)).is_err());
+        assert_eq!(StatusName::parse(" สนใจ ").unwrap().as_str(), "สนใจ");
+        assert!(!is_language_tag("TH"));
+        assert!(is_language_tag("zh-Hant"));
+    }
+}

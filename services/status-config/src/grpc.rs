@@ -1,0 +1,108 @@
+//! The tonic trait of StatusConfigService: decode, call the service function, encode.
+
+use salesopp_kit::Principal;
+use salesopp_proto::statusconfig::v1 as pb;
+use salesopp_proto::statusconfig::v1::status_config_service_server::StatusConfigService;
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+
+use crate::{convert, service};
+
+#[derive(Debug, Clone)]
+pub struct StatusConfig {
+    pool: PgPool,
+}
+
+impl StatusConfig {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+fn optional(etag: &str) -> Option<&str> {
+    (!etag.is_empty()).then_some(etag)
+}
+
+#[tonic::async_trait]
+impl StatusConfigService for StatusConfig {
+    async fn list_statuses(
+        &self,
+        request: Request<pb::ListStatusesRequest>,
+    ) -> Result<Response<pb::ListStatusesResponse>, Status> {
+        let caller = Principal::of(&request)?;
+        Ok(Response::new(
+            service::list(&self.pool, &caller, request.get_ref()).await?,
+        ))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::OpportunityStatus>, Status> {
+        let caller = Principal::of(&request)?;
+        let id = convert::id_field("id", &request.get_ref().id)?;
+        Ok(Response::new(service::get(&self.pool, &caller, id).await?))
+    }
+
+    async fn create_status(
+        &self,
+        request: Request<pb::CreateStatusRequest>,
+    ) -> Result<Response<pb::OpportunityStatus>, Status> {
+        let caller = Principal::of(&request)?;
+        Ok(Response::new(
+            service::create(&self.pool, &caller, request.get_ref()).await?,
+        ))
+    }
+
+    async fn update_status(
+        &self,
+        request: Request<pb::UpdateStatusRequest>,
+    ) -> Result<Response<pb::OpportunityStatus>, Status> {
+        let caller = Principal::of(&request)?;
+        caller.require(salesopp_kit::Role::SalesAdmin)?;
+        let (id, etag, patch) = convert::status_patch(request.get_ref())?;
+        Ok(Response::new(
+            service::update(&self.pool, &caller, id, etag.as_deref(), patch).await?,
+        ))
+    }
+
+    async fn delete_status(
+        &self,
+        request: Request<pb::DeleteStatusRequest>,
+    ) -> Result<Response<pb::DeleteStatusResponse>, Status> {
+        let caller = Principal::of(&request)?;
+        let body = request.get_ref();
+        let id = convert::id_field("id", &body.id)?;
+        let replacement = match body.replacement_status_id.as_str() {
+            "" => None,
+            raw => Some(convert::id_field("replacement_status_id", raw)?),
+        };
+        Ok(Response::new(
+            service::delete(&self.pool, &caller, id, replacement, optional(&body.etag)).await?,
+        ))
+    }
+
+    async fn set_default_status(
+        &self,
+        request: Request<pb::SetDefaultStatusRequest>,
+    ) -> Result<Response<pb::OpportunityStatus>, Status> {
+        let caller = Principal::of(&request)?;
+        let body = request.get_ref();
+        let id = convert::id_field("id", &body.id)?;
+        Ok(Response::new(
+            service::set_default(&self.pool, &caller, id, optional(&body.etag)).await?,
+        ))
+    }
+
+    async fn reorder_statuses(
+        &self,
+        request: Request<pb::ReorderStatusesRequest>,
+    ) -> Result<Response<pb::ReorderStatusesResponse>, Status> {
+        let caller = Principal::of(&request)?;
+        caller.require(salesopp_kit::Role::SalesAdmin)?;
+        let ids = convert::reorder_ids(request.get_ref())?;
+        Ok(Response::new(
+            service::reorder(&self.pool, &caller, &ids).await?,
+        ))
+    }
+}

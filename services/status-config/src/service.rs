@@ -1,0 +1,311 @@
+//! One function per call of the status configuration. Each write runs in one transaction,
+//! serialized with the other configuration writes, so positions and the default (R4) are
+//! always decided on the current state; a failed call rolls back and changes nothing.
+
+use salesopp_kit::error::{ApiError, ApiResult, violated_constraint};
+use salesopp_kit::idempotency::{self, Claim};
+use salesopp_kit::paging;
+use salesopp_kit::{Principal, Role};
+use salesopp_proto::statusconfig::v1 as pb;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::convert::{self, status_to_proto};
+use crate::domain::{StatusKind, StatusPatch, probability_for};
+use crate::store::{self, StatusRow};
+
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+const RESOURCE: &str = "status";
+
+fn map_write_error(error: sqlx::Error) -> ApiError {
+    match violated_constraint(&error) {
+        Some("status_live_name_unique_idx") => ApiError::AlreadyExists {
+            resource: RESOURCE,
+            field: "display_name",
+            message:
+                "a status with this display_name already exists (names are unique, ignoring case)"
+                    .into(),
+        },
+        _ => error.into(),
+    }
+}
+
+async fn load(tx: &mut sqlx::PgConnection, id: Uuid) -> ApiResult<StatusRow> {
+    store::get(tx, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(RESOURCE, id.to_string()))
+}
+
+fn check_etag(row: &StatusRow, etag: Option<&str>) -> ApiResult<()> {
+    match etag {
+        Some(etag) if etag != row.etag() => Err(ApiError::stale_etag(RESOURCE)),
+        _ => Ok(()),
+    }
+}
+
+pub async fn list(
+    pool: &PgPool,
+    caller: &Principal,
+    request: &pb::ListStatusesRequest,
+) -> ApiResult<pb::ListStatusesResponse> {
+    caller.require_sales_role()?;
+    let page_size = paging::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+    let fingerprint = paging::fingerprint(&("statuses", request.show_archived));
+    let after: Option<i32> = paging::decode(&request.page_token, &fingerprint)?;
+    let mut rows =
+        store::list(pool, request.show_archived, after, i64::from(page_size) + 1).await?;
+    let next_page_token = if rows.len() > page_size as usize {
+        rows.truncate(page_size as usize);
+        rows.last()
+            .map(|last| paging::encode(&fingerprint, &last.position))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(pb::ListStatusesResponse {
+        statuses: rows.iter().map(status_to_proto).collect(),
+        next_page_token,
+    })
+}
+
+pub async fn get(pool: &PgPool, caller: &Principal, id: Uuid) -> ApiResult<pb::OpportunityStatus> {
+    caller.require_sales_role()?;
+    let row = store::get(pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(RESOURCE, id.to_string()))?;
+    Ok(status_to_proto(&row))
+}
+
+pub async fn create(
+    pool: &PgPool,
+    caller: &Principal,
+    request: &pb::CreateStatusRequest,
+) -> ApiResult<pb::OpportunityStatus> {
+    caller.require(Role::SalesAdmin)?;
+    let status = convert::new_status(request)?;
+    let mut tx = pool.begin().await?;
+    const METHOD: &str = "CreateStatus";
+    if let Claim::Replay(first) =
+        idempotency::claim(&mut tx, &caller.id, METHOD, &request.request_id, request).await?
+    {
+        return Ok(first);
+    }
+    store::lock_for_configuration(&mut tx).await?;
+    let live = store::list_live(&mut tx).await?;
+    let after_last_open = live
+        .iter()
+        .filter(|s| s.kind() == StatusKind::Open)
+        .map(|s| s.position)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let position = match status.position {
+        None => after_last_open,
+        Some(wanted) => i32::try_from(wanted)
+            .unwrap_or(i32::MAX)
+            .min(live.len() as i32 + 1),
+    };
+    let row = store::insert(&mut tx, &status, position)
+        .await
+        .map_err(map_write_error)?;
+    let response = status_to_proto(&row);
+    idempotency::complete(&mut tx, &caller.id, METHOD, &request.request_id, &response).await?;
+    tx.commit().await.map_err(map_write_error)?;
+    tracing::info!(status_id = %row.id, actor = %caller.id, "status created");
+    Ok(response)
+}
+
+pub async fn update(
+    pool: &PgPool,
+    caller: &Principal,
+    id: Uuid,
+    etag: Option<&str>,
+    patch: StatusPatch,
+) -> ApiResult<pb::OpportunityStatus> {
+    caller.require(Role::SalesAdmin)?;
+    let mut tx = pool.begin().await?;
+    store::lock_for_configuration(&mut tx).await?;
+    let current = load(&mut tx, id).await?;
+    check_etag(&current, etag)?;
+    let kind = current.kind();
+    let probability = match patch.probability {
+        Some(raw) => probability_for(kind, raw)
+            .map_err(|why| ApiError::invalid("status.probability", why))?
+            .into(),
+        None => current.probability,
+    };
+    let display_name = patch
+        .display_name
+        .as_ref()
+        .map_or(current.display_name.as_str(), |name| name.as_str());
+    let localized_names = patch
+        .localized_names
+        .as_ref()
+        .map_or(&current.localized_names.0, |names| names.as_map());
+    let row = store::update(&mut tx, id, display_name, localized_names, probability)
+        .await
+        .map_err(map_write_error)?;
+    tx.commit().await.map_err(map_write_error)?;
+    tracing::info!(status_id = %id, actor = %caller.id, "status updated");
+    Ok(status_to_proto(&row))
+}
+
+pub async fn set_default(
+    pool: &PgPool,
+    caller: &Principal,
+    id: Uuid,
+    etag: Option<&str>,
+) -> ApiResult<pb::OpportunityStatus> {
+    caller.require(Role::SalesAdmin)?;
+    let mut tx = pool.begin().await?;
+    store::lock_for_configuration(&mut tx).await?;
+    let current = load(&mut tx, id).await?;
+    check_etag(&current, etag)?;
+    if current.archived {
+        return Err(ApiError::failed_precondition(
+            "STATUS_ARCHIVED",
+            id.to_string(),
+            "an archived status cannot be the default",
+        ));
+    }
+    if current.kind() != StatusKind::Open {
+        return Err(ApiError::failed_precondition(
+            "STATUS_NOT_OPEN",
+            id.to_string(),
+            "the default status must be an OPEN status (R4)",
+        ));
+    }
+    if current.is_default {
+        return Ok(status_to_proto(&current));
+    }
+    let row = store::set_default(&mut tx, id).await?;
+    tx.commit().await?;
+    tracing::info!(status_id = %id, actor = %caller.id, "default status set");
+    Ok(status_to_proto(&row))
+}
+
+pub async fn delete(
+    pool: &PgPool,
+    caller: &Principal,
+    id: Uuid,
+    replacement: Option<Uuid>,
+    etag: Option<&str>,
+) -> ApiResult<pb::DeleteStatusResponse> {
+    caller.require(Role::SalesAdmin)?;
+    let mut tx = pool.begin().await?;
+    store::lock_for_configuration(&mut tx).await?;
+    let current = load(&mut tx, id).await?;
+    check_etag(&current, etag)?;
+    if current.kind() != StatusKind::Open {
+        return Err(ApiError::failed_precondition(
+            "STATUS_CLOSING",
+            id.to_string(),
+            format!(
+                "the {} status can be renamed but never deleted (R3)",
+                current.kind().as_str()
+            ),
+        ));
+    }
+    if current.is_default {
+        return Err(ApiError::failed_precondition(
+            "STATUS_IS_DEFAULT",
+            id.to_string(),
+            "the default status cannot be deleted: make another status the default first (R6)",
+        ));
+    }
+    if current.archived {
+        // Already deleted: deleting again is a no-op that answers the same.
+        return Ok(pb::DeleteStatusResponse {
+            status: Some(status_to_proto(&current)),
+            moved_opportunity_count: 0,
+        });
+    }
+    if let Some(replacement) = replacement {
+        if replacement == id {
+            return Err(ApiError::invalid(
+                "replacement_status_id",
+                "the replacement must be another status",
+            ));
+        }
+        let target = store::get(&mut *tx, replacement).await?.ok_or_else(|| {
+            ApiError::invalid(
+                "replacement_status_id",
+                format!("no status has the id {replacement}"),
+            )
+        })?;
+        if target.archived || target.kind() != StatusKind::Open {
+            return Err(ApiError::invalid(
+                "replacement_status_id",
+                "the replacement must be a non-archived OPEN status (R6)",
+            ));
+        }
+    }
+    let in_use = store::opportunities_in(&mut tx, id).await?;
+    if in_use > 0 {
+        return Err(match replacement {
+            None => ApiError::failed_precondition(
+                "STATUS_IN_USE",
+                id.to_string(),
+                format!(
+                    "{in_use} opportunities are in this status: name a replacement_status_id to move them to (R6)"
+                ),
+            ),
+            // The move is a status change per opportunity, owned by the opportunity service.
+            Some(_) => ApiError::failed_precondition(
+                "STATUS_IN_USE",
+                id.to_string(),
+                format!(
+                    "{in_use} opportunities are in this status and moving them needs the opportunity service, which this build does not have yet"
+                ),
+            ),
+        });
+    }
+    let row = store::archive(&mut tx, id).await?;
+    tx.commit().await?;
+    tracing::info!(status_id = %id, actor = %caller.id, "status archived");
+    Ok(pb::DeleteStatusResponse {
+        status: Some(status_to_proto(&row)),
+        moved_opportunity_count: 0,
+    })
+}
+
+pub async fn reorder(
+    pool: &PgPool,
+    caller: &Principal,
+    ids: &[Uuid],
+) -> ApiResult<pb::ReorderStatusesResponse> {
+    caller.require(Role::SalesAdmin)?;
+    let mut tx = pool.begin().await?;
+    store::lock_for_configuration(&mut tx).await?;
+    let live = store::list_live(&mut tx).await?;
+    let mut violations = salesopp_kit::FieldViolations::new();
+    for (index, id) in ids.iter().enumerate() {
+        if !live.iter().any(|s| s.id == *id) {
+            violations.add(
+                format!("status_ids[{index}]"),
+                format!("{id} is not a non-archived status"),
+            );
+        }
+    }
+    for status in &live {
+        if !ids.contains(&status.id) {
+            violations.add(
+                "status_ids",
+                format!(
+                    "missing {} ({}): list every non-archived status",
+                    status.id, status.display_name
+                ),
+            );
+        }
+    }
+    violations.into_result()?;
+    store::reorder(&mut tx, ids).await?;
+    let rows = store::list_live(&mut tx).await?;
+    tx.commit().await?;
+    tracing::info!(actor = %caller.id, "statuses reordered");
+    Ok(pb::ReorderStatusesResponse {
+        statuses: rows.iter().map(status_to_proto).collect(),
+    })
+}

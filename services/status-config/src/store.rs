@@ -1,0 +1,241 @@
+//! The SQL of the status configuration. Every function runs on the executor it is given, so
+//! the service decides the transaction; the schema backs each rule (R3, R4) as well.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::domain::{NewStatus, StatusKind};
+
+/// A status row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StatusRow {
+    pub id: Uuid,
+    pub display_name: String,
+    pub localized_names: Json<BTreeMap<String, String>>,
+    pub probability: i16,
+    pub kind: String,
+    pub position: i32,
+    pub is_default: bool,
+    pub archived: bool,
+    pub revision: i64,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+}
+
+impl StatusRow {
+    pub fn kind(&self) -> StatusKind {
+        // The column is the `status_kind` enum: no other value can be read.
+        StatusKind::parse(&self.kind).unwrap_or(StatusKind::Open)
+    }
+
+    pub fn etag(&self) -> String {
+        self.revision.to_string()
+    }
+}
+
+/// The columns of [`StatusRow`], as a literal so queries stay `&'static str` (no dynamic SQL).
+macro_rules! columns {
+    () => {
+        "id, display_name, localized_names, probability, kind::text as kind, position, \
+         is_default, archived, revision, create_time, update_time"
+    };
+}
+
+/// Serializes configuration writers: positions and the default are decided over the whole
+/// table. Opportunity writes (row and key-share locks) are not blocked by this mode.
+pub async fn lock_for_configuration(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("lock table opportunity_statuses in share row exclusive mode")
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<StatusRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from opportunity_statuses where id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// One page in pipeline order, after `after_position`.
+pub async fn list<'e>(
+    db: impl PgExecutor<'e>,
+    show_archived: bool,
+    after_position: Option<i32>,
+    limit: i64,
+) -> Result<Vec<StatusRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from opportunity_statuses
+         where ($1 or not archived) and position > $2
+         order by position
+         limit $3"
+    ))
+    .bind(show_archived)
+    .bind(after_position.unwrap_or(0))
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The live (non-archived) statuses in pipeline order.
+pub async fn list_live(tx: &mut PgConnection) -> Result<Vec<StatusRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from opportunity_statuses where not archived order by position"
+    ))
+    .fetch_all(tx)
+    .await
+}
+
+/// Inserts an OPEN status at `position` (shifting the ones at and after it).
+pub async fn insert(
+    tx: &mut PgConnection,
+    status: &NewStatus,
+    position: i32,
+) -> Result<StatusRow, sqlx::Error> {
+    sqlx::query("update opportunity_statuses set position = position + 1 where position >= $1")
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
+    if status.make_default {
+        clear_default(&mut *tx).await?;
+    }
+    sqlx::query_as(concat!(
+        "insert into opportunity_statuses
+             (display_name, localized_names, probability, kind, position, is_default)
+         values ($1, $2, $3, 'OPEN', $4, $5)
+         returning ",
+        columns!(),
+        ""
+    ))
+    .bind(status.display_name.as_str())
+    .bind(Json(status.localized_names.as_map()))
+    .bind(i16::from(status.probability))
+    .bind(position)
+    .bind(status.make_default)
+    .fetch_one(tx)
+    .await
+}
+
+async fn clear_default(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update opportunity_statuses
+         set is_default = false, revision = revision + 1, update_time = now()
+         where is_default",
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn update(
+    tx: &mut PgConnection,
+    id: Uuid,
+    display_name: &str,
+    localized_names: &BTreeMap<String, String>,
+    probability: i16,
+) -> Result<StatusRow, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "update opportunity_statuses
+         set display_name = $2, localized_names = $3, probability = $4,
+             revision = revision + 1, update_time = now()
+         where id = $1
+         returning ",
+        columns!(),
+        ""
+    ))
+    .bind(id)
+    .bind(display_name)
+    .bind(Json(localized_names))
+    .bind(probability)
+    .fetch_one(tx)
+    .await
+}
+
+/// R4: makes `id` the default and the previous default not, in the caller's transaction.
+pub async fn set_default(tx: &mut PgConnection, id: Uuid) -> Result<StatusRow, sqlx::Error> {
+    clear_default(&mut *tx).await?;
+    sqlx::query_as(concat!(
+        "update opportunity_statuses
+         set is_default = true, revision = revision + 1, update_time = now()
+         where id = $1
+         returning ",
+        columns!(),
+        ""
+    ))
+    .bind(id)
+    .fetch_one(tx)
+    .await
+}
+
+/// How many opportunities are in the status (R6).
+pub async fn opportunities_in(tx: &mut PgConnection, id: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select count(*) from opportunities where status_id = $1")
+        .bind(id)
+        .fetch_one(tx)
+        .await
+}
+
+/// Archives a status and moves it after every other, keeping live positions 1..n.
+pub async fn archive(tx: &mut PgConnection, id: Uuid) -> Result<StatusRow, sqlx::Error> {
+    let old_position: i32 =
+        sqlx::query_scalar("select position from opportunity_statuses where id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    sqlx::query(
+        "update opportunity_statuses
+         set archived = true, archive_time = now(), revision = revision + 1, update_time = now(),
+             position = (select max(position) + 1 from opportunity_statuses)
+         where id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("update opportunity_statuses set position = position - 1 where position > $1")
+        .bind(old_position)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from opportunity_statuses where id = $1"
+    ))
+    .bind(id)
+    .fetch_one(tx)
+    .await
+}
+
+/// Sets the live statuses' positions to their order in `ids` (1-based); archived statuses
+/// follow them in their previous order. Bumps the etag of statuses whose position changed.
+pub async fn reorder(tx: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "with wanted as (
+             select id, ordinality::int as position from unnest($1::uuid[]) with ordinality as t(id, ordinality)
+         ),
+         archived as (
+             select id, (cardinality($1::uuid[]) + row_number() over (order by position))::int as position
+             from opportunity_statuses where archived
+         ),
+         target as (select * from wanted union all select * from archived)
+         update opportunity_statuses s
+         set position = target.position, revision = s.revision + 1, update_time = now()
+         from target
+         where s.id = target.id and s.position <> target.position",
+    )
+    .bind(ids)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
