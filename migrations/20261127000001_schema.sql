@@ -147,9 +147,11 @@ create index customer_name_idx on customers (lower(display_name), id);
 create index customer_update_time_idx on customers (update_time desc, id desc);
 create index customer_owner_idx on customers (owner_id, lower(display_name), id);
 -- R13: substring search in any script; Thai code points are trigram word characters.
+-- The fields are joined by a line feed, which a search text never contains, so a match never
+-- spans two fields. services/customer/src/store.rs repeats this expression exactly.
 create index customer_search_trgm_idx on customers using gin (
-    (lower(display_name || ' ' || coalesce(code, '') || ' ' || coalesce(contact_name, '') || ' '
-           || coalesce(email, '') || ' ' || coalesce(phone, ''))) gin_trgm_ops);
+    (lower(display_name || E'\n' || coalesce(code, '') || E'\n' || coalesce(contact_name, '')
+           || E'\n' || coalesce(email, '') || E'\n' || coalesce(phone, ''))) gin_trgm_ops);
 
 ------------------------------------------------------------------------------------------
 -- Opportunities (R1, R5, R8).

@@ -185,6 +185,14 @@ impl TestSuite {
             .expect("connect to the suite")
     }
 
+    pub async fn customers(
+        &self,
+    ) -> salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient<Channel> {
+        salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient::new(
+            self.channel().await,
+        )
+    }
+
     pub async fn statuses(&self) -> StatusConfigServiceClient<Channel> {
         StatusConfigServiceClient::new(self.channel().await)
     }

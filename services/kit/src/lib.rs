@@ -8,6 +8,7 @@ pub mod db;
 pub mod error;
 pub mod idempotency;
 pub mod paging;
+pub mod people;
 pub mod serve;
 pub mod telemetry;
 pub mod time;

@@ -13,6 +13,9 @@ use tonic::service::interceptor::InterceptedService;
 /// A service a process can host (`salesopp serve --service NAME`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceKind {
+    /// salesopp.customer.v1.CustomerService
+    #[value(name = "customer")]
+    Customer,
     /// salesopp.statusconfig.v1.StatusConfigService
     #[value(name = "status-config")]
     StatusConfig,
@@ -20,10 +23,11 @@ pub enum ServiceKind {
 
 impl ServiceKind {
     /// Every service this build has: what the all-in-one process hosts.
-    pub const ALL: [ServiceKind; 1] = [ServiceKind::StatusConfig];
+    pub const ALL: [ServiceKind; 2] = [ServiceKind::Customer, ServiceKind::StatusConfig];
 
     pub fn grpc_name(self) -> &'static str {
         match self {
+            ServiceKind::Customer => salesopp_customer::SERVICE_NAME,
             ServiceKind::StatusConfig => salesopp_status_config::SERVICE_NAME,
         }
     }
@@ -34,6 +38,14 @@ pub fn routes(pool: &PgPool, auth: &Authenticator, services: &[ServiceKind]) -> 
     let mut builder = Routes::builder();
     for service in services {
         match service {
+            ServiceKind::Customer => {
+                builder.add_service(InterceptedService::new(
+                    salesopp_customer::CustomerServiceServer::new(
+                        salesopp_customer::Customers::new(pool.clone()),
+                    ),
+                    auth.interceptor(),
+                ));
+            }
             ServiceKind::StatusConfig => {
                 builder.add_service(InterceptedService::new(
                     salesopp_status_config::StatusConfigServiceServer::new(

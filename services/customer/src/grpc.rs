@@ -1,0 +1,79 @@
+//! The tonic trait of CustomerService: decode, call the service function, encode.
+
+use salesopp_kit::Principal;
+use salesopp_proto::customer::v1 as pb;
+use salesopp_proto::customer::v1::customer_service_server::CustomerService;
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+
+use crate::{convert, service};
+
+#[derive(Debug, Clone)]
+pub struct Customers {
+    pool: PgPool,
+}
+
+impl Customers {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[tonic::async_trait]
+impl CustomerService for Customers {
+    async fn create_customer(
+        &self,
+        request: Request<pb::CreateCustomerRequest>,
+    ) -> Result<Response<pb::Customer>, Status> {
+        let caller = Principal::of(&request)?;
+        Ok(Response::new(
+            service::create(&self.pool, &caller, request.get_ref()).await?,
+        ))
+    }
+
+    async fn get_customer(
+        &self,
+        request: Request<pb::GetCustomerRequest>,
+    ) -> Result<Response<pb::Customer>, Status> {
+        let caller = Principal::of(&request)?;
+        caller.require_sales_role()?;
+        let id = convert::id_field("id", &request.get_ref().id)?;
+        Ok(Response::new(service::get(&self.pool, &caller, id).await?))
+    }
+
+    async fn update_customer(
+        &self,
+        request: Request<pb::UpdateCustomerRequest>,
+    ) -> Result<Response<pb::Customer>, Status> {
+        let caller = Principal::of(&request)?;
+        caller.require_sales_role()?;
+        let (id, etag, patch) = convert::customer_patch(request.get_ref())?;
+        Ok(Response::new(
+            service::update(&self.pool, &caller, id, etag.as_deref(), patch).await?,
+        ))
+    }
+
+    async fn list_customers(
+        &self,
+        request: Request<pb::ListCustomersRequest>,
+    ) -> Result<Response<pb::ListCustomersResponse>, Status> {
+        let caller = Principal::of(&request)?;
+        Ok(Response::new(
+            service::list(&self.pool, &caller, request.get_ref()).await?,
+        ))
+    }
+
+    async fn delete_customer(
+        &self,
+        request: Request<pb::DeleteCustomerRequest>,
+    ) -> Result<Response<pb::Customer>, Status> {
+        let caller = Principal::of(&request)?;
+        caller.require_sales_role()?;
+        let body = request.get_ref();
+        let id = convert::id_field("id", &body.id)?;
+        let etag = (!body.etag.is_empty()).then_some(body.etag.as_str());
+        Ok(Response::new(
+            service::delete(&self.pool, &caller, id, etag).await?,
+        ))
+    }
+}

@@ -1,0 +1,249 @@
+//! The SQL of the customer directory. Functions run on the executor they are given; the
+//! service decides the transaction. List queries are built with `QueryBuilder` because their
+//! shape varies with the filters, so each shape gets its own plan (and its index).
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::domain::CustomerFields;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CustomerRow {
+    pub id: Uuid,
+    pub code: Option<String>,
+    pub display_name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub contact_name: Option<String>,
+    pub tax_id: Option<String>,
+    pub address: Option<String>,
+    pub owner_id: String,
+    pub archived: bool,
+    pub revision: i64,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+    pub created_by: String,
+    pub created_by_name: String,
+    pub updated_by: String,
+    pub updated_by_name: String,
+}
+
+impl CustomerRow {
+    pub fn etag(&self) -> String {
+        self.revision.to_string()
+    }
+
+    pub fn fields(&self) -> CustomerFields {
+        CustomerFields {
+            code: self.code.clone(),
+            display_name: self.display_name.clone(),
+            email: self.email.clone(),
+            phone: self.phone.clone(),
+            contact_name: self.contact_name.clone(),
+            tax_id: self.tax_id.clone(),
+            address: self.address.clone(),
+        }
+    }
+}
+
+macro_rules! select_customer {
+    () => {
+        "select c.id, c.code, c.display_name, c.email, c.phone, c.contact_name, c.tax_id, c.address,
+                c.owner_id, c.archived, c.revision, c.create_time, c.update_time,
+                c.created_by, cb.display_name as created_by_name,
+                c.updated_by, ub.display_name as updated_by_name
+         from customers c
+         join salespeople cb on cb.id = c.created_by
+         join salespeople ub on ub.id = c.updated_by "
+    };
+}
+
+/// The searched text, exactly the expression of `customer_search_trgm_idx` (migrations/),
+/// so the trigram index serves the search.
+const SEARCH_EXPRESSION: &str = "lower(c.display_name || E'\\n' || coalesce(c.code, '') || E'\\n' \
+     || coalesce(c.contact_name, '') || E'\\n' || coalesce(c.email, '') || E'\\n' || coalesce(c.phone, ''))";
+
+pub async fn get<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<CustomerRow>, sqlx::Error> {
+    sqlx::query_as(concat!(select_customer!(), "where c.id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Locks the customer row for the rest of the transaction (updates, archiving).
+pub async fn lock(
+    tx: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(i64, bool, String)>, sqlx::Error> {
+    sqlx::query_as("select revision, archived, owner_id from customers where id = $1 for update")
+        .bind(id)
+        .fetch_optional(tx)
+        .await
+}
+
+pub async fn insert(
+    tx: &mut PgConnection,
+    fields: &CustomerFields,
+    owner_id: &str,
+    actor_id: &str,
+) -> Result<Uuid, sqlx::Error> {
+    sqlx::query_scalar(
+        "insert into customers (code, display_name, email, phone, contact_name, tax_id, address,
+                                owner_id, created_by, updated_by)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+         returning id",
+    )
+    .bind(&fields.code)
+    .bind(&fields.display_name)
+    .bind(&fields.email)
+    .bind(&fields.phone)
+    .bind(&fields.contact_name)
+    .bind(&fields.tax_id)
+    .bind(&fields.address)
+    .bind(owner_id)
+    .bind(actor_id)
+    .fetch_one(tx)
+    .await
+}
+
+pub async fn update(
+    tx: &mut PgConnection,
+    id: Uuid,
+    fields: &CustomerFields,
+    owner_id: &str,
+    actor_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update customers
+         set code = $2, display_name = $3, email = $4, phone = $5, contact_name = $6,
+             tax_id = $7, address = $8, owner_id = $9, updated_by = $10,
+             revision = revision + 1, update_time = now()
+         where id = $1",
+    )
+    .bind(id)
+    .bind(&fields.code)
+    .bind(&fields.display_name)
+    .bind(&fields.email)
+    .bind(&fields.phone)
+    .bind(&fields.contact_name)
+    .bind(&fields.tax_id)
+    .bind(&fields.address)
+    .bind(owner_id)
+    .bind(actor_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Opportunities of the customer still open: they block archiving.
+pub async fn open_opportunities(tx: &mut PgConnection, id: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "select count(*) from opportunities where customer_id = $1 and state = 'OPEN'",
+    )
+    .bind(id)
+    .fetch_one(tx)
+    .await
+}
+
+pub async fn archive(tx: &mut PgConnection, id: Uuid, actor_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update customers
+         set archived = true, archive_time = now(), updated_by = $2,
+             revision = revision + 1, update_time = now()
+         where id = $1",
+    )
+    .bind(id)
+    .bind(actor_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// The order of a customer list, with the keyset position after which a page starts.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum ListAfter {
+    /// `(lower(display_name), id)` of the last row served.
+    Name(String, Uuid),
+    /// `(update_time, id)` of the last row served, newest first.
+    UpdateTime(DateTime<Utc>, Uuid),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ListOrder {
+    DisplayName,
+    UpdateTimeDesc,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListFilter {
+    /// A `LIKE` pattern over the search expression, already lowercased and escaped.
+    pub pattern: Option<String>,
+    pub owner_ids: Vec<String>,
+    pub show_archived: bool,
+    pub order: ListOrder,
+}
+
+/// The list query for `filter` after `after`, `limit` rows; exposed for plan checks.
+pub fn list_query(
+    filter: &ListFilter,
+    after: Option<&ListAfter>,
+    limit: i64,
+) -> QueryBuilder<Postgres> {
+    let mut query = QueryBuilder::new(select_customer!());
+    query.push("where true");
+    if !filter.show_archived {
+        query.push(" and not c.archived");
+    }
+    if let Some(pattern) = &filter.pattern {
+        query
+            .push(" and ")
+            .push(SEARCH_EXPRESSION)
+            .push(" like ")
+            .push_bind(pattern);
+    }
+    if !filter.owner_ids.is_empty() {
+        query
+            .push(" and c.owner_id = any(")
+            .push_bind(&filter.owner_ids)
+            .push(")");
+    }
+    match after {
+        Some(ListAfter::Name(name, id)) => {
+            query
+                .push(" and (lower(c.display_name), c.id) > (")
+                .push_bind(name)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        Some(ListAfter::UpdateTime(time, id)) => {
+            query
+                .push(" and (c.update_time, c.id) < (")
+                .push_bind(time)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        None => {}
+    }
+    query.push(match filter.order {
+        ListOrder::DisplayName => " order by lower(c.display_name), c.id",
+        ListOrder::UpdateTimeDesc => " order by c.update_time desc, c.id desc",
+    });
+    query.push(" limit ").push_bind(limit);
+    query
+}
+
+pub async fn list<'e>(
+    db: impl PgExecutor<'e>,
+    filter: &ListFilter,
+    after: Option<&ListAfter>,
+    limit: i64,
+) -> Result<Vec<CustomerRow>, sqlx::Error> {
+    let mut query = list_query(filter, after, limit);
+    query.build_query_as().fetch_all(db).await
+}
