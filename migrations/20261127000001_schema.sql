@@ -28,8 +28,9 @@ create table salespeople (
     first_seen_time timestamptz not null default now(),
     last_seen_time  timestamptz not null default now()
 );
-create index salespeople_team_idx on salespeople (team, display_name, id);
-create index salespeople_name_trgm_idx on salespeople using gin (display_name gin_trgm_ops);
+create index salespeople_team_idx on salespeople (team, lower(display_name), id);
+create index salespeople_name_idx on salespeople (lower(display_name), id);
+create index salespeople_name_trgm_idx on salespeople using gin (lower(display_name) gin_trgm_ops);
 
 ------------------------------------------------------------------------------------------
 -- Statuses (R2-R7). Never deleted: DeleteStatus archives (R6), so history still resolves.
@@ -187,9 +188,15 @@ create index opportunity_owner_update_idx on opportunities (owner_id, update_tim
 create index opportunity_update_idx on opportunities (update_time desc, id desc);
 create index opportunity_customer_idx on opportunities (customer_id, update_time desc, id desc);
 create index opportunity_status_idx on opportunities (status_id, id);
-create index opportunity_close_date_idx on opportunities (expected_close_date, id);
-create index opportunity_pipeline_idx on opportunities (owner_id, status_id, currency_code) include (amount);
-create index opportunity_title_trgm_idx on opportunities using gin (lower(title || ' ' || coalesce(next_step, '')) gin_trgm_ops);
+-- Unknown close dates sort last: 'infinity' stands for them in the order and the keyset.
+create index opportunity_close_date_idx on opportunities ((coalesce(expected_close_date, 'infinity'::date)), id);
+create index opportunity_owner_close_date_idx on opportunities (owner_id, (coalesce(expected_close_date, 'infinity'::date)), id);
+create index opportunity_amount_idx on opportunities (amount desc, id desc);
+create index opportunity_owner_amount_idx on opportunities (owner_id, amount desc, id desc);
+-- R14: a team's pipeline is an index-only aggregate over its owners' rows.
+create index opportunity_pipeline_idx on opportunities (owner_id, status_id, currency_code) include (amount, expected_close_date, state);
+-- R13: free text over title and next step (line-feed separated, like the customer search).
+create index opportunity_text_trgm_idx on opportunities using gin ((lower(title || E'\n' || coalesce(next_step, ''))) gin_trgm_ops);
 
 ------------------------------------------------------------------------------------------
 -- Status history (R7, R9, R10): append-only, each entry a snapshot of its time.

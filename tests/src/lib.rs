@@ -193,6 +193,16 @@ impl TestSuite {
         )
     }
 
+    pub async fn opportunities(
+        &self,
+    ) -> salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient<
+        Channel,
+    > {
+        salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient::new(
+            self.channel().await,
+        )
+    }
+
     pub async fn statuses(&self) -> StatusConfigServiceClient<Channel> {
         StatusConfigServiceClient::new(self.channel().await)
     }

@@ -232,12 +232,12 @@ pub async fn list(
     let filter = list_filter(request)?;
     let fingerprint = paging::fingerprint(&("customers", &filter));
     let after: Option<ListAfter> = paging::decode(&request.page_token, &fingerprint)?;
-    let matches_order = match (&after, filter.order) {
-        (None, _) => true,
-        (Some(ListAfter::Name(..)), ListOrder::DisplayName) => true,
-        (Some(ListAfter::UpdateTime(..)), ListOrder::UpdateTimeDesc) => true,
-        _ => false,
-    };
+    let matches_order = matches!(
+        (&after, filter.order),
+        (None, _)
+            | (Some(ListAfter::Name(..)), ListOrder::DisplayName)
+            | (Some(ListAfter::UpdateTime(..)), ListOrder::UpdateTimeDesc)
+    );
     if !matches_order {
         return Err(ApiError::invalid(
             "page_token",

@@ -16,6 +16,9 @@ pub enum ServiceKind {
     /// salesopp.customer.v1.CustomerService
     #[value(name = "customer")]
     Customer,
+    /// salesopp.opportunity.v1.OpportunityService
+    #[value(name = "opportunity")]
+    Opportunity,
     /// salesopp.statusconfig.v1.StatusConfigService
     #[value(name = "status-config")]
     StatusConfig,
@@ -23,11 +26,16 @@ pub enum ServiceKind {
 
 impl ServiceKind {
     /// Every service this build has: what the all-in-one process hosts.
-    pub const ALL: [ServiceKind; 2] = [ServiceKind::Customer, ServiceKind::StatusConfig];
+    pub const ALL: [ServiceKind; 3] = [
+        ServiceKind::Customer,
+        ServiceKind::Opportunity,
+        ServiceKind::StatusConfig,
+    ];
 
     pub fn grpc_name(self) -> &'static str {
         match self {
             ServiceKind::Customer => salesopp_customer::SERVICE_NAME,
+            ServiceKind::Opportunity => salesopp_opportunity::SERVICE_NAME,
             ServiceKind::StatusConfig => salesopp_status_config::SERVICE_NAME,
         }
     }
@@ -42,6 +50,14 @@ pub fn routes(pool: &PgPool, auth: &Authenticator, services: &[ServiceKind]) -> 
                 builder.add_service(InterceptedService::new(
                     salesopp_customer::CustomerServiceServer::new(
                         salesopp_customer::Customers::new(pool.clone()),
+                    ),
+                    auth.interceptor(),
+                ));
+            }
+            ServiceKind::Opportunity => {
+                builder.add_service(InterceptedService::new(
+                    salesopp_opportunity::OpportunityServiceServer::new(
+                        salesopp_opportunity::Opportunities::new(pool.clone()),
                     ),
                     auth.interceptor(),
                 ));

@@ -1,0 +1,441 @@
+//! Protobuf <-> domain for opportunities: every request field is validated here and every
+//! problem is reported as a field violation naming the request's field path.
+
+use chrono::{Datelike as _, NaiveDate};
+use salesopp_kit::error::{ApiError, ApiResult, FieldViolations};
+use salesopp_kit::idempotency::validate_request_id;
+use salesopp_kit::time::timestamp;
+use salesopp_proto::common::v1 as common;
+use salesopp_proto::opportunity::v1 as pb;
+use salesopp_proto::statusconfig::v1::StatusKind;
+use uuid::Uuid;
+
+use crate::domain::{self, Money};
+use crate::store::{OpportunityRow, SalespersonRow, StatusChangeRow};
+
+pub fn kind_to_proto(kind: &str) -> StatusKind {
+    match kind {
+        "WON" => StatusKind::Won,
+        "LOST" => StatusKind::Lost,
+        _ => StatusKind::Open,
+    }
+}
+
+pub fn state_to_proto(state: &str) -> pb::OpportunityState {
+    match state {
+        "WON" => pb::OpportunityState::Won,
+        "LOST" => pb::OpportunityState::Lost,
+        _ => pb::OpportunityState::Open,
+    }
+}
+
+pub fn money_to_proto(money: &Money) -> common::Money {
+    common::Money {
+        currency_code: money.currency_code.clone(),
+        units: money.units,
+        nanos: money.nanos,
+    }
+}
+
+pub fn date_to_proto(date: NaiveDate) -> common::Date {
+    common::Date {
+        year: date.year(),
+        month: date.month() as i32,
+        day: date.day() as i32,
+    }
+}
+
+pub fn opportunity_to_proto(row: &OpportunityRow) -> pb::Opportunity {
+    pb::Opportunity {
+        id: row.id.to_string(),
+        customer_id: row.customer_id.to_string(),
+        owner_id: row.owner_id.clone(),
+        title: row.title.clone(),
+        amount: Some(money_to_proto(&row.money())),
+        expected_close_date: row.expected_close_date.map(date_to_proto),
+        status_id: row.status_id.to_string(),
+        status_name: row.status_name.clone(),
+        probability: i32::from(row.probability),
+        state: state_to_proto(&row.state).into(),
+        lost_reason: row.lost_reason.clone().unwrap_or_default(),
+        next_step: row.next_step.clone().unwrap_or_default(),
+        close_time: row.close_time.map(timestamp),
+        status_change_time: Some(timestamp(row.status_change_time)),
+        etag: row.etag(),
+        create_time: Some(timestamp(row.create_time)),
+        update_time: Some(timestamp(row.update_time)),
+        created_by: Some(common::Actor {
+            id: row.created_by.clone(),
+            display_name: row.created_by_name.clone(),
+        }),
+        updated_by: Some(common::Actor {
+            id: row.updated_by.clone(),
+            display_name: row.updated_by_name.clone(),
+        }),
+    }
+}
+
+pub fn status_change_to_proto(row: &StatusChangeRow) -> pb::StatusChange {
+    let from_status = match (
+        &row.from_status_id,
+        &row.from_display_name,
+        &row.from_kind,
+        row.from_probability,
+    ) {
+        (Some(id), Some(name), Some(kind), Some(probability)) => Some(pb::StatusSnapshot {
+            id: id.to_string(),
+            display_name: name.clone(),
+            kind: kind_to_proto(kind).into(),
+            probability: i32::from(probability),
+        }),
+        _ => None,
+    };
+    pb::StatusChange {
+        id: row.id.to_string(),
+        opportunity_id: row.opportunity_id.to_string(),
+        from_status,
+        to_status: Some(pb::StatusSnapshot {
+            id: row.to_status_id.to_string(),
+            display_name: row.to_display_name.clone(),
+            kind: kind_to_proto(&row.to_kind).into(),
+            probability: i32::from(row.to_probability),
+        }),
+        changed_by: Some(common::Actor {
+            id: row.changed_by_id.clone(),
+            display_name: row.changed_by_name.clone(),
+        }),
+        change_time: Some(timestamp(row.change_time)),
+        note: row.note.clone(),
+        amount: Money::from_decimal(&row.currency_code, &row.amount).map(|m| money_to_proto(&m)),
+        time_in_previous_status: row.micros_in_previous_status.map(|micros| {
+            prost_types::Duration {
+                seconds: micros.div_euclid(1_000_000),
+                nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+            }
+        }),
+        lost_reason: row.lost_reason.clone().unwrap_or_default(),
+        request_id: row.request_id.clone().unwrap_or_default(),
+    }
+}
+
+pub fn salesperson_to_proto(row: &SalespersonRow) -> pb::Salesperson {
+    pb::Salesperson {
+        id: row.id.clone(),
+        display_name: row.display_name.clone(),
+        team: row.team.clone(),
+        roles: row.roles.clone(),
+        first_seen_time: Some(timestamp(row.first_seen_time)),
+        last_seen_time: Some(timestamp(row.last_seen_time)),
+    }
+}
+
+pub fn parse_uuid(raw: &str, what: &str) -> Result<Uuid, String> {
+    if raw.is_empty() {
+        return Err(format!("required: {what} (UUID)"));
+    }
+    Uuid::parse_str(raw).map_err(|_| format!("{raw:?} is not a UUID"))
+}
+
+pub fn id_field(field: &str, raw: &str, what: &str) -> ApiResult<Uuid> {
+    parse_uuid(raw, what).map_err(|why| ApiError::invalid(field, why))
+}
+
+fn money(
+    violations: &mut FieldViolations,
+    field: &str,
+    money: Option<&common::Money>,
+) -> Option<Money> {
+    let Some(money) = money else {
+        violations.add(field, "required: currency_code, units and nanos");
+        return None;
+    };
+    match Money::parse(&money.currency_code, money.units, money.nanos) {
+        Ok(money) => Some(money),
+        Err(problems) => {
+            for (suffix, why) in problems {
+                violations.add(format!("{field}{suffix}"), why);
+            }
+            None
+        }
+    }
+}
+
+pub fn date(
+    violations: &mut FieldViolations,
+    field: &str,
+    date: Option<&common::Date>,
+) -> Option<NaiveDate> {
+    let date = date?;
+    violations.check(field, domain::date(date.year, date.month, date.day))
+}
+
+fn owner(raw: &str) -> Result<Option<String>, String> {
+    let owner = raw.trim();
+    if owner.is_empty() {
+        return Ok(None);
+    }
+    if owner.len() > 200 || owner.chars().any(char::is_control) {
+        return Err("must be a salesperson id (a token `sub`), at most 200 characters".into());
+    }
+    Ok(Some(owner.to_owned()))
+}
+
+/// A validated CreateOpportunity.
+#[derive(Debug, Clone)]
+pub struct NewOpportunityInput {
+    pub customer_id: Uuid,
+    pub owner_id: Option<String>,
+    pub title: String,
+    pub amount: Money,
+    pub expected_close_date: Option<NaiveDate>,
+    pub status_id: Option<Uuid>,
+    pub lost_reason: Option<String>,
+    pub next_step: Option<String>,
+    pub note: String,
+}
+
+pub fn new_opportunity(request: &pb::CreateOpportunityRequest) -> ApiResult<NewOpportunityInput> {
+    let mut violations = FieldViolations::new();
+    if let Err((field, why)) = validate_request_id("request_id", &request.request_id) {
+        violations.add(field, why);
+    }
+    let note = violations
+        .check("note", domain::text(&request.note, domain::MAX_NOTE_CHARS))
+        .flatten();
+    let Some(o) = &request.opportunity else {
+        violations.add("opportunity", "required");
+        return Err(violations.into_result().unwrap_err());
+    };
+    let customer_id = violations.check(
+        "opportunity.customer_id",
+        parse_uuid(&o.customer_id, "the customer's id"),
+    );
+    let owner_id = violations
+        .check("opportunity.owner_id", owner(&o.owner_id))
+        .flatten();
+    let title = violations.check("opportunity.title", domain::title(&o.title));
+    let amount = money(&mut violations, "opportunity.amount", o.amount.as_ref());
+    let expected_close_date = date(
+        &mut violations,
+        "opportunity.expected_close_date",
+        o.expected_close_date.as_ref(),
+    );
+    let status_id = match o.status_id.as_str() {
+        "" => None,
+        raw => violations.check("opportunity.status_id", parse_uuid(raw, "a status id")),
+    };
+    let lost_reason = violations
+        .check(
+            "opportunity.lost_reason",
+            domain::text(&o.lost_reason, domain::MAX_LOST_REASON_CHARS),
+        )
+        .flatten();
+    let next_step = violations
+        .check(
+            "opportunity.next_step",
+            domain::text(&o.next_step, domain::MAX_NEXT_STEP_CHARS),
+        )
+        .flatten();
+    violations.into_result()?;
+    match (customer_id, title, amount) {
+        (Some(customer_id), Some(title), Some(amount)) => Ok(NewOpportunityInput {
+            customer_id,
+            owner_id,
+            title,
+            amount,
+            expected_close_date,
+            status_id,
+            lost_reason,
+            next_step,
+            note: note.unwrap_or_default(),
+        }),
+        _ => Err(ApiError::internal(
+            "validated opportunity without its values",
+        )),
+    }
+}
+
+/// The changes of an UpdateOpportunity call: `Some` sets (or, for optional fields, clears
+/// with `Some(None)`), `None` leaves.
+#[derive(Debug, Clone, Default)]
+pub struct OpportunityPatch {
+    pub title: Option<String>,
+    pub amount: Option<Money>,
+    pub expected_close_date: Option<Option<NaiveDate>>,
+    pub next_step: Option<Option<String>>,
+    pub owner_id: Option<String>,
+    pub status_id: Option<Uuid>,
+    pub lost_reason: Option<Option<String>>,
+}
+
+/// A validated UpdateOpportunity.
+#[derive(Debug, Clone)]
+pub struct UpdateInput {
+    pub id: Uuid,
+    pub etag: Option<String>,
+    pub patch: OpportunityPatch,
+    pub note: String,
+    pub request_id: Option<String>,
+}
+
+const MUTABLE_PATHS: [&str; 7] = [
+    "title",
+    "amount",
+    "expected_close_date",
+    "next_step",
+    "owner_id",
+    "status_id",
+    "lost_reason",
+];
+
+pub fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateInput> {
+    let Some(o) = &request.opportunity else {
+        return Err(ApiError::invalid("opportunity", "required"));
+    };
+    let mut violations = FieldViolations::new();
+    let id = violations.check("opportunity.id", parse_uuid(&o.id, "the opportunity's id"));
+    let note = violations
+        .check("note", domain::text(&request.note, domain::MAX_NOTE_CHARS))
+        .flatten();
+    let request_id = if request.request_id.is_empty() {
+        None
+    } else {
+        if let Err((field, why)) = validate_request_id("request_id", &request.request_id) {
+            violations.add(field, why);
+        }
+        Some(request.request_id.clone())
+    };
+    let mut paths: Vec<String> = request
+        .update_mask
+        .as_ref()
+        .map(|m| m.paths.clone())
+        .unwrap_or_default();
+    if paths.iter().any(|p| p == "*") {
+        if paths.len() > 1 {
+            violations.add("update_mask", "\"*\" cannot be combined with other paths");
+        }
+        paths = MUTABLE_PATHS.iter().map(|p| (*p).to_owned()).collect();
+    } else if paths.is_empty() {
+        // AIP-134: no mask means every mutable field the request sets.
+        let set = [
+            ("title", !o.title.is_empty()),
+            ("amount", o.amount.is_some()),
+            ("expected_close_date", o.expected_close_date.is_some()),
+            ("next_step", !o.next_step.is_empty()),
+            ("owner_id", !o.owner_id.is_empty()),
+            ("status_id", !o.status_id.is_empty()),
+            ("lost_reason", !o.lost_reason.is_empty()),
+        ];
+        paths = set
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(p, _)| (*p).to_owned())
+            .collect();
+        if paths.is_empty() {
+            violations.add(
+                "update_mask",
+                "nothing to update: set update_mask or the fields to change",
+            );
+        }
+    }
+    let mut patch = OpportunityPatch::default();
+    for path in &paths {
+        match path.as_str() {
+            "title" => patch.title = violations.check("opportunity.title", domain::title(&o.title)),
+            "amount" => {
+                patch.amount = money(&mut violations, "opportunity.amount", o.amount.as_ref())
+            }
+            "expected_close_date" => {
+                patch.expected_close_date = Some(date(
+                    &mut violations,
+                    "opportunity.expected_close_date",
+                    o.expected_close_date.as_ref(),
+                ))
+            }
+            "next_step" => {
+                patch.next_step = violations.check(
+                    "opportunity.next_step",
+                    domain::text(&o.next_step, domain::MAX_NEXT_STEP_CHARS),
+                )
+            }
+            "owner_id" => match owner(&o.owner_id) {
+                Ok(Some(owner)) => patch.owner_id = Some(owner),
+                Ok(None) => violations.add(
+                    "opportunity.owner_id",
+                    "cannot be cleared: every opportunity has an owner",
+                ),
+                Err(why) => violations.add("opportunity.owner_id", why),
+            },
+            "status_id" => {
+                patch.status_id = violations.check(
+                    "opportunity.status_id",
+                    parse_uuid(&o.status_id, "a status id"),
+                )
+            }
+            "lost_reason" => {
+                patch.lost_reason = violations.check(
+                    "opportunity.lost_reason",
+                    domain::text(&o.lost_reason, domain::MAX_LOST_REASON_CHARS),
+                )
+            }
+            "customer_id" => violations.add("update_mask", "customer_id is immutable"),
+            "id" | "etag" | "status_name" | "probability" | "state" | "close_time"
+            | "status_change_time" | "create_time" | "update_time" | "created_by"
+            | "updated_by" => violations.add("update_mask", format!("{path} is output only")),
+            other => violations.add("update_mask", format!("unknown field {other:?}")),
+        }
+    }
+    violations.into_result()?;
+    Ok(UpdateInput {
+        id: id.ok_or_else(|| ApiError::internal("validated id missing"))?,
+        etag: (!o.etag.is_empty()).then(|| o.etag.clone()),
+        patch,
+        note: note.unwrap_or_default(),
+        request_id,
+    })
+}
+
+/// A validated ChangeOpportunityStatus.
+#[derive(Debug, Clone)]
+pub struct ChangeInput {
+    pub opportunity_id: Uuid,
+    pub status_id: Uuid,
+    pub note: String,
+    pub lost_reason: Option<String>,
+    pub etag: Option<String>,
+}
+
+pub fn change_input(request: &pb::ChangeOpportunityStatusRequest) -> ApiResult<ChangeInput> {
+    let mut violations = FieldViolations::new();
+    if let Err((field, why)) = validate_request_id("request_id", &request.request_id) {
+        violations.add(field, why);
+    }
+    let opportunity_id = violations.check(
+        "opportunity_id",
+        parse_uuid(&request.opportunity_id, "the opportunity's id"),
+    );
+    let status_id = violations.check(
+        "status_id",
+        parse_uuid(&request.status_id, "the status to move to"),
+    );
+    let note = violations
+        .check("note", domain::text(&request.note, domain::MAX_NOTE_CHARS))
+        .flatten();
+    let lost_reason = violations
+        .check(
+            "lost_reason",
+            domain::text(&request.lost_reason, domain::MAX_LOST_REASON_CHARS),
+        )
+        .flatten();
+    violations.into_result()?;
+    match (opportunity_id, status_id) {
+        (Some(opportunity_id), Some(status_id)) => Ok(ChangeInput {
+            opportunity_id,
+            status_id,
+            note: note.unwrap_or_default(),
+            lost_reason,
+            etag: (!request.etag.is_empty()).then(|| request.etag.clone()),
+        }),
+        _ => Err(ApiError::internal("validated change without its ids")),
+    }
+}

@@ -1,0 +1,226 @@
+//! Validated opportunity values: money (ISO 4217, never negative, exact to the nano), dates,
+//! texts; and the visibility rule of R12 as data the queries render into SQL.
+
+use chrono::NaiveDate;
+use salesopp_kit::{Principal, Role};
+
+pub const MAX_TITLE_CHARS: usize = 200;
+pub const MAX_NEXT_STEP_CHARS: usize = 1000;
+pub const MAX_LOST_REASON_CHARS: usize = 1000;
+pub const MAX_NOTE_CHARS: usize = 2000;
+pub const MAX_QUERY_CHARS: usize = 200;
+
+/// Active ISO 4217 alphabetic codes.
+const ISO_4217: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL \
+BSD BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP \
+GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW \
+KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO \
+NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD \
+SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VED VES VND VUV WST XAF XCD \
+XCG XOF XPF YER ZAR ZMW ZWG";
+
+pub fn is_currency(code: &str) -> bool {
+    code.len() == 3 && ISO_4217.split_whitespace().any(|c| c == code)
+}
+
+/// A non-negative amount of one currency, exact to the nano.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Money {
+    pub currency_code: String,
+    pub units: i64,
+    pub nanos: i32,
+}
+
+impl Money {
+    /// Validates a protobuf Money's parts; problems as (field suffix, description).
+    pub fn parse(
+        currency_code: &str,
+        units: i64,
+        nanos: i32,
+    ) -> Result<Money, Vec<(&'static str, String)>> {
+        let mut problems = Vec::new();
+        if !is_currency(currency_code) {
+            problems.push((
+                ".currency_code",
+                format!("{currency_code:?} is not an ISO 4217 currency code (e.g. \"THB\")"),
+            ));
+        }
+        if units < 0 || nanos < 0 {
+            problems.push(("", "must not be negative".to_owned()));
+        }
+        if !(0..=999_999_999).contains(&nanos) && nanos >= 0 {
+            problems.push((".nanos", "must be 0..999,999,999".to_owned()));
+        }
+        if problems.is_empty() {
+            Ok(Money {
+                currency_code: currency_code.to_owned(),
+                units,
+                nanos,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The exact decimal text Postgres takes as `numeric`.
+    pub fn decimal(&self) -> String {
+        format!("{}.{:09}", self.units, self.nanos)
+    }
+
+    /// Reads Postgres `numeric` text (non-negative, at most 9 decimals after rounding).
+    pub fn from_decimal(currency_code: &str, text: &str) -> Option<Money> {
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        let units: i64 = whole.parse().ok()?;
+        let mut digits: String = fraction.chars().take(9).collect();
+        while digits.len() < 9 {
+            digits.push('0');
+        }
+        let nanos: i32 = digits.parse().ok()?;
+        Some(Money {
+            currency_code: currency_code.to_owned(),
+            units,
+            nanos,
+        })
+    }
+}
+
+/// A calendar date from its parts.
+pub fn date(year: i32, month: i32, day: i32) -> Result<NaiveDate, String> {
+    if !(1..=9999).contains(&year) {
+        return Err("year must be 1..9999".into());
+    }
+    u32::try_from(month)
+        .ok()
+        .zip(u32::try_from(day).ok())
+        .and_then(|(m, d)| NaiveDate::from_ymd_opt(year, m, d))
+        .ok_or_else(|| format!("{year:04}-{month:02}-{day:02} is not a calendar date"))
+}
+
+/// Trimmed text of at most `max` characters; `None` when empty.
+pub fn text(raw: &str, max: usize) -> Result<Option<String>, String> {
+    let text = raw.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
+        return Err("must not contain control characters".into());
+    }
+    Ok(Some(text.to_owned()))
+}
+
+/// Required title: trimmed, 1..=200 characters, one line.
+pub fn title(raw: &str) -> Result<String, String> {
+    let title = raw.trim();
+    if title.is_empty() {
+        return Err("required: 1 to 200 characters".into());
+    }
+    if title.chars().count() > MAX_TITLE_CHARS {
+        return Err(format!("must be at most {MAX_TITLE_CHARS} characters"));
+    }
+    if title.chars().any(char::is_control) {
+        return Err("must be one line with no control characters".into());
+    }
+    Ok(title.to_owned())
+}
+
+/// Who the caller may see and change (R12), rendered into SQL by the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Visibility {
+    /// `sales_admin`: every opportunity.
+    All,
+    /// `sales_manager`: their own and those of every salesperson of `team`.
+    Team { me: String, team: String },
+    /// `sales_rep`: their own.
+    Own { me: String },
+}
+
+impl Visibility {
+    /// `None` for a caller with no sales role.
+    pub fn of(caller: &Principal) -> Option<Visibility> {
+        if caller.has_role(Role::SalesAdmin) {
+            Some(Visibility::All)
+        } else if caller.has_role(Role::SalesManager) && !caller.team.is_empty() {
+            Some(Visibility::Team {
+                me: caller.id.clone(),
+                team: caller.team.clone(),
+            })
+        } else if caller.has_sales_role() {
+            Some(Visibility::Own {
+                me: caller.id.clone(),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Whether an opportunity owned by `owner_id` (of `owner_team`) is visible.
+    pub fn sees(&self, owner_id: &str, owner_team: &str) -> bool {
+        match self {
+            Visibility::All => true,
+            Visibility::Team { me, team } => owner_id == me || owner_team == team,
+            Visibility::Own { me } => owner_id == me,
+        }
+    }
+}
+
+/// Escapes `%`, `_` and `\` so a search text matches literally in `LIKE`, lowercased.
+pub fn like_substring(query: &str) -> String {
+    let mut pattern = String::with_capacity(query.len() + 2);
+    pattern.push('%');
+    for c in query.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_is_exact_and_never_negative() {
+        let money = Money::parse("THB", 1_500_000, 500_000_000).unwrap();
+        assert_eq!(money.decimal(), "1500000.500000000");
+        assert_eq!(Money::from_decimal("THB", "1500000.500000000"), Some(money));
+        assert_eq!(
+            Money::from_decimal("THB", "12.5").unwrap().nanos,
+            500_000_000
+        );
+        assert!(Money::parse("THB", -1, 0).is_err());
+        assert!(Money::parse("thb", 1, 0).is_err());
+        assert!(Money::parse("XYZ", 1, 0).is_err());
+        assert!(Money::parse("USD", 1, 1_000_000_000).is_err());
+    }
+
+    #[test]
+    fn dates_must_exist() {
+        assert!(date(2026, 2, 29).is_err());
+        assert!(date(2028, 2, 29).is_ok());
+        assert!(date(2026, 13, 1).is_err());
+        assert!(date(0, 1, 1).is_err());
+    }
+
+    #[test]
+    fn r12_visibility_by_role() {
+        let rep = Visibility::Own { me: "a1".into() };
+        assert!(rep.sees("a1", "north"));
+        assert!(!rep.sees("a2", "north"));
+        let manager = Visibility::Team {
+            me: "m".into(),
+            team: "north".into(),
+        };
+        assert!(manager.sees("a2", "north"));
+        assert!(!manager.sees("b1", "south"));
+        assert!(Visibility::All.sees("anyone", ""));
+    }
+}

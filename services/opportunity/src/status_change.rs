@@ -1,0 +1,198 @@
+//! The one implementation of a status change (R8, R9), used by ChangeOpportunityStatus, by
+//! UpdateOpportunity with `status_id` in its mask, and by status deletion (R6): the new
+//! state, one history entry with the snapshots of this moment (R7), and one outbox event,
+//! all in the caller's transaction, on an opportunity whose row lock the caller holds (R10).
+
+use chrono::{DateTime, Utc};
+use prost::Message as _;
+use salesopp_kit::Principal;
+use salesopp_kit::error::{ApiError, ApiResult};
+use salesopp_kit::time::timestamp;
+use salesopp_proto::common::v1::Actor;
+use salesopp_proto::opportunity::v1 as pb;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::convert::{opportunity_to_proto, status_change_to_proto};
+use crate::store::{self, NewEvent, NewStatusChange, OpportunityRow, StatusChangeRow, StatusInfo};
+
+/// The event types, as stored in the outbox.
+pub const CREATED: &str = "CREATED";
+pub const UPDATED: &str = "UPDATED";
+pub const STATUS_CHANGED: &str = "STATUS_CHANGED";
+
+fn event_type(name: &str) -> pb::OpportunityEventType {
+    match name {
+        CREATED => pb::OpportunityEventType::Created,
+        UPDATED => pb::OpportunityEventType::Updated,
+        _ => pb::OpportunityEventType::StatusChanged,
+    }
+}
+
+/// Writes one outbox event with the before and after of the change.
+#[allow(clippy::too_many_arguments)]
+pub async fn append_event(
+    tx: &mut PgConnection,
+    kind: &str,
+    actor: &Principal,
+    time: DateTime<Utc>,
+    before: Option<pb::Opportunity>,
+    after: pb::Opportunity,
+    status_change: Option<pb::StatusChange>,
+    request_id: Option<&str>,
+) -> ApiResult<()> {
+    let event_id = Uuid::new_v4();
+    let opportunity_id = Uuid::parse_str(&after.id).map_err(ApiError::internal)?;
+    let event = pb::OpportunityEvent {
+        event_id: event_id.to_string(),
+        cursor: String::new(),
+        r#type: event_type(kind).into(),
+        opportunity_id: after.id.clone(),
+        occur_time: Some(timestamp(time)),
+        actor: Some(Actor {
+            id: actor.id.clone(),
+            display_name: actor.display_name.clone(),
+        }),
+        before,
+        after: Some(after),
+        status_change,
+        request_id: request_id.unwrap_or_default().to_owned(),
+    };
+    store::append_event(
+        tx,
+        &NewEvent {
+            event_id,
+            event_type: kind,
+            opportunity_id,
+            time,
+            actor_id: &actor.id,
+            actor_name: &actor.display_name,
+            request_id,
+            payload: event.encode_to_vec(),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The status the opportunity is in now, as a snapshot for its history.
+fn current_status(row: &OpportunityRow) -> StatusInfo {
+    StatusInfo {
+        id: row.status_id,
+        display_name: row.status_name.clone(),
+        kind: row.state.clone(),
+        probability: row.probability,
+        archived: false,
+    }
+}
+
+/// What one status change asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    pub to: &'a StatusInfo,
+    pub note: &'a str,
+    pub lost_reason: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+}
+
+/// Moves the locked opportunity `current` to `change.to`. `before` is the opportunity as the
+/// caller first read it (it differs from `current` when the same call also changed other
+/// fields), for the event. Moving to the status it already has records nothing: `None`.
+pub async fn change_status(
+    tx: &mut PgConnection,
+    current: &OpportunityRow,
+    before: &pb::Opportunity,
+    change: Change<'_>,
+    actor: &Principal,
+) -> ApiResult<Option<(OpportunityRow, StatusChangeRow)>> {
+    if current.status_id == change.to.id {
+        return Ok(None);
+    }
+    if change.lost_reason.is_some() && change.to.kind != "LOST" {
+        return Err(ApiError::invalid(
+            "lost_reason",
+            "a lost reason is accepted only with the LOST status",
+        ));
+    }
+    let time = store::clock(tx).await?;
+    let from = current_status(current);
+    let amount = current.money();
+    store::move_to_status(
+        tx,
+        current.id,
+        change.to,
+        change.lost_reason,
+        &actor.id,
+        time,
+    )
+    .await?;
+    let entry = store::append_status_change(
+        tx,
+        &NewStatusChange {
+            opportunity_id: current.id,
+            from: Some((&from, current.status_change_time)),
+            to: change.to,
+            actor_id: &actor.id,
+            actor_name: &actor.display_name,
+            time,
+            note: change.note,
+            amount: &amount,
+            lost_reason: change.lost_reason,
+            request_id: change.request_id,
+        },
+    )
+    .await?;
+    let after = store::get(&mut *tx, current.id)
+        .await?
+        .ok_or_else(|| ApiError::internal("opportunity vanished under its lock"))?;
+    append_event(
+        tx,
+        STATUS_CHANGED,
+        actor,
+        time,
+        Some(before.clone()),
+        opportunity_to_proto(&after),
+        Some(status_change_to_proto(&entry)),
+        change.request_id,
+    )
+    .await?;
+    Ok(Some((after, entry)))
+}
+
+/// R6: moves every opportunity in `from` to `to`, each as a normal status change with its
+/// history entry and event, in the caller's transaction. Returns how many moved.
+pub async fn move_all(
+    tx: &mut PgConnection,
+    from: Uuid,
+    to: Uuid,
+    note: &str,
+    actor: &Principal,
+) -> ApiResult<i64> {
+    let target = store::share_status(tx, to).await?.ok_or_else(|| {
+        ApiError::invalid(
+            "replacement_status_id",
+            format!("no status has the id {to}"),
+        )
+    })?;
+    let ids = store::lock_in_status(tx, from).await?;
+    let mut moved = 0;
+    for id in ids {
+        let current = store::lock(tx, id)
+            .await?
+            .ok_or_else(|| ApiError::internal("opportunity vanished under its lock"))?;
+        let before = opportunity_to_proto(&current);
+        let change = Change {
+            to: &target,
+            note,
+            lost_reason: None,
+            request_id: None,
+        };
+        if change_status(tx, &current, &before, change, actor)
+            .await?
+            .is_some()
+        {
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}

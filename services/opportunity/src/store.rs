@@ -1,0 +1,684 @@
+//! The SQL of opportunities, their history and their events. Functions run on the executor
+//! they are given; the service decides the transaction. List and summary queries are built
+//! with `QueryBuilder` (their shape varies with the filters) and always carry the caller's
+//! visibility (R12) inside the SQL, so no row is read and then dropped in memory.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::domain::{Money, Visibility};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OpportunityRow {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub owner_id: String,
+    pub owner_team: String,
+    pub title: String,
+    pub currency_code: String,
+    pub amount: String,
+    pub expected_close_date: Option<NaiveDate>,
+    pub status_id: Uuid,
+    pub status_name: String,
+    pub probability: i16,
+    pub state: String,
+    pub lost_reason: Option<String>,
+    pub next_step: Option<String>,
+    pub close_time: Option<DateTime<Utc>>,
+    pub status_change_time: DateTime<Utc>,
+    pub revision: i64,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+    pub created_by: String,
+    pub created_by_name: String,
+    pub updated_by: String,
+    pub updated_by_name: String,
+}
+
+impl OpportunityRow {
+    pub fn etag(&self) -> String {
+        self.revision.to_string()
+    }
+
+    pub fn money(&self) -> Money {
+        Money::from_decimal(&self.currency_code, &self.amount).unwrap_or(Money {
+            currency_code: self.currency_code.clone(),
+            units: 0,
+            nanos: 0,
+        })
+    }
+}
+
+macro_rules! select_opportunity {
+    () => {
+        "select o.id, o.customer_id, o.owner_id, ow.team as owner_team, o.title, o.currency_code,
+                o.amount::text as amount, o.expected_close_date, o.status_id,
+                s.display_name as status_name, s.probability, o.state::text as state,
+                o.lost_reason, o.next_step, o.close_time, o.status_change_time, o.revision,
+                o.create_time, o.update_time, o.created_by, cb.display_name as created_by_name,
+                o.updated_by, ub.display_name as updated_by_name
+         from opportunities o
+         join salespeople ow on ow.id = o.owner_id
+         join opportunity_statuses s on s.id = o.status_id
+         join salespeople cb on cb.id = o.created_by
+         join salespeople ub on ub.id = o.updated_by "
+    };
+}
+
+pub async fn get<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<OpportunityRow>, sqlx::Error> {
+    sqlx::query_as(concat!(select_opportunity!(), "where o.id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Reads the opportunity and locks it for the rest of the transaction: every change to one
+/// opportunity is serialized here (R10).
+pub async fn lock(tx: &mut PgConnection, id: Uuid) -> Result<Option<OpportunityRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        select_opportunity!(),
+        "where o.id = $1 for update of o"
+    ))
+    .bind(id)
+    .fetch_optional(tx)
+    .await
+}
+
+/// The ids of the opportunities in a status, locked, in id order (R6 moves them).
+pub async fn lock_in_status(
+    tx: &mut PgConnection,
+    status_id: Uuid,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("select id from opportunities where status_id = $1 order by id for update")
+        .bind(status_id)
+        .fetch_all(tx)
+        .await
+}
+
+/// A status as a change needs it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StatusInfo {
+    pub id: Uuid,
+    pub display_name: String,
+    pub kind: String,
+    pub probability: i16,
+    pub archived: bool,
+}
+
+/// Reads a status and holds it (FOR SHARE) so it cannot be archived under this change (R6).
+pub async fn share_status(
+    tx: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<StatusInfo>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, display_name, kind::text as kind, probability, archived
+         from opportunity_statuses where id = $1 for share",
+    )
+    .bind(id)
+    .fetch_optional(tx)
+    .await
+}
+
+/// The default status (R5), held FOR SHARE.
+pub async fn share_default_status(tx: &mut PgConnection) -> Result<StatusInfo, sqlx::Error> {
+    sqlx::query_as(
+        "select id, display_name, kind::text as kind, probability, archived
+         from opportunity_statuses where is_default for share",
+    )
+    .fetch_one(tx)
+    .await
+}
+
+/// The customer's `archived` flag, held FOR SHARE so it cannot be archived under a new
+/// opportunity (R1); `None` when no customer has the id.
+pub async fn share_customer(tx: &mut PgConnection, id: Uuid) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar("select archived from customers where id = $1 for share")
+        .bind(id)
+        .fetch_optional(tx)
+        .await
+}
+
+/// The database clock, read after the locks are held, so change times follow lock order.
+pub async fn clock(tx: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("select clock_timestamp()")
+        .fetch_one(tx)
+        .await
+}
+
+pub struct NewOpportunity<'a> {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub owner_id: &'a str,
+    pub title: &'a str,
+    pub amount: &'a Money,
+    pub expected_close_date: Option<NaiveDate>,
+    pub status: &'a StatusInfo,
+    pub lost_reason: Option<&'a str>,
+    pub next_step: Option<&'a str>,
+    pub actor_id: &'a str,
+    pub time: DateTime<Utc>,
+}
+
+pub async fn insert(tx: &mut PgConnection, new: &NewOpportunity<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into opportunities
+             (id, customer_id, owner_id, title, currency_code, amount, expected_close_date,
+              status_id, state, lost_reason, next_step, close_time, status_change_time,
+              created_by, updated_by, create_time, update_time)
+         values ($1, $2, $3, $4, $5, $6::numeric, $7, $8, $9::status_kind, $10, $11,
+                 case when $9 = 'OPEN' then null else $12 end, $12, $13, $13, $12, $12)",
+    )
+    .bind(new.id)
+    .bind(new.customer_id)
+    .bind(new.owner_id)
+    .bind(new.title)
+    .bind(&new.amount.currency_code)
+    .bind(new.amount.decimal())
+    .bind(new.expected_close_date)
+    .bind(new.status.id)
+    .bind(&new.status.kind)
+    .bind(new.lost_reason)
+    .bind(new.next_step)
+    .bind(new.time)
+    .bind(new.actor_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// The fields an update writes besides the status.
+pub struct Fields<'a> {
+    pub owner_id: &'a str,
+    pub title: &'a str,
+    pub amount: &'a Money,
+    pub expected_close_date: Option<NaiveDate>,
+    pub next_step: Option<&'a str>,
+    pub lost_reason: Option<&'a str>,
+}
+
+pub async fn update_fields(
+    tx: &mut PgConnection,
+    id: Uuid,
+    fields: &Fields<'_>,
+    actor_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update opportunities
+         set owner_id = $2, title = $3, currency_code = $4, amount = $5::numeric,
+             expected_close_date = $6, next_step = $7, lost_reason = $8, updated_by = $9,
+             revision = revision + 1, update_time = clock_timestamp()
+         where id = $1",
+    )
+    .bind(id)
+    .bind(fields.owner_id)
+    .bind(fields.title)
+    .bind(&fields.amount.currency_code)
+    .bind(fields.amount.decimal())
+    .bind(fields.expected_close_date)
+    .bind(fields.next_step)
+    .bind(fields.lost_reason)
+    .bind(actor_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Moves the opportunity to `status` at `time` (R8): closes it on WON/LOST, reopens it on
+/// OPEN, keeps the lost reason only in LOST.
+pub async fn move_to_status(
+    tx: &mut PgConnection,
+    id: Uuid,
+    status: &StatusInfo,
+    lost_reason: Option<&str>,
+    actor_id: &str,
+    time: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update opportunities
+         set status_id = $2, state = $3::status_kind,
+             close_time = case when $3 = 'OPEN' then null
+                               when state = 'OPEN' or state::text <> $3 then $5
+                               else close_time end,
+             lost_reason = case when $3 = 'LOST' then $4 else null end,
+             status_change_time = $5, updated_by = $6,
+             revision = revision + 1, update_time = $5
+         where id = $1",
+    )
+    .bind(id)
+    .bind(status.id)
+    .bind(&status.kind)
+    .bind(lost_reason)
+    .bind(time)
+    .bind(actor_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StatusChangeRow {
+    pub id: Uuid,
+    pub opportunity_id: Uuid,
+    pub sequence: i32,
+    pub from_status_id: Option<Uuid>,
+    pub from_display_name: Option<String>,
+    pub from_kind: Option<String>,
+    pub from_probability: Option<i16>,
+    pub to_status_id: Uuid,
+    pub to_display_name: String,
+    pub to_kind: String,
+    pub to_probability: i16,
+    pub changed_by_id: String,
+    pub changed_by_name: String,
+    pub change_time: DateTime<Utc>,
+    pub note: String,
+    pub currency_code: String,
+    pub amount: String,
+    pub micros_in_previous_status: Option<i64>,
+    pub lost_reason: Option<String>,
+    pub request_id: Option<String>,
+}
+
+macro_rules! history_columns {
+    () => {
+        "id, opportunity_id, sequence, from_status_id, from_display_name, from_kind::text as from_kind,
+         from_probability, to_status_id, to_display_name, to_kind::text as to_kind, to_probability,
+         changed_by_id, changed_by_name, change_time, note, currency_code, amount::text as amount,
+         (extract(epoch from time_in_previous_status) * 1000000)::bigint as micros_in_previous_status,
+         lost_reason, request_id"
+    };
+}
+
+/// One history entry to append (R9): the snapshots are of this moment (R7).
+pub struct NewStatusChange<'a> {
+    pub opportunity_id: Uuid,
+    pub from: Option<(&'a StatusInfo, DateTime<Utc>)>,
+    pub to: &'a StatusInfo,
+    pub actor_id: &'a str,
+    pub actor_name: &'a str,
+    pub time: DateTime<Utc>,
+    pub note: &'a str,
+    pub amount: &'a Money,
+    pub lost_reason: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+}
+
+/// Appends the next entry of the opportunity's chain; the caller holds the opportunity's lock.
+pub async fn append_status_change(
+    tx: &mut PgConnection,
+    change: &NewStatusChange<'_>,
+) -> Result<StatusChangeRow, sqlx::Error> {
+    let (from, entered) = match change.from {
+        Some((status, entered)) => (Some(status), Some(entered)),
+        None => (None, None),
+    };
+    sqlx::query_as(concat!(
+        "insert into status_changes
+             (opportunity_id, sequence, from_status_id, from_display_name, from_kind, from_probability,
+              to_status_id, to_display_name, to_kind, to_probability, changed_by_id, changed_by_name,
+              change_time, note, currency_code, amount, time_in_previous_status, lost_reason, request_id)
+         values ($1,
+                 (select coalesce(max(sequence), 0) + 1 from status_changes where opportunity_id = $1),
+                 $2, $3, $4::status_kind, $5, $6, $7, $8::status_kind, $9, $10, $11, $12, $13, $14,
+                 $15::numeric, $12 - $16, $17, $18)
+         returning ",
+        history_columns!()
+    ))
+    .bind(change.opportunity_id)
+    .bind(from.map(|s| s.id))
+    .bind(from.map(|s| s.display_name.as_str()))
+    .bind(from.map(|s| s.kind.as_str()))
+    .bind(from.map(|s| s.probability))
+    .bind(change.to.id)
+    .bind(&change.to.display_name)
+    .bind(&change.to.kind)
+    .bind(change.to.probability)
+    .bind(change.actor_id)
+    .bind(change.actor_name)
+    .bind(change.time)
+    .bind(change.note)
+    .bind(&change.amount.currency_code)
+    .bind(change.amount.decimal())
+    .bind(entered)
+    .bind(change.lost_reason)
+    .bind(change.request_id)
+    .fetch_one(tx)
+    .await
+}
+
+/// A page of an opportunity's history, oldest or newest first, after `after_sequence`.
+pub async fn history<'e>(
+    db: impl PgExecutor<'e>,
+    opportunity_id: Uuid,
+    newest_first: bool,
+    after_sequence: Option<i32>,
+    limit: i64,
+) -> Result<Vec<StatusChangeRow>, sqlx::Error> {
+    if newest_first {
+        sqlx::query_as(concat!(
+            "select ",
+            history_columns!(),
+            " from status_changes where opportunity_id = $1 and sequence < $2
+             order by sequence desc limit $3"
+        ))
+        .bind(opportunity_id)
+        .bind(after_sequence.unwrap_or(i32::MAX))
+        .bind(limit)
+        .fetch_all(db)
+        .await
+    } else {
+        sqlx::query_as(concat!(
+            "select ",
+            history_columns!(),
+            " from status_changes where opportunity_id = $1 and sequence > $2
+             order by sequence limit $3"
+        ))
+        .bind(opportunity_id)
+        .bind(after_sequence.unwrap_or(0))
+        .bind(limit)
+        .fetch_all(db)
+        .await
+    }
+}
+
+/// One outbox row, in the change's transaction.
+pub struct NewEvent<'a> {
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub opportunity_id: Uuid,
+    pub time: DateTime<Utc>,
+    pub actor_id: &'a str,
+    pub actor_name: &'a str,
+    pub request_id: Option<&'a str>,
+    pub payload: Vec<u8>,
+}
+
+pub async fn append_event(tx: &mut PgConnection, event: &NewEvent<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into opportunity_events
+             (event_id, type, opportunity_id, occur_time, actor_id, actor_name, request_id, payload)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(event.event_id)
+    .bind(event.event_type)
+    .bind(event.opportunity_id)
+    .bind(event.time)
+    .bind(event.actor_id)
+    .bind(event.actor_name)
+    .bind(event.request_id)
+    .bind(&event.payload)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Renders the caller's visibility (R12) as a condition on `o.owner_id`.
+pub fn push_visibility(query: &mut QueryBuilder<Postgres>, visibility: &Visibility) {
+    match visibility {
+        Visibility::All => {
+            query.push(" and true");
+        }
+        Visibility::Team { me, team } => {
+            query
+                .push(" and (o.owner_id = ")
+                .push_bind(me.clone())
+                .push(" or o.owner_id = any(array(select id from salespeople where team = ")
+                .push_bind(team.clone())
+                .push(")))");
+        }
+        Visibility::Own { me } => {
+            query.push(" and o.owner_id = ").push_bind(me.clone());
+        }
+    }
+}
+
+/// The filters of ListOpportunities and GetPipelineSummary.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct OpportunityFilter {
+    pub owner_ids: Vec<String>,
+    pub team: Option<String>,
+    pub customer_id: Option<Uuid>,
+    pub status_ids: Vec<Uuid>,
+    pub states: Vec<String>,
+    pub close_from: Option<NaiveDate>,
+    pub close_to: Option<NaiveDate>,
+    /// A `LIKE` pattern, lowercased and escaped.
+    pub pattern: Option<String>,
+}
+
+pub fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &OpportunityFilter) {
+    if !filter.owner_ids.is_empty() {
+        query
+            .push(" and o.owner_id = any(")
+            .push_bind(filter.owner_ids.clone())
+            .push(")");
+    }
+    if let Some(team) = &filter.team {
+        query
+            .push(" and o.owner_id = any(array(select id from salespeople where team = ")
+            .push_bind(team.clone())
+            .push("))");
+    }
+    if let Some(customer_id) = filter.customer_id {
+        query.push(" and o.customer_id = ").push_bind(customer_id);
+    }
+    if !filter.status_ids.is_empty() {
+        query
+            .push(" and o.status_id = any(")
+            .push_bind(filter.status_ids.clone())
+            .push(")");
+    }
+    if !filter.states.is_empty() {
+        query
+            .push(" and o.state = any(")
+            .push_bind(filter.states.clone())
+            .push("::status_kind[])");
+    }
+    if let Some(from) = filter.close_from {
+        query.push(" and o.expected_close_date >= ").push_bind(from);
+    }
+    if let Some(to) = filter.close_to {
+        query.push(" and o.expected_close_date <= ").push_bind(to);
+    }
+    if let Some(pattern) = &filter.pattern {
+        query
+            .push(" and (lower(o.title || E'\\n' || coalesce(o.next_step, '')) like ")
+            .push_bind(pattern.clone())
+            .push(
+                " or o.customer_id = any(array(select c.id from customers c where \
+                 lower(c.display_name || E'\\n' || coalesce(c.code, '') || E'\\n' || coalesce(c.contact_name, '') \
+                 || E'\\n' || coalesce(c.email, '') || E'\\n' || coalesce(c.phone, '')) like ",
+            )
+            .push_bind(pattern.clone())
+            .push(")))");
+    }
+}
+
+/// The order of an opportunity list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ListOrder {
+    UpdateTimeDesc,
+    ExpectedCloseDate,
+    AmountDesc,
+}
+
+/// Where a page starts: the last row's sort key.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum ListAfter {
+    UpdateTime(DateTime<Utc>, Uuid),
+    /// `'infinity'` stands for an unknown close date (sorted last).
+    CloseDate(String, Uuid),
+    Amount(String, Uuid),
+}
+
+pub fn list_query(
+    visibility: &Visibility,
+    filter: &OpportunityFilter,
+    order: ListOrder,
+    after: Option<&ListAfter>,
+    limit: i64,
+) -> QueryBuilder<Postgres> {
+    let mut query = QueryBuilder::new(select_opportunity!());
+    query.push("where true");
+    push_visibility(&mut query, visibility);
+    push_filter(&mut query, filter);
+    match after {
+        Some(ListAfter::UpdateTime(time, id)) => {
+            query
+                .push(" and (o.update_time, o.id) < (")
+                .push_bind(*time)
+                .push(", ")
+                .push_bind(*id)
+                .push(")");
+        }
+        Some(ListAfter::CloseDate(date, id)) => {
+            query
+                .push(" and (coalesce(o.expected_close_date, 'infinity'::date), o.id) > (")
+                .push_bind(date.clone())
+                .push("::date, ")
+                .push_bind(*id)
+                .push(")");
+        }
+        Some(ListAfter::Amount(amount, id)) => {
+            query
+                .push(" and (o.amount, o.id) < (")
+                .push_bind(amount.clone())
+                .push("::numeric, ")
+                .push_bind(*id)
+                .push(")");
+        }
+        None => {}
+    }
+    query.push(match order {
+        ListOrder::UpdateTimeDesc => " order by o.update_time desc, o.id desc",
+        ListOrder::ExpectedCloseDate => {
+            " order by coalesce(o.expected_close_date, 'infinity'::date), o.id"
+        }
+        ListOrder::AmountDesc => " order by o.amount desc, o.id desc",
+    });
+    query.push(" limit ").push_bind(limit);
+    query
+}
+
+pub async fn list<'e>(
+    db: impl PgExecutor<'e>,
+    visibility: &Visibility,
+    filter: &OpportunityFilter,
+    order: ListOrder,
+    after: Option<&ListAfter>,
+    limit: i64,
+) -> Result<Vec<OpportunityRow>, sqlx::Error> {
+    list_query(visibility, filter, order, after, limit)
+        .build_query_as()
+        .fetch_all(db)
+        .await
+}
+
+/// One group of the pipeline (R14): per status and currency when `owner_id` is `None`,
+/// else per owner, status and currency.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PipelineRow {
+    pub owner_id: Option<String>,
+    pub owner_name: Option<String>,
+    pub status_id: Uuid,
+    pub currency_code: String,
+    pub count: i64,
+    pub total: String,
+    pub weighted: String,
+}
+
+/// Both groupings in one pass, exact: `weighted` is the sum of amount x probability / 100,
+/// rounded once to the nano. Probabilities are the statuses' current ones (R7).
+pub fn pipeline_query(
+    visibility: &Visibility,
+    filter: &OpportunityFilter,
+) -> QueryBuilder<Postgres> {
+    let mut query = QueryBuilder::new(
+        "select g.owner_id, sp.display_name as owner_name, g.status_id, g.currency_code, g.count,
+                g.total::text as total, round(g.weighted, 9)::text as weighted
+         from (
+             select case when grouping(o.owner_id) = 0 then o.owner_id end as owner_id,
+                    o.status_id, o.currency_code, count(*) as count, sum(o.amount) as total,
+                    sum(o.amount * s.probability / 100) as weighted
+             from opportunities o
+             join opportunity_statuses s on s.id = o.status_id
+             where true",
+    );
+    push_visibility(&mut query, visibility);
+    push_filter(&mut query, filter);
+    query.push(
+        " group by grouping sets ((o.status_id, o.currency_code), (o.owner_id, o.status_id, o.currency_code))
+         ) g
+         left join salespeople sp on sp.id = g.owner_id
+         order by g.owner_id nulls first, g.status_id, g.currency_code",
+    );
+    query
+}
+
+pub async fn pipeline<'e>(
+    db: impl PgExecutor<'e>,
+    visibility: &Visibility,
+    filter: &OpportunityFilter,
+) -> Result<Vec<PipelineRow>, sqlx::Error> {
+    pipeline_query(visibility, filter)
+        .build_query_as()
+        .fetch_all(db)
+        .await
+}
+
+/// The live statuses in pipeline order, for the summary's rows.
+pub async fn live_statuses<'e>(
+    db: impl PgExecutor<'e>,
+) -> Result<Vec<(Uuid, String, i32, i16, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, display_name, position, probability, kind::text from opportunity_statuses
+         where not archived order by position",
+    )
+    .fetch_all(db)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SalespersonRow {
+    pub id: String,
+    pub display_name: String,
+    pub team: String,
+    pub roles: Vec<String>,
+    pub first_seen_time: DateTime<Utc>,
+    pub last_seen_time: DateTime<Utc>,
+}
+
+pub fn salespeople_query(
+    pattern: Option<&str>,
+    team: Option<&str>,
+    after: Option<&(String, String)>,
+    limit: i64,
+) -> QueryBuilder<Postgres> {
+    let mut query = QueryBuilder::new(
+        "select id, display_name, team, roles, first_seen_time, last_seen_time from salespeople where true",
+    );
+    if let Some(pattern) = pattern {
+        query
+            .push(" and lower(display_name) like ")
+            .push_bind(pattern.to_owned());
+    }
+    if let Some(team) = team {
+        query.push(" and team = ").push_bind(team.to_owned());
+    }
+    if let Some((name, id)) = after {
+        query
+            .push(" and (lower(display_name), id) > (")
+            .push_bind(name.clone())
+            .push(", ")
+            .push_bind(id.clone())
+            .push(")");
+    }
+    query
+        .push(" order by lower(display_name), id limit ")
+        .push_bind(limit);
+    query
+}
