@@ -153,9 +153,10 @@ impl TestSuite {
         let addr = listener.local_addr().expect("local addr");
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let config = ServeConfig {
-            pool: service_pool,
+            pool: Some(service_pool),
             auth: Authenticator::hs256(SECRET.as_bytes(), options.issuer, options.audience),
             services: ServiceKind::ALL.to_vec(),
+            gateway_endpoints: None,
             grace: Duration::from_secs(5),
             health_interval: options.health_interval,
         };
@@ -199,6 +200,14 @@ impl TestSuite {
         Channel,
     > {
         salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient::new(
+            self.channel().await,
+        )
+    }
+
+    pub async fn gateway(
+        &self,
+    ) -> salesopp_proto::gateway::v1::gateway_service_client::GatewayServiceClient<Channel> {
+        salesopp_proto::gateway::v1::gateway_service_client::GatewayServiceClient::new(
             self.channel().await,
         )
     }

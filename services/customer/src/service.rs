@@ -195,6 +195,18 @@ fn list_filter(request: &pb::ListCustomersRequest) -> ApiResult<ListFilter> {
             violations.add(format!("owner_ids[{index}]"), "must not be empty");
         }
     }
+    let mut ids = Vec::with_capacity(request.ids.len());
+    if request.ids.len() > MAX_PAGE_SIZE as usize {
+        violations.add("ids", format!("at most {MAX_PAGE_SIZE} ids"));
+    }
+    for (index, raw) in request.ids.iter().enumerate() {
+        match Uuid::parse_str(raw) {
+            Ok(id) => ids.push(id),
+            Err(_) => violations.add(format!("ids[{index}]"), format!("{raw:?} is not a UUID")),
+        }
+    }
+    ids.sort();
+    ids.dedup();
     let order = match request.order_by.trim() {
         "" | "display_name" | "display_name asc" => Some(ListOrder::DisplayName),
         "update_time desc" => Some(ListOrder::UpdateTimeDesc),
@@ -217,6 +229,7 @@ fn list_filter(request: &pb::ListCustomersRequest) -> ApiResult<ListFilter> {
     Ok(ListFilter {
         pattern: (!query.is_empty()).then(|| domain::like_substring(query)),
         owner_ids,
+        ids,
         show_archived: request.show_archived,
         order: order.unwrap_or(ListOrder::DisplayName),
     })

@@ -183,6 +183,7 @@ pub struct ListFilter {
     /// A `LIKE` pattern over the search expression, already lowercased and escaped.
     pub pattern: Option<String>,
     pub owner_ids: Vec<String>,
+    pub ids: Vec<Uuid>,
     pub show_archived: bool,
     pub order: ListOrder,
 }

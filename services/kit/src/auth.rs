@@ -112,8 +112,17 @@ pub struct Claims {
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// One audience or several (RFC 7519 allows both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// The `aud` claim: a string or an array of strings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 enum Keys {
@@ -188,7 +197,15 @@ impl Authenticator {
         let mut validation = Validation::new(algorithm);
         validation.leeway = CLOCK_SKEW_SECONDS;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present, not only right when present.
+        let mut required = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         match &self.audience {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
@@ -303,7 +320,7 @@ pub fn mint_hs256(secret: &[u8], request: &TokenRequest) -> anyhow::Result<Strin
         nbf: None,
         iat: Some(now),
         iss: request.issuer.clone(),
-        aud: request.audience.clone(),
+        aud: request.audience.clone().map(Audience::One),
     };
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

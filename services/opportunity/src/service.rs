@@ -699,15 +699,20 @@ pub async fn salespeople(
             "must be at most 200 characters, with no control characters",
         );
     }
+    if request.ids.len() > MAX_PAGE_SIZE as usize {
+        violations.add("ids", format!("at most {MAX_PAGE_SIZE} ids"));
+    }
+    let ids = owner_ids(&mut violations, &request.ids);
     violations.into_result()?;
     let pattern = (!query.is_empty()).then(|| domain::like_substring(query));
     let team = request.team.trim();
     let team = (!team.is_empty()).then_some(team);
-    let fingerprint = paging::fingerprint(&("salespeople", &pattern, team));
+    let fingerprint = paging::fingerprint(&("salespeople", &pattern, team, &ids));
     let after: Option<(String, String)> = paging::decode(&request.page_token, &fingerprint)?;
     let mut rows: Vec<store::SalespersonRow> = store::salespeople_query(
         pattern.as_deref(),
         team,
+        &ids,
         after.as_ref(),
         i64::from(page_size) + 1,
     )

@@ -655,6 +655,7 @@ pub struct SalespersonRow {
 pub fn salespeople_query(
     pattern: Option<&str>,
     team: Option<&str>,
+    ids: &[String],
     after: Option<&(String, String)>,
     limit: i64,
 ) -> QueryBuilder<Postgres> {
@@ -668,6 +669,12 @@ pub fn salespeople_query(
     }
     if let Some(team) = team {
         query.push(" and team = ").push_bind(team.to_owned());
+    }
+    if !ids.is_empty() {
+        query
+            .push(" and id = any(")
+            .push_bind(ids.to_vec())
+            .push(")");
     }
     if let Some((name, id)) = after {
         query

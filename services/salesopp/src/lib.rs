@@ -2,8 +2,10 @@
 //! `main.rs` parses the command line; the end-to-end tests use [`serve`] directly.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use salesopp_gateway::grpc::Endpoints;
 use salesopp_kit::{Authenticator, ServeOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -22,14 +24,18 @@ pub enum ServiceKind {
     /// salesopp.statusconfig.v1.StatusConfigService
     #[value(name = "status-config")]
     StatusConfig,
+    /// salesopp.gateway.v1.GatewayService (no database; calls the other three)
+    #[value(name = "gateway")]
+    Gateway,
 }
 
 impl ServiceKind {
-    /// Every service this build has: what the all-in-one process hosts.
-    pub const ALL: [ServiceKind; 3] = [
+    /// Every service: what the all-in-one process hosts.
+    pub const ALL: [ServiceKind; 4] = [
         ServiceKind::Customer,
         ServiceKind::Opportunity,
         ServiceKind::StatusConfig,
+        ServiceKind::Gateway,
     ];
 
     pub fn grpc_name(self) -> &'static str {
@@ -37,19 +43,63 @@ impl ServiceKind {
             ServiceKind::Customer => salesopp_customer::SERVICE_NAME,
             ServiceKind::Opportunity => salesopp_opportunity::SERVICE_NAME,
             ServiceKind::StatusConfig => salesopp_status_config::SERVICE_NAME,
+            ServiceKind::Gateway => salesopp_gateway::SERVICE_NAME,
         }
+    }
+
+    pub fn needs_database(self) -> bool {
+        self != ServiceKind::Gateway
     }
 }
 
+/// The gateway's endpoints when it runs beside the services in one process: its own port,
+/// over loopback, so every combined call goes through the real services and their checks.
+pub fn loopback_endpoints(listen: SocketAddr) -> Endpoints {
+    let host = if listen.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        match listen {
+            SocketAddr::V4(v4) => v4.ip().to_string(),
+            SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+        }
+    };
+    let url = format!("http://{host}:{}", listen.port());
+    Endpoints {
+        customer: url.clone(),
+        opportunity: url.clone(),
+        status_config: url,
+    }
+}
+
+/// What one serving process needs.
+#[derive(Debug)]
+pub struct ServeConfig {
+    /// The database; `None` only for a gateway-only process.
+    pub pool: Option<PgPool>,
+    pub auth: Authenticator,
+    pub services: Vec<ServiceKind>,
+    /// Where the gateway finds the services; `None` means this process's own port.
+    pub gateway_endpoints: Option<Endpoints>,
+    pub grace: Duration,
+    pub health_interval: Duration,
+}
+
 /// The routes of `services`, each behind token verification.
-pub fn routes(pool: &PgPool, auth: &Authenticator, services: &[ServiceKind]) -> Routes {
+fn routes(config: &ServeConfig, listen: SocketAddr) -> anyhow::Result<Routes> {
+    let auth = &config.auth;
+    let pool = || {
+        config
+            .pool
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("DATABASE_URL is required for these services"))
+    };
     let mut builder = Routes::builder();
-    for service in services {
+    for service in &config.services {
         match service {
             ServiceKind::Customer => {
                 builder.add_service(InterceptedService::new(
                     salesopp_customer::CustomerServiceServer::new(
-                        salesopp_customer::Customers::new(pool.clone()),
+                        salesopp_customer::Customers::new(pool()?),
                     ),
                     auth.interceptor(),
                 ));
@@ -57,7 +107,7 @@ pub fn routes(pool: &PgPool, auth: &Authenticator, services: &[ServiceKind]) -> 
             ServiceKind::Opportunity => {
                 builder.add_service(InterceptedService::new(
                     salesopp_opportunity::OpportunityServiceServer::new(
-                        salesopp_opportunity::Opportunities::new(pool.clone()),
+                        salesopp_opportunity::Opportunities::new(pool()?),
                     ),
                     auth.interceptor(),
                 ));
@@ -65,24 +115,26 @@ pub fn routes(pool: &PgPool, auth: &Authenticator, services: &[ServiceKind]) -> 
             ServiceKind::StatusConfig => {
                 builder.add_service(InterceptedService::new(
                     salesopp_status_config::StatusConfigServiceServer::new(
-                        salesopp_status_config::StatusConfig::new(pool.clone()),
+                        salesopp_status_config::StatusConfig::new(pool()?),
+                    ),
+                    auth.interceptor(),
+                ));
+            }
+            ServiceKind::Gateway => {
+                let endpoints = config
+                    .gateway_endpoints
+                    .clone()
+                    .unwrap_or_else(|| loopback_endpoints(listen));
+                builder.add_service(InterceptedService::new(
+                    salesopp_gateway::GatewayServiceServer::new(
+                        salesopp_gateway::Gateway::connect_lazy(&endpoints)?,
                     ),
                     auth.interceptor(),
                 ));
             }
         }
     }
-    builder.routes()
-}
-
-/// What one serving process needs.
-#[derive(Debug)]
-pub struct ServeConfig {
-    pub pool: PgPool,
-    pub auth: Authenticator,
-    pub services: Vec<ServiceKind>,
-    pub grace: Duration,
-    pub health_interval: Duration,
+    Ok(builder.routes())
 }
 
 /// Serves `config.services` on `listener` until `shutdown` resolves.
@@ -91,10 +143,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let routes = routes(&config.pool, &config.auth, &config.services);
+    let routes = routes(&config, listener.local_addr()?)?;
     let names: Vec<&'static str> = config.services.iter().map(|s| s.grpc_name()).collect();
     salesopp_kit::serve(
-        Some(config.pool),
+        config.pool,
         routes,
         &names,
         ServeOptions {

@@ -15,6 +15,33 @@ struct Cli {
     command: Command,
 }
 
+/// Where a gateway-only process finds the services.
+#[derive(clap::Args, Debug)]
+struct GatewayArgs {
+    /// CustomerService URL, e.g. http://customer:50051
+    #[arg(long, env = "SALESOPP_CUSTOMER_URL")]
+    customer_url: Option<String>,
+    /// OpportunityService URL
+    #[arg(long, env = "SALESOPP_OPPORTUNITY_URL")]
+    opportunity_url: Option<String>,
+    /// StatusConfigService URL
+    #[arg(long, env = "SALESOPP_STATUS_CONFIG_URL")]
+    status_config_url: Option<String>,
+}
+
+impl GatewayArgs {
+    fn endpoints(self) -> anyhow::Result<salesopp_gateway::grpc::Endpoints> {
+        let need = |value: Option<String>, name: &str| {
+            value.ok_or_else(|| anyhow::anyhow!("{name} is required for --service gateway"))
+        };
+        Ok(salesopp_gateway::grpc::Endpoints {
+            customer: need(self.customer_url, "SALESOPP_CUSTOMER_URL")?,
+            opportunity: need(self.opportunity_url, "SALESOPP_OPPORTUNITY_URL")?,
+            status_config: need(self.status_config_url, "SALESOPP_STATUS_CONFIG_URL")?,
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve every service on one port, or one service with --service.
@@ -22,12 +49,18 @@ enum Command {
         /// Host only this service (one Kubernetes Deployment each); all of them when absent.
         #[arg(long, env = "SALESOPP_SERVICE")]
         service: Option<ServiceKind>,
-        #[command(flatten)]
-        database: DatabaseArgs,
+        /// Postgres URL; required unless only the gateway is served.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Most connections the pool opens.
+        #[arg(long, env = "SALESOPP_DB_MAX_CONNECTIONS", default_value_t = 10)]
+        db_max_connections: u32,
         #[command(flatten)]
         auth: AuthArgs,
         #[command(flatten)]
         listen: ListenArgs,
+        #[command(flatten)]
+        gateway: GatewayArgs,
         /// Seconds to wait for the database at start-up.
         #[arg(long, env = "SALESOPP_STARTUP_TIMEOUT_SECONDS", default_value_t = 60)]
         startup_timeout_seconds: u64,
@@ -69,28 +102,43 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             service,
-            database,
+            database_url,
+            db_max_connections,
             auth,
             listen,
+            gateway,
             startup_timeout_seconds,
         } => {
             salesopp_kit::telemetry::init();
             let authenticator = auth.authenticator()?;
-            let pool = salesopp_kit::db::connect_lazy(
-                &database.database_url,
-                database.db_max_connections,
-            )?;
-            salesopp::wait_for_schema(&pool, Duration::from_secs(startup_timeout_seconds)).await?;
-            let listener = tokio::net::TcpListener::bind(listen.listen).await?;
             let services = match service {
                 Some(one) => vec![one],
                 None => ServiceKind::ALL.to_vec(),
             };
+            let pool = if services.iter().any(|s| s.needs_database()) {
+                let url = database_url.ok_or_else(|| {
+                    anyhow::anyhow!("DATABASE_URL is required to serve {services:?}")
+                })?;
+                let pool = salesopp_kit::db::connect_lazy(&url, db_max_connections)?;
+                salesopp::wait_for_schema(&pool, Duration::from_secs(startup_timeout_seconds))
+                    .await?;
+                Some(pool)
+            } else {
+                None
+            };
+            // Alone, the gateway is told where the services are; beside them, it uses this port.
+            let gateway_endpoints = if service == Some(ServiceKind::Gateway) {
+                Some(gateway.endpoints()?)
+            } else {
+                None
+            };
+            let listener = tokio::net::TcpListener::bind(listen.listen).await?;
             salesopp::serve(
                 ServeConfig {
                     pool,
                     auth: authenticator,
                     services,
+                    gateway_endpoints,
                     grace: listen.shutdown_grace(),
                     health_interval: listen.health_interval(),
                 },

@@ -1,0 +1,128 @@
+//! What a downstream call carries from the caller's call: the bearer token (so the services
+//! check the caller, not the gateway), the remaining deadline, and the W3C trace context.
+//! A downstream failure keeps its code and details, except that an unreachable service is
+//! answered UNAVAILABLE naming the part that failed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+/// Metadata passed through unchanged.
+const FORWARDED: [&str; 3] = ["authorization", "traceparent", "tracestate"];
+
+/// The caller's context, captured when its call arrives.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    metadata: Vec<(&'static str, MetadataValue<tonic::metadata::Ascii>)>,
+    deadline: Option<Instant>,
+}
+
+/// Parses a `grpc-timeout` header value ("<up to 8 digits><H|M|S|m|u|n>").
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+impl Forward {
+    pub fn capture(metadata: &MetadataMap) -> Forward {
+        let forwarded = FORWARDED
+            .iter()
+            .filter_map(|key| metadata.get(*key).map(|value| (*key, value.clone())))
+            .collect();
+        let deadline = metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|timeout| Instant::now() + timeout);
+        Forward {
+            metadata: forwarded,
+            deadline,
+        }
+    }
+
+    /// Time left before the caller's deadline, if it set one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// A downstream request carrying the caller's token, trace context and remaining time.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        for (key, value) in &self.metadata {
+            request.metadata_mut().insert(*key, value.clone());
+        }
+        if let Some(remaining) = self.remaining() {
+            request.set_timeout(remaining.max(Duration::from_millis(1)));
+        }
+        request
+    }
+}
+
+/// The downstream service a combined call depends on, for error messages.
+#[derive(Debug, Clone, Copy)]
+pub enum Part {
+    Customer,
+    Opportunity,
+    StatusConfig,
+}
+
+impl Part {
+    fn name(self) -> &'static str {
+        match self {
+            Part::Customer => "customer service",
+            Part::Opportunity => "opportunity service",
+            Part::StatusConfig => "status-config service",
+        }
+    }
+}
+
+/// Maps a downstream failure: the caller gets the service's own answer (permission, not
+/// found, invalid argument...), except when the service could not be reached.
+pub fn downstream(part: Part) -> impl Fn(Status) -> Status {
+    move |status| match status.code() {
+        Code::Unavailable | Code::Unknown if status.get_details_error_info().is_none() => {
+            let details = ErrorDetails::with_error_info(
+                "DOWNSTREAM_UNAVAILABLE",
+                salesopp_kit::error::ERROR_DOMAIN,
+                HashMap::from([("part".to_owned(), part.name().to_owned())]),
+            );
+            Status::with_error_details(
+                Code::Unavailable,
+                format!("the {} is unavailable: {}", part.name(), status.message()),
+                details,
+            )
+        }
+        _ => status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout("123456789m"), None);
+    }
+}

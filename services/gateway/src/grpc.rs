@@ -1,0 +1,113 @@
+//! The tonic trait of GatewayService: capture the caller's context, compose, and answer
+//! DEADLINE_EXCEEDED when the caller's deadline passes first.
+
+use std::time::Duration;
+
+use salesopp_kit::Principal;
+use salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient;
+use salesopp_proto::gateway::v1 as pb;
+use salesopp_proto::gateway::v1::gateway_service_server::GatewayService;
+use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
+use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::compose::Clients;
+use crate::forward::Forward;
+
+/// Where the three services are.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub customer: String,
+    pub opportunity: String,
+    pub status_config: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    clients: Clients,
+}
+
+fn channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|e| anyhow::anyhow!("invalid service URL {url:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+impl Gateway {
+    /// Connects lazily: the gateway starts whether or not the services are up yet.
+    pub fn connect_lazy(endpoints: &Endpoints) -> anyhow::Result<Gateway> {
+        Ok(Gateway {
+            clients: Clients {
+                customers: CustomerServiceClient::new(channel(&endpoints.customer)?),
+                opportunities: OpportunityServiceClient::new(channel(&endpoints.opportunity)?),
+                statuses: StatusConfigServiceClient::new(channel(&endpoints.status_config)?),
+            },
+        })
+    }
+}
+
+/// Runs `work` within the caller's deadline.
+async fn within<T>(
+    forward: &Forward,
+    work: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match forward.remaining() {
+        Some(remaining) => tokio::time::timeout(remaining, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(
+                    "the caller's deadline passed before the parts answered",
+                ))
+            }),
+        None => work.await,
+    }
+}
+
+#[tonic::async_trait]
+impl GatewayService for Gateway {
+    async fn get_opportunity_with_history(
+        &self,
+        request: Request<pb::GetOpportunityWithHistoryRequest>,
+    ) -> Result<Response<pb::GetOpportunityWithHistoryResponse>, Status> {
+        Principal::of(&request)?.require_sales_role()?;
+        let forward = Forward::capture(request.metadata());
+        let body = request.into_inner();
+        within(
+            &forward,
+            self.clients.opportunity_with_history(&forward, body),
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn get_customer_overview(
+        &self,
+        request: Request<pb::GetCustomerOverviewRequest>,
+    ) -> Result<Response<pb::GetCustomerOverviewResponse>, Status> {
+        Principal::of(&request)?.require_sales_role()?;
+        let forward = Forward::capture(request.metadata());
+        let body = request.into_inner();
+        within(&forward, self.clients.customer_overview(&forward, body))
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_salesperson_pipeline(
+        &self,
+        request: Request<pb::GetSalespersonPipelineRequest>,
+    ) -> Result<Response<pb::GetSalespersonPipelineResponse>, Status> {
+        let caller = Principal::of(&request)?;
+        caller.require_sales_role()?;
+        let forward = Forward::capture(request.metadata());
+        let body = request.into_inner();
+        within(
+            &forward,
+            self.clients.salesperson_pipeline(&forward, &caller, body),
+        )
+        .await
+        .map(Response::new)
+    }
+}
