@@ -184,6 +184,23 @@ create table opportunities (
     constraint opportunity_close_time_iff_closed check ((close_time is not null) = (state <> 'OPEN')),
     constraint opportunity_lost_reason_only_lost check (lost_reason is null or state = 'LOST')
 );
+-- R6: no opportunity enters an archived status. The row lock (FOR SHARE) also makes a
+-- concurrent DeleteStatus (which locks the status FOR NO KEY UPDATE before counting and
+-- moving its opportunities) wait for this write, or this write wait for it.
+create function opportunity_status_is_live() returns trigger
+language plpgsql as $$
+begin
+    if tg_op = 'INSERT' or new.status_id is distinct from old.status_id then
+        if (select archived from opportunity_statuses where id = new.status_id for share) then
+            perform salesopp_violation('an archived status takes no opportunities');
+        end if;
+    end if;
+    return new;
+end;
+$$;
+create trigger opportunity_status_is_live before insert or update of status_id on opportunities
+    for each row execute function opportunity_status_is_live();
+
 create index opportunity_owner_update_idx on opportunities (owner_id, update_time desc, id desc);
 create index opportunity_update_idx on opportunities (update_time desc, id desc);
 create index opportunity_customer_idx on opportunities (customer_id, update_time desc, id desc);

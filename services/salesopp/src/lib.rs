@@ -1,6 +1,8 @@
 //! The `salesopp` program's library: which services a process hosts and how it serves them.
 //! `main.rs` parses the command line; the end-to-end tests use [`serve`] directly.
 
+pub mod demo;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -70,6 +70,15 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Play the seed's story against a running suite, through its public calls.
+    Demo {
+        /// The suite's URL.
+        #[arg(long, env = "SALESOPP_URL", default_value = "http://127.0.0.1:50051")]
+        url: String,
+        /// The suite's development HS256 secret, to mint the story's tokens.
+        #[arg(long, env = "SALESOPP_AUTH_HS256_SECRET", hide_env_values = true)]
+        secret: String,
+    },
     /// Mint a development token signed with the HS256 secret.
     Token {
         /// The salesperson's id (`sub`).
@@ -146,6 +155,11 @@ async fn main() -> anyhow::Result<()> {
                 salesopp_kit::serve::shutdown_signal(),
             )
             .await
+        }
+        Command::Demo { url, secret } => {
+            let story = salesopp::demo::run(&url, &secret).await?;
+            print!("{story}");
+            Ok(())
         }
         Command::Migrate { database } => {
             salesopp_kit::telemetry::init();

@@ -40,6 +40,8 @@ impl StatusConfigService for StatusConfig {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::OpportunityStatus>, Status> {
         let caller = Principal::of(&request)?;
+        // Who may call comes before what the request holds, as in every call.
+        caller.require_sales_role()?;
         let id = convert::id_field("id", &request.get_ref().id)?;
         Ok(Response::new(service::get(&self.pool, &caller, id).await?))
     }
@@ -71,6 +73,7 @@ impl StatusConfigService for StatusConfig {
         request: Request<pb::DeleteStatusRequest>,
     ) -> Result<Response<pb::DeleteStatusResponse>, Status> {
         let caller = Principal::of(&request)?;
+        caller.require(salesopp_kit::Role::SalesAdmin)?;
         let body = request.get_ref();
         let id = convert::id_field("id", &body.id)?;
         let replacement = match body.replacement_status_id.as_str() {
@@ -87,6 +90,7 @@ impl StatusConfigService for StatusConfig {
         request: Request<pb::SetDefaultStatusRequest>,
     ) -> Result<Response<pb::OpportunityStatus>, Status> {
         let caller = Principal::of(&request)?;
+        caller.require(salesopp_kit::Role::SalesAdmin)?;
         let body = request.get_ref();
         let id = convert::id_field("id", &body.id)?;
         Ok(Response::new(

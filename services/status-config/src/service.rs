@@ -196,7 +196,10 @@ pub async fn delete(
     caller.require(Role::SalesAdmin)?;
     let mut tx = pool.begin().await?;
     store::lock_for_configuration(&mut tx).await?;
-    let current = load(&mut tx, id).await?;
+    // Locked so that no opportunity enters it unseen between the count below and the commit.
+    let current = store::get_for_update(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(RESOURCE, id.to_string()))?;
     check_etag(&current, etag)?;
     if current.kind() != StatusKind::Open {
         return Err(ApiError::failed_precondition(
@@ -243,31 +246,32 @@ pub async fn delete(
         }
     }
     let in_use = store::opportunities_in(&mut tx, id).await?;
-    if in_use > 0 {
-        return Err(match replacement {
-            None => ApiError::failed_precondition(
+    let moved = match (in_use, replacement) {
+        (0, _) => 0,
+        (_, None) => {
+            return Err(ApiError::failed_precondition(
                 "STATUS_IN_USE",
                 id.to_string(),
                 format!(
                     "{in_use} opportunities are in this status: name a replacement_status_id to move them to (R6)"
                 ),
-            ),
-            // The move is a status change per opportunity, owned by the opportunity service.
-            Some(_) => ApiError::failed_precondition(
-                "STATUS_IN_USE",
-                id.to_string(),
-                format!(
-                    "{in_use} opportunities are in this status and moving them needs the opportunity service, which this build does not have yet"
-                ),
-            ),
-        });
-    }
+            ));
+        }
+        // Each move is a normal status change (history entry and event), made by the one
+        // implementation the opportunity service uses, in this transaction.
+        (_, Some(replacement)) => {
+            salesopp_kit::people::record(&mut tx, caller).await?;
+            let note = format!("status {:?} was deleted", current.display_name);
+            salesopp_opportunity::status_change::move_all(&mut tx, id, replacement, &note, caller)
+                .await?
+        }
+    };
     let row = store::archive(&mut tx, id).await?;
     tx.commit().await?;
     tracing::info!(status_id = %id, actor = %caller.id, "status archived");
     Ok(pb::DeleteStatusResponse {
         status: Some(status_to_proto(&row)),
-        moved_opportunity_count: 0,
+        moved_opportunity_count: moved,
     })
 }
 

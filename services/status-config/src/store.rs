@@ -65,6 +65,25 @@ pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<StatusR
     .await
 }
 
+/// The status, locked `FOR NO KEY UPDATE`: a write that puts an opportunity in it (the
+/// schema's `opportunity_status_is_live` trigger takes a share lock on the row) either
+/// committed before, and is seen by what follows, or waits for this transaction to end (R6:
+/// DeleteStatus counts and moves every opportunity). Key-share locks (history entries that
+/// name the status as where they came from) do not wait on it, so no deadlock.
+pub async fn get_for_update(
+    tx: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<StatusRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from opportunity_statuses where id = $1 for no key update"
+    ))
+    .bind(id)
+    .fetch_optional(tx)
+    .await
+}
+
 /// One page in pipeline order, after `after_position`.
 pub async fn list<'e>(
     db: impl PgExecutor<'e>,
