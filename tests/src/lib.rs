@@ -159,6 +159,7 @@ impl TestSuite {
             gateway_endpoints: None,
             grace: Duration::from_secs(5),
             health_interval: options.health_interval,
+            metrics_listener: None,
         };
         let server = tokio::spawn(salesopp::serve(config, listener, async move {
             let _ = shutdown_rx.await;

@@ -97,6 +97,9 @@ pub struct ListenArgs {
     /// gRPC listen address.
     #[arg(long, env = "SALESOPP_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` listen address (plain HTTP); not served when unset.
+    #[arg(long, env = "SALESOPP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Seconds to finish in-flight calls after SIGTERM/SIGINT before exiting.
     #[arg(long, env = "SALESOPP_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod idempotency;
+pub mod metrics;
 pub mod paging;
 pub mod people;
 pub mod serve;

@@ -25,6 +25,8 @@ pub struct ServeOptions {
     pub grace: Duration,
     /// How often the database is probed for health.
     pub health_interval: Duration,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -108,6 +110,7 @@ pub async fn serve(
     options: ServeOptions,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    let pool_for_metrics = pool.clone();
     let names = service_names.to_vec();
     let watcher = match pool {
         Some(pool) => {
@@ -162,7 +165,12 @@ pub async fn serve(
         let _ = stopping_tx.send(());
     };
     tracing::info!(%local_addr, services = ?names, "serving");
+    if let Some(metrics_listener) = options.metrics_listener {
+        tracing::info!(addr = ?metrics_listener.local_addr().ok(), "serving /metrics");
+        tokio::spawn(crate::metrics::serve(metrics_listener, pool_for_metrics));
+    }
     let server = tonic::transport::Server::builder()
+        .layer(crate::metrics::MetricsLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(options.listener), signal);
     let grace = options.grace;

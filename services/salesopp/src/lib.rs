@@ -84,6 +84,8 @@ pub struct ServeConfig {
     pub gateway_endpoints: Option<Endpoints>,
     pub grace: Duration,
     pub health_interval: Duration,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listener: Option<TcpListener>,
 }
 
 /// The routes of `services`, each behind token verification.
@@ -156,6 +158,7 @@ pub async fn serve(
             shutdown: Box::pin(shutdown),
             grace: config.grace,
             health_interval: config.health_interval,
+            metrics_listener: config.metrics_listener,
         },
     )
     .await

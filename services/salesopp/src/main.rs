@@ -142,6 +142,10 @@ async fn main() -> anyhow::Result<()> {
                 None
             };
             let listener = tokio::net::TcpListener::bind(listen.listen).await?;
+            let metrics_listener = match listen.metrics_listen {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+                None => None,
+            };
             salesopp::serve(
                 ServeConfig {
                     pool,
@@ -150,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
                     gateway_endpoints,
                     grace: listen.shutdown_grace(),
                     health_interval: listen.health_interval(),
+                    metrics_listener,
                 },
                 listener,
                 salesopp_kit::serve::shutdown_signal(),

@@ -1,0 +1,197 @@
+//! Prometheus metrics, served over plain HTTP on `SALESOPP_METRICS_LISTEN` (`/metrics`):
+//! calls per method and status code, call latency per method, and the database pool.
+//!
+//! The status code is read from the response head: tonic answers every error as a
+//! trailers-only response, so `grpc-status` is there for errors; a response without it
+//! completed its headers normally and is counted as OK (an error raised mid-stream by a
+//! streaming call is the one case counted as OK).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::LazyLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+/// The suite's metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    pub calls: IntCounterVec,
+    pub latency: HistogramVec,
+    pub pool: IntGaugeVec,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = Registry::new_custom(Some("salesopp".into()), None).expect("metrics registry");
+    let calls = IntCounterVec::new(
+        Opts::new(
+            "grpc_calls_total",
+            "gRPC calls handled, by method and status code",
+        ),
+        &["method", "code"],
+    )
+    .expect("calls metric");
+    let latency = HistogramVec::new(
+        HistogramOpts::new(
+            "grpc_call_seconds",
+            "gRPC call latency to the response head, by method",
+        )
+        .buckets(vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]),
+        &["method"],
+    )
+    .expect("latency metric");
+    let pool = IntGaugeVec::new(
+        Opts::new("db_pool_connections", "database pool connections, by state"),
+        &["state"],
+    )
+    .expect("pool metric");
+    for collector in [
+        Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(latency.clone()),
+        Box::new(pool.clone()),
+    ] {
+        registry.register(collector).expect("register metric");
+    }
+    Metrics {
+        registry,
+        calls,
+        latency,
+        pool,
+    }
+});
+
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// Calls of `method` (e.g. `/salesopp.opportunity.v1.OpportunityService/GetOpportunity`)
+/// so far, every code together.
+pub fn calls_of(method: &str) -> u64 {
+    [
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "6",
+        "7",
+        "8",
+        "9",
+        "10",
+        "11",
+        "12",
+        "13",
+        "14",
+        "15",
+        "16",
+        "transport",
+    ]
+    .iter()
+    .map(|code| METRICS.calls.with_label_values(&[method, code]).get())
+    .sum()
+}
+
+/// The method label: the gRPC path for the suite's and the standard services, `other` for
+/// anything else (so a stray client cannot grow the label set without bound).
+fn method_label(path: &str) -> String {
+    let known = path.starts_with("/salesopp.") || path.starts_with("/grpc.");
+    if known && path.len() <= 200 {
+        path.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
+/// A tower layer recording every call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricsLayer;
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for MetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = method_label(request.uri().path());
+        let start = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let result = response.await;
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("0")
+                    .to_owned(),
+                Err(_) => "transport".to_owned(),
+            };
+            METRICS
+                .calls
+                .with_label_values(&[method.as_str(), code.as_str()])
+                .inc();
+            METRICS
+                .latency
+                .with_label_values(&[method.as_str()])
+                .observe(start.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+/// The text exposition of every metric, with the pool's gauges read now.
+pub fn render(pool: Option<&PgPool>) -> String {
+    if let Some(pool) = pool {
+        let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
+        let size = i64::from(pool.size());
+        METRICS.pool.with_label_values(&["idle"]).set(idle);
+        METRICS.pool.with_label_values(&["in_use"]).set(size - idle);
+    }
+    let mut buffer = Vec::new();
+    let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut buffer);
+    String::from_utf8(buffer).unwrap_or_default()
+}
+
+/// Serves `/metrics` on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, pool: Option<PgPool>) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let pool = pool.clone();
+            async move { render(pool.as_ref()) }
+        }),
+    );
+    if let Err(error) = axum::serve(listener, app).await {
+        tracing::error!(%error, "metrics server stopped");
+    }
+}
