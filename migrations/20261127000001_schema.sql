@@ -184,6 +184,33 @@ create table opportunities (
     constraint opportunity_close_time_iff_closed check ((close_time is not null) = (state <> 'OPEN')),
     constraint opportunity_lost_reason_only_lost check (lost_reason is null or state = 'LOST')
 );
+-- R1: a new opportunity belongs to a customer that is not archived. The share lock makes a
+-- concurrent DeleteCustomer (which locks the customer FOR UPDATE before counting its open
+-- opportunities) wait for this insert, or this insert wait for it.
+create function opportunity_customer_is_live() returns trigger
+language plpgsql as $$
+begin
+    if (select archived from customers where id = new.customer_id for share) then
+        perform salesopp_violation('an archived customer takes no new opportunities');
+    end if;
+    return new;
+end;
+$$;
+create trigger opportunity_customer_is_live before insert on opportunities
+    for each row execute function opportunity_customer_is_live();
+-- customer_id is immutable.
+create function opportunity_customer_immutable() returns trigger
+language plpgsql as $$
+begin
+    if new.customer_id <> old.customer_id then
+        perform salesopp_violation('an opportunity''s customer never changes');
+    end if;
+    return new;
+end;
+$$;
+create trigger opportunity_customer_immutable before update of customer_id on opportunities
+    for each row execute function opportunity_customer_immutable();
+
 -- R6: no opportunity enters an archived status. The row lock (FOR SHARE) also makes a
 -- concurrent DeleteStatus (which locks the status FOR NO KEY UPDATE before counting and
 -- moving its opportunities) wait for this write, or this write wait for it.

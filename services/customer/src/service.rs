@@ -263,9 +263,7 @@ pub async fn list(
         match rows.last() {
             Some(last) => {
                 let key = match filter.order {
-                    ListOrder::DisplayName => {
-                        ListAfter::Name(last.display_name.to_lowercase(), last.id)
-                    }
+                    ListOrder::DisplayName => ListAfter::Name(last.name_key.clone(), last.id),
                     ListOrder::UpdateTimeDesc => ListAfter::UpdateTime(last.update_time, last.id),
                 };
                 paging::encode(&fingerprint, &key)

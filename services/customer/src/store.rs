@@ -27,6 +27,8 @@ pub struct CustomerRow {
     pub created_by_name: String,
     pub updated_by: String,
     pub updated_by_name: String,
+    /// `lower(display_name)` as Postgres folds it: the name order's keyset key.
+    pub name_key: String,
 }
 
 impl CustomerRow {
@@ -52,7 +54,8 @@ macro_rules! select_customer {
         "select c.id, c.code, c.display_name, c.email, c.phone, c.contact_name, c.tax_id, c.address,
                 c.owner_id, c.archived, c.revision, c.create_time, c.update_time,
                 c.created_by, cb.display_name as created_by_name,
-                c.updated_by, ub.display_name as updated_by_name
+                c.updated_by, ub.display_name as updated_by_name,
+                lower(c.display_name) as name_key
          from customers c
          join salespeople cb on cb.id = c.created_by
          join salespeople ub on ub.id = c.updated_by "
@@ -194,17 +197,25 @@ pub fn list_query(
     after: Option<&ListAfter>,
     limit: i64,
 ) -> QueryBuilder<Postgres> {
-    let mut query = QueryBuilder::new(select_customer!());
+    let mut query = QueryBuilder::new("");
+    if let Some(pattern) = &filter.pattern {
+        // The matches first, through the trigram index, then ordered and paged: left to
+        // itself the planner walks the name index and filters, reading most of the table
+        // for a term that matches late in name order (Thai names sort after Latin ones).
+        query
+            .push("with matches as materialized (select c.id from customers c where ")
+            .push(SEARCH_EXPRESSION)
+            .push(" like lower(")
+            .push_bind(pattern.clone())
+            .push(")) ");
+    }
+    query.push(select_customer!());
     query.push("where true");
+    if filter.pattern.is_some() {
+        query.push(" and c.id in (select id from matches)");
+    }
     if !filter.show_archived {
         query.push(" and not c.archived");
-    }
-    if let Some(pattern) = &filter.pattern {
-        query
-            .push(" and ")
-            .push(SEARCH_EXPRESSION)
-            .push(" like ")
-            .push_bind(pattern);
     }
     if !filter.owner_ids.is_empty() {
         query
