@@ -296,6 +296,94 @@ impl tonic::service::Interceptor for AuthInterceptor {
     }
 }
 
+/// A tower layer that authenticates every call of the services it wraps, attaches the
+/// [`Principal`], and (given a database) records the caller as a salesperson on first use.
+/// Failures answer `UNAUTHENTICATED` before the service sees the request.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    authenticator: Authenticator,
+    recorder: Option<crate::people::Recorder>,
+}
+
+impl AuthLayer {
+    pub fn new(authenticator: Authenticator, recorder: Option<crate::people::Recorder>) -> Self {
+        Self {
+            authenticator,
+            recorder,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            authenticator: self.authenticator.clone(),
+            recorder: self.recorder.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    authenticator: Authenticator,
+    recorder: Option<crate::people::Recorder>,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for AuthService<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The ready service goes to this call; a fresh clone waits for the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let authenticator = self.authenticator.clone();
+        let recorder = self.recorder.clone();
+        Box::pin(async move {
+            let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
+            match authenticator.authenticate(&metadata) {
+                Err(error) => Ok(tonic::Status::from(error).into_http()),
+                Ok(principal) => {
+                    // Only salespeople are recorded: a caller without a sales role is refused
+                    // by every call anyway.
+                    if let Some(recorder) = recorder.as_ref().filter(|_| principal.has_sales_role())
+                    {
+                        recorder.remember(&principal).await;
+                    }
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+            }
+        })
+    }
+}
+
 /// What `salesopp token` mints: a development HS256 token.
 #[derive(Debug, Clone)]
 pub struct TokenRequest {

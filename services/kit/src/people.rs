@@ -36,3 +36,51 @@ pub async fn team_of(tx: &mut PgConnection, id: &str) -> Result<Option<String>, 
         .fetch_optional(tx)
         .await
 }
+
+/// Records every principal on their first call, reads included (R12: "salespeople are
+/// recorded from their token on first use"), and again whenever their name, team or roles
+/// change. Remembers what it wrote, so a steady caller costs no write.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    pool: sqlx::PgPool,
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Principal>>>,
+}
+
+/// Most principals remembered; past it the memory starts over (a write each, once).
+const MAX_REMEMBERED: usize = 100_000;
+
+impl Recorder {
+    pub fn new(pool: sqlx::PgPool) -> Self {
+        Self {
+            pool,
+            seen: Default::default(),
+        }
+    }
+
+    pub async fn remember(&self, principal: &Principal) {
+        let known = self
+            .seen
+            .lock()
+            .map(|seen| seen.get(&principal.id) == Some(principal))
+            .unwrap_or(false);
+        if known {
+            return;
+        }
+        let written = match self.pool.acquire().await {
+            Ok(mut connection) => record(&mut connection, principal).await,
+            Err(error) => Err(error),
+        };
+        match written {
+            Ok(()) => {
+                if let Ok(mut seen) = self.seen.lock() {
+                    if seen.len() >= MAX_REMEMBERED {
+                        seen.clear();
+                    }
+                    seen.insert(principal.id.clone(), principal.clone());
+                }
+            }
+            // The call itself will meet the same database problem and answer for it.
+            Err(error) => tracing::warn!(%error, "could not record the caller"),
+        }
+    }
+}

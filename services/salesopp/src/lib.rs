@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use salesopp_gateway::grpc::Endpoints;
+use salesopp_kit::auth::AuthLayer;
 use salesopp_kit::{Authenticator, ServeOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
-use tonic::service::interceptor::InterceptedService;
+use tower::Layer as _;
 
 /// A service a process can host (`salesopp serve --service NAME`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -90,7 +91,10 @@ pub struct ServeConfig {
 
 /// The routes of `services`, each behind token verification.
 fn routes(config: &ServeConfig, listen: SocketAddr) -> anyhow::Result<Routes> {
-    let auth = &config.auth;
+    let auth = AuthLayer::new(
+        config.auth.clone(),
+        config.pool.clone().map(salesopp_kit::people::Recorder::new),
+    );
     let pool = || {
         config
             .pool
@@ -101,27 +105,22 @@ fn routes(config: &ServeConfig, listen: SocketAddr) -> anyhow::Result<Routes> {
     for service in &config.services {
         match service {
             ServiceKind::Customer => {
-                builder.add_service(InterceptedService::new(
-                    salesopp_customer::CustomerServiceServer::new(
-                        salesopp_customer::Customers::new(pool()?),
-                    ),
-                    auth.interceptor(),
-                ));
+                builder.add_service(auth.layer(salesopp_customer::CustomerServiceServer::new(
+                    salesopp_customer::Customers::new(pool()?),
+                )));
             }
             ServiceKind::Opportunity => {
-                builder.add_service(InterceptedService::new(
+                builder.add_service(auth.layer(
                     salesopp_opportunity::OpportunityServiceServer::new(
                         salesopp_opportunity::Opportunities::new(pool()?),
                     ),
-                    auth.interceptor(),
                 ));
             }
             ServiceKind::StatusConfig => {
-                builder.add_service(InterceptedService::new(
+                builder.add_service(auth.layer(
                     salesopp_status_config::StatusConfigServiceServer::new(
                         salesopp_status_config::StatusConfig::new(pool()?),
                     ),
-                    auth.interceptor(),
                 ));
             }
             ServiceKind::Gateway => {
@@ -129,12 +128,9 @@ fn routes(config: &ServeConfig, listen: SocketAddr) -> anyhow::Result<Routes> {
                     .gateway_endpoints
                     .clone()
                     .unwrap_or_else(|| loopback_endpoints(listen));
-                builder.add_service(InterceptedService::new(
-                    salesopp_gateway::GatewayServiceServer::new(
-                        salesopp_gateway::Gateway::connect_lazy(&endpoints)?,
-                    ),
-                    auth.interceptor(),
-                ));
+                builder.add_service(auth.layer(salesopp_gateway::GatewayServiceServer::new(
+                    salesopp_gateway::Gateway::connect_lazy(&endpoints)?,
+                )));
             }
         }
     }
