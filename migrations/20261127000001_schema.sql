@@ -310,19 +310,22 @@ create trigger status_change_chain before insert on status_changes
 
 ------------------------------------------------------------------------------------------
 -- Event outbox: one row per opportunity change, written in the change's transaction.
--- `xact_id` lets a reader hold back events of transactions still in flight, since ids
--- commit out of order.
+-- Writers take one transaction-scoped advisory lock before their first event and keep it to
+-- commit, so event ids are allocated in commit order: a reader that follows ids never skips
+-- an event that commits after a higher id was read (services/opportunity/src/events.rs).
 ------------------------------------------------------------------------------------------
 create table opportunity_events (
     id              bigint generated always as identity primary key,
     event_id        uuid not null unique default gen_random_uuid(),
-    xact_id         xid8 not null default pg_current_xact_id(),
     type            text not null check (type in ('CREATED', 'UPDATED', 'STATUS_CHANGED')),
     opportunity_id  uuid not null references opportunities (id),
     occur_time      timestamptz not null,
     actor_id        text not null,
     actor_name      text not null,
     request_id      text,
+    -- The owner after the change, and before it when it changed: who may see the event (R12).
+    owner_id        text not null,
+    previous_owner_id text,
     -- The encoded salesopp.opportunity.v1.OpportunityEvent (before, after, status change).
     payload         bytea not null
 );

@@ -113,9 +113,13 @@ impl OpportunityService for Opportunities {
         request: Request<pb::WatchOpportunityEventsRequest>,
     ) -> Result<Response<Self::WatchOpportunityEventsStream>, Status> {
         let caller = Principal::of(&request)?;
-        caller.require_sales_role()?;
-        Err(Status::unimplemented(
-            "WatchOpportunityEvents is not served by this build yet: events are recorded in the outbox",
-        ))
+        let visibility = crate::domain::Visibility::of(&caller)
+            .ok_or_else(|| Status::permission_denied("the caller has no sales role"))?;
+        let watch = crate::events::watch_request(visibility, request.get_ref())?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(crate::events::stream(self.pool.clone(), watch, sender));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 }

@@ -5,12 +5,14 @@
 //! - `store`: the SQL, over any executor; visibility rendered inside every query.
 //! - `status_change`: the one implementation of a status change (R8, R9), also used by
 //!   status deletion (R6).
+//! - `events`: the outbox and the change feed (WatchOpportunityEvents).
 //! - `service`: one function per call; opens the transactions.
 //! - `convert`: protobuf <-> domain.
 //! - `grpc`: the tonic trait, thin.
 
 pub mod convert;
 pub mod domain;
+pub mod events;
 pub mod grpc;
 pub mod service;
 pub mod status_change;

@@ -14,7 +14,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::convert::{opportunity_to_proto, status_change_to_proto};
-use crate::store::{self, NewEvent, NewStatusChange, OpportunityRow, StatusChangeRow, StatusInfo};
+use crate::events::{self, NewEvent};
+use crate::store::{self, NewStatusChange, OpportunityRow, StatusChangeRow, StatusInfo};
 
 /// The event types, as stored in the outbox.
 pub const CREATED: &str = "CREATED";
@@ -43,6 +44,11 @@ pub async fn append_event(
 ) -> ApiResult<()> {
     let event_id = Uuid::new_v4();
     let opportunity_id = Uuid::parse_str(&after.id).map_err(ApiError::internal)?;
+    let owner_id = after.owner_id.clone();
+    let previous_owner_id = before
+        .as_ref()
+        .map(|b| b.owner_id.clone())
+        .filter(|previous| *previous != owner_id);
     let event = pb::OpportunityEvent {
         event_id: event_id.to_string(),
         cursor: String::new(),
@@ -58,7 +64,7 @@ pub async fn append_event(
         status_change,
         request_id: request_id.unwrap_or_default().to_owned(),
     };
-    store::append_event(
+    events::append(
         tx,
         &NewEvent {
             event_id,
@@ -68,6 +74,8 @@ pub async fn append_event(
             actor_id: &actor.id,
             actor_name: &actor.display_name,
             request_id,
+            owner_id: &owner_id,
+            previous_owner_id: previous_owner_id.as_deref(),
             payload: event.encode_to_vec(),
         },
     )
