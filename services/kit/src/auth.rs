@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -131,12 +132,75 @@ enum Keys {
     Jwks(Vec<(Option<String>, Algorithm, DecodingKey)>),
 }
 
+/// How often a JWKS URL may be fetched again for an unknown `kid`, at most.
+pub const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
+/// How old fetched keys may get before they are fetched again (revoked keys go away).
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(15 * 60);
+
+/// Keys fetched from a JWKS URL: refreshed when a token names an unknown `kid` (one fetch
+/// for any number of concurrent calls, and at most once per `min_refresh`), and when they
+/// are older than `max_age`.
+struct RemoteKeys {
+    url: String,
+    client: reqwest::Client,
+    min_refresh: Duration,
+    max_age: Duration,
+    /// The last fetch (successful or not); held while fetching, so fetches never overlap.
+    last_fetch: tokio::sync::Mutex<Instant>,
+    /// How many fetches were made, for tests and logs.
+    fetches: std::sync::atomic::AtomicU64,
+}
+
 /// Verifies bearer tokens. Cheap to clone.
 #[derive(Clone)]
 pub struct Authenticator {
-    keys: Arc<Keys>,
+    keys: Arc<std::sync::RwLock<Arc<Keys>>>,
+    remote: Option<Arc<RemoteKeys>>,
     issuer: Option<String>,
     audience: Option<String>,
+}
+
+/// Why a token was refused: an unknown key can be cured by fetching the keys again.
+enum Refusal {
+    UnknownKey,
+    Other(ApiError),
+}
+
+fn parse_jwks(document: &str) -> anyhow::Result<Keys> {
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(document)
+        .map_err(|e| anyhow::anyhow!("the JWKS is not a valid JSON Web Key Set: {e}"))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let algorithm = match &jwk.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+            _ => continue,
+        };
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|e| anyhow::anyhow!("a JWKS key cannot be used: {e}"))?;
+        keys.push((jwk.common.key_id.clone(), algorithm, key));
+    }
+    anyhow::ensure!(!keys.is_empty(), "the JWKS holds no RS256 or ES256 key");
+    Ok(Keys::Jwks(keys))
+}
+
+impl RemoteKeys {
+    async fn fetch(&self) -> anyhow::Result<Keys> {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let response = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| anyhow::anyhow!("cannot fetch the JWKS from {}: {e}", self.url))?;
+        let document = response
+            .text()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the JWKS from {}: {e}", self.url))?;
+        parse_jwks(&document)
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -145,7 +209,7 @@ impl std::fmt::Debug for Authenticator {
         f.debug_struct("Authenticator")
             .field(
                 "keys",
-                &match &*self.keys {
+                &match &*self.current_keys() {
                     Keys::Hs256(_) => "hs256(secret redacted)".to_owned(),
                     Keys::Jwks(keys) => format!("jwks({} keys)", keys.len()),
                 },
@@ -157,12 +221,95 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// Development keys: one HS256 shared secret.
-    pub fn hs256(secret: &[u8], issuer: Option<String>, audience: Option<String>) -> Self {
+    fn with_keys(keys: Keys, issuer: Option<String>, audience: Option<String>) -> Self {
         Self {
-            keys: Arc::new(Keys::Hs256(DecodingKey::from_secret(secret))),
+            keys: Arc::new(std::sync::RwLock::new(Arc::new(keys))),
+            remote: None,
             issuer,
             audience,
+        }
+    }
+
+    fn current_keys(&self) -> Arc<Keys> {
+        match self.keys.read() {
+            Ok(keys) => keys.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Development keys: one HS256 shared secret.
+    pub fn hs256(secret: &[u8], issuer: Option<String>, audience: Option<String>) -> Self {
+        Self::with_keys(
+            Keys::Hs256(DecodingKey::from_secret(secret)),
+            issuer,
+            audience,
+        )
+    }
+
+    /// Keys from a JWKS URL (the identity provider's `jwks_uri`), fetched now and again when
+    /// a token names a key not seen yet (rotation) or the keys are older than `max_age`.
+    pub async fn jwks_url(
+        url: &str,
+        issuer: Option<String>,
+        audience: Option<String>,
+        min_refresh: Duration,
+        max_age: Duration,
+    ) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build the JWKS client: {e}"))?;
+        let remote = RemoteKeys {
+            url: url.to_owned(),
+            client,
+            min_refresh,
+            max_age,
+            last_fetch: tokio::sync::Mutex::new(Instant::now()),
+            fetches: std::sync::atomic::AtomicU64::new(0),
+        };
+        let keys = remote.fetch().await?;
+        let mut authenticator = Self::with_keys(keys, issuer, audience);
+        authenticator.remote = Some(Arc::new(remote));
+        Ok(authenticator)
+    }
+
+    /// How many times the JWKS URL was fetched (0 for local keys).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.remote
+            .as_ref()
+            .map_or(0, |r| r.fetches.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Fetches the keys again unless that was done less than `min_refresh` ago (or, with
+    /// `only_if_older_than`, unless they are younger than it). Concurrent callers wait for
+    /// the one fetch. Returns whether new keys were installed.
+    async fn refresh(&self, only_if_older_than: Duration) -> bool {
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        let asked = Instant::now();
+        let mut last = remote.last_fetch.lock().await;
+        if *last > asked {
+            // Another call fetched while this one waited: its keys are the newest there are.
+            return true;
+        }
+        if last.elapsed() < only_if_older_than.max(remote.min_refresh) {
+            return false;
+        }
+        let fetched = remote.fetch().await;
+        *last = Instant::now();
+        match fetched {
+            Ok(keys) => {
+                if let Ok(mut current) = self.keys.write() {
+                    *current = Arc::new(keys);
+                }
+                tracing::info!(url = %remote.url, "JWKS refreshed");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "JWKS refresh failed: keeping the keys we have");
+                false
+            }
         }
     }
 
@@ -172,25 +319,7 @@ impl Authenticator {
         issuer: Option<String>,
         audience: Option<String>,
     ) -> anyhow::Result<Self> {
-        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(document)
-            .map_err(|e| anyhow::anyhow!("the JWKS is not a valid JSON Web Key Set: {e}"))?;
-        let mut keys = Vec::new();
-        for jwk in &set.keys {
-            let algorithm = match &jwk.algorithm {
-                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-                _ => continue,
-            };
-            let key = DecodingKey::from_jwk(jwk)
-                .map_err(|e| anyhow::anyhow!("a JWKS key cannot be used: {e}"))?;
-            keys.push((jwk.common.key_id.clone(), algorithm, key));
-        }
-        anyhow::ensure!(!keys.is_empty(), "the JWKS holds no RS256 or ES256 key");
-        Ok(Self {
-            keys: Arc::new(Keys::Jwks(keys)),
-            issuer,
-            audience,
-        })
+        Ok(Self::with_keys(parse_jwks(document)?, issuer, audience))
     }
 
     fn validation(&self, algorithm: Algorithm) -> Validation {
@@ -216,20 +345,47 @@ impl Authenticator {
         validation
     }
 
-    /// Verifies a compact JWT and returns its principal.
+    /// Verifies a compact JWT with the keys at hand and returns its principal.
     pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
-        let unauthenticated = |why: String| ApiError::Unauthenticated(why);
+        self.check(token).map_err(|refusal| match refusal {
+            Refusal::UnknownKey => {
+                ApiError::Unauthenticated("token signed by an unknown key".into())
+            }
+            Refusal::Other(error) => error,
+        })
+    }
+
+    /// Verifies a token, fetching the JWKS again once when it names a key not seen yet.
+    pub async fn verify_refreshing(&self, token: &str) -> Result<Principal, ApiError> {
+        if self.remote.as_ref().is_some_and(|r| {
+            r.last_fetch
+                .try_lock()
+                .is_ok_and(|last| last.elapsed() > r.max_age)
+        }) {
+            self.refresh(JWKS_MAX_AGE).await;
+        }
+        match self.check(token) {
+            Err(Refusal::UnknownKey) if self.remote.is_some() => {
+                self.refresh(Duration::ZERO).await;
+                self.verify(token)
+            }
+            _ => self.verify(token),
+        }
+    }
+
+    fn check(&self, token: &str) -> Result<Principal, Refusal> {
+        let unauthenticated = |why: String| Refusal::Other(ApiError::Unauthenticated(why));
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| unauthenticated(format!("malformed token: {e}")))?;
-        let (algorithm, key) = match &*self.keys {
+        let keys = self.current_keys();
+        let (algorithm, key) = match &*keys {
             Keys::Hs256(key) => (Algorithm::HS256, key),
             Keys::Jwks(keys) => {
                 let found = keys.iter().find(|(kid, _, _)| match &header.kid {
                     Some(wanted) => kid.as_deref() == Some(wanted.as_str()),
                     None => keys.len() == 1,
                 });
-                let (_, algorithm, key) = found
-                    .ok_or_else(|| unauthenticated("token signed by an unknown key".into()))?;
+                let (_, algorithm, key) = found.ok_or(Refusal::UnknownKey)?;
                 (*algorithm, key)
             }
         };
@@ -262,24 +418,35 @@ impl Authenticator {
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Principal, ApiError> {
-        let value = metadata
-            .get("authorization")
-            .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))?
-            .to_str()
-            .map_err(|_| ApiError::Unauthenticated("malformed authorization header".into()))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                ApiError::Unauthenticated("authorization is not a Bearer token".into())
-            })?;
-        self.verify(token.trim())
+        self.verify(bearer(metadata)?)
+    }
+
+    /// Like [`Authenticator::authenticate`], fetching rotated JWKS keys when needed.
+    pub async fn authenticate_refreshing(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Principal, ApiError> {
+        self.verify_refreshing(bearer(metadata)?).await
     }
 
     /// A tonic interceptor that attaches the [`Principal`] or answers `UNAUTHENTICATED`.
     pub fn interceptor(&self) -> AuthInterceptor {
         AuthInterceptor(self.clone())
     }
+}
+
+/// The token of `authorization: Bearer <token>`.
+fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, ApiError> {
+    let value = metadata
+        .get("authorization")
+        .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))?
+        .to_str()
+        .map_err(|_| ApiError::Unauthenticated("malformed authorization header".into()))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| ApiError::Unauthenticated("authorization is not a Bearer token".into()))?;
+    Ok(token.trim())
 }
 
 #[derive(Clone, Debug)]
@@ -367,7 +534,7 @@ where
         let recorder = self.recorder.clone();
         Box::pin(async move {
             let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
-            match authenticator.authenticate(&metadata) {
+            match authenticator.authenticate_refreshing(&metadata).await {
                 Err(error) => Ok(tonic::Status::from(error).into_http()),
                 Ok(principal) => {
                     // Only salespeople are recorded: a caller without a sales role is refused

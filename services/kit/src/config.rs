@@ -32,7 +32,8 @@ pub struct AuthArgs {
     /// Shared HS256 secret: for development only.
     #[arg(long, env = "SALESOPP_AUTH_HS256_SECRET", hide_env_values = true)]
     pub auth_hs256_secret: Option<String>,
-    /// JWKS with the RS256/ES256 public keys: a file path.
+    /// JWKS with the RS256/ES256 public keys: a file path, or an http(s) URL (the identity
+    /// provider's `jwks_uri`, fetched again when a token names a new key).
     #[arg(long, env = "SALESOPP_AUTH_JWKS")]
     pub auth_jwks: Option<String>,
     /// Required `iss` claim, when set.
@@ -58,7 +59,7 @@ impl std::fmt::Debug for AuthArgs {
 }
 
 impl AuthArgs {
-    pub fn authenticator(&self) -> anyhow::Result<Authenticator> {
+    pub async fn authenticator(&self) -> anyhow::Result<Authenticator> {
         match (&self.auth_hs256_secret, &self.auth_jwks) {
             (Some(_), Some(_)) => anyhow::bail!(
                 "set one of SALESOPP_AUTH_HS256_SECRET and SALESOPP_AUTH_JWKS, not both"
@@ -74,6 +75,16 @@ impl AuthArgs {
                     self.auth_issuer.clone(),
                     self.auth_audience.clone(),
                 ))
+            }
+            (None, Some(url)) if url.starts_with("https://") || url.starts_with("http://") => {
+                Authenticator::jwks_url(
+                    url,
+                    self.auth_issuer.clone(),
+                    self.auth_audience.clone(),
+                    crate::auth::JWKS_MIN_REFRESH,
+                    crate::auth::JWKS_MAX_AGE,
+                )
+                .await
             }
             (None, Some(path)) => {
                 let document = std::fs::read_to_string(path)

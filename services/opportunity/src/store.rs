@@ -417,6 +417,11 @@ pub async fn append_event(tx: &mut PgConnection, event: &NewEvent<'_>) -> Result
 }
 
 /// Renders the caller's visibility (R12) as a condition on `o.owner_id`.
+///
+/// A manager's scope is one `= any(array)` (the team's salespeople and the manager), not an
+/// `or` of two conditions: an array is an index condition on the leading `owner_id` of
+/// `opportunity_pipeline_idx`, so the team's pipeline stays an index-only aggregate, where
+/// an `or` is planned as a bitmap that reads the team's rows from the table.
 pub fn push_visibility(query: &mut QueryBuilder<Postgres>, visibility: &Visibility) {
     match visibility {
         Visibility::All => {
@@ -424,11 +429,11 @@ pub fn push_visibility(query: &mut QueryBuilder<Postgres>, visibility: &Visibili
         }
         Visibility::Team { me, team } => {
             query
-                .push(" and (o.owner_id = ")
-                .push_bind(me.clone())
-                .push(" or o.owner_id = any(array(select id from salespeople where team = ")
+                .push(" and o.owner_id = any(array(select id from salespeople where team = ")
                 .push_bind(team.clone())
-                .push(")))");
+                .push(") || ")
+                .push_bind(me.clone())
+                .push("::text)");
         }
         Visibility::Own { me } => {
             query.push(" and o.owner_id = ").push_bind(me.clone());
@@ -478,11 +483,20 @@ pub fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &OpportunityFilte
             .push_bind(filter.states.clone())
             .push("::status_kind[])");
     }
+    // The close-date range is written on the expression the close-date indexes hold
+    // (`coalesce(expected_close_date, 'infinity')`), so it is their index condition; on the
+    // bare column it could only filter a walk of them. Same rows: an unknown date is never
+    // in a range (`is not null`), and `to` is a real date, never 'infinity'.
     if let Some(from) = filter.close_from {
-        query.push(" and o.expected_close_date >= ").push_bind(from);
+        query
+            .push(" and coalesce(o.expected_close_date, 'infinity'::date) >= ")
+            .push_bind(from)
+            .push(" and o.expected_close_date is not null");
     }
     if let Some(to) = filter.close_to {
-        query.push(" and o.expected_close_date <= ").push_bind(to);
+        query
+            .push(" and coalesce(o.expected_close_date, 'infinity'::date) <= ")
+            .push_bind(to);
     }
     if let Some(pattern) = &filter.pattern {
         query

@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
             startup_timeout_seconds,
         } => {
             salesopp_kit::telemetry::init();
-            let authenticator = auth.authenticator()?;
+            let authenticator = auth.authenticator().await?;
             let services = match service {
                 Some(one) => vec![one],
                 None => ServiceKind::ALL.to_vec(),
