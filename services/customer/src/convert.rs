@@ -1,7 +1,7 @@
 //! Protobuf <-> domain for customers: each request field is validated here and every problem
 //! is reported as a field violation naming the request's field path.
 
-use salesopp_kit::error::{ApiError, ApiResult, FieldViolations};
+use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, update_paths};
 use salesopp_kit::time::timestamp;
 use salesopp_proto::common::v1::Actor;
 use salesopp_proto::customer::v1 as pb;
@@ -139,40 +139,21 @@ pub fn customer_patch(
             None
         }
     };
-    let mut paths: Vec<String> = request
-        .update_mask
-        .as_ref()
-        .map(|m| m.paths.clone())
-        .unwrap_or_default();
-    if paths.iter().any(|p| p == "*") {
-        if paths.len() > 1 {
-            violations.add("update_mask", "\"*\" cannot be combined with other paths");
-        }
-        paths = MUTABLE_PATHS.iter().map(|p| (*p).to_owned()).collect();
-    } else if paths.is_empty() {
-        // AIP-134: no mask means every mutable field the request sets.
-        let set = [
-            ("code", &customer.code),
-            ("display_name", &customer.display_name),
-            ("email", &customer.email),
-            ("phone", &customer.phone),
-            ("contact_name", &customer.contact_name),
-            ("tax_id", &customer.tax_id),
-            ("address", &customer.address),
-            ("owner_id", &customer.owner_id),
-        ];
-        paths = set
-            .iter()
-            .filter(|(_, value)| !value.is_empty())
-            .map(|(path, _)| (*path).to_owned())
-            .collect();
-        if paths.is_empty() {
-            violations.add(
-                "update_mask",
-                "nothing to update: set update_mask or the fields to change",
-            );
-        }
-    }
+    let paths = update_paths(
+        request.update_mask.as_ref(),
+        &MUTABLE_PATHS,
+        &[
+            ("code", !customer.code.is_empty()),
+            ("display_name", !customer.display_name.is_empty()),
+            ("email", !customer.email.is_empty()),
+            ("phone", !customer.phone.is_empty()),
+            ("contact_name", !customer.contact_name.is_empty()),
+            ("tax_id", !customer.tax_id.is_empty()),
+            ("address", !customer.address.is_empty()),
+            ("owner_id", !customer.owner_id.is_empty()),
+        ],
+        &mut violations,
+    );
     let mut patch = CustomerPatch::default();
     for path in &paths {
         match path.as_str() {

@@ -272,3 +272,36 @@ pub fn violated_constraint(error: &sqlx::Error) -> Option<&str> {
         _ => None,
     }
 }
+
+/// The paths an update applies (AIP-134): the mask's paths; `*` for every path in
+/// `mutable`; no mask for every path whose field the request sets (`set`: path, is set).
+/// Problems with the mask itself are added to `violations`.
+pub fn update_paths(
+    mask: Option<&prost_types::FieldMask>,
+    mutable: &[&str],
+    set: &[(&str, bool)],
+    violations: &mut FieldViolations,
+) -> Vec<String> {
+    let paths: Vec<String> = mask.map(|m| m.paths.clone()).unwrap_or_default();
+    if paths.iter().any(|p| p == "*") {
+        if paths.len() > 1 {
+            violations.add("update_mask", "\"*\" cannot be combined with other paths");
+        }
+        return mutable.iter().map(|p| (*p).to_owned()).collect();
+    }
+    if !paths.is_empty() {
+        return paths;
+    }
+    let implied: Vec<String> = set
+        .iter()
+        .filter(|(_, is_set)| *is_set)
+        .map(|(path, _)| (*path).to_owned())
+        .collect();
+    if implied.is_empty() {
+        violations.add(
+            "update_mask",
+            "nothing to update: set update_mask or the fields to change",
+        );
+    }
+    implied
+}

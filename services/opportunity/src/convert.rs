@@ -2,7 +2,7 @@
 //! problem is reported as a field violation naming the request's field path.
 
 use chrono::{Datelike as _, NaiveDate};
-use salesopp_kit::error::{ApiError, ApiResult, FieldViolations};
+use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, update_paths};
 use salesopp_kit::idempotency::validate_request_id;
 use salesopp_kit::time::timestamp;
 use salesopp_proto::common::v1 as common;
@@ -305,19 +305,10 @@ pub fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateI
         }
         Some(request.request_id.clone())
     };
-    let mut paths: Vec<String> = request
-        .update_mask
-        .as_ref()
-        .map(|m| m.paths.clone())
-        .unwrap_or_default();
-    if paths.iter().any(|p| p == "*") {
-        if paths.len() > 1 {
-            violations.add("update_mask", "\"*\" cannot be combined with other paths");
-        }
-        paths = MUTABLE_PATHS.iter().map(|p| (*p).to_owned()).collect();
-    } else if paths.is_empty() {
-        // AIP-134: no mask means every mutable field the request sets.
-        let set = [
+    let paths = update_paths(
+        request.update_mask.as_ref(),
+        &MUTABLE_PATHS,
+        &[
             ("title", !o.title.is_empty()),
             ("amount", o.amount.is_some()),
             ("expected_close_date", o.expected_close_date.is_some()),
@@ -325,19 +316,9 @@ pub fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateI
             ("owner_id", !o.owner_id.is_empty()),
             ("status_id", !o.status_id.is_empty()),
             ("lost_reason", !o.lost_reason.is_empty()),
-        ];
-        paths = set
-            .iter()
-            .filter(|(_, set)| *set)
-            .map(|(p, _)| (*p).to_owned())
-            .collect();
-        if paths.is_empty() {
-            violations.add(
-                "update_mask",
-                "nothing to update: set update_mask or the fields to change",
-            );
-        }
-    }
+        ],
+        &mut violations,
+    );
     let mut patch = OpportunityPatch::default();
     for path in &paths {
         match path.as_str() {

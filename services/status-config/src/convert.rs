@@ -1,7 +1,7 @@
 //! Protobuf <-> domain for the status configuration: every request field is validated here,
 //! and every problem is reported as a field violation naming the request's field path.
 
-use salesopp_kit::error::{ApiError, ApiResult, FieldViolations};
+use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, update_paths};
 use salesopp_kit::time::timestamp;
 use salesopp_proto::statusconfig::v1 as pb;
 use uuid::Uuid;
@@ -120,34 +120,16 @@ pub fn status_patch(
         return Err(ApiError::invalid("status", "required"));
     };
     let id = violations.check("status.id", parse_id(&status.id));
-    let mut paths: Vec<String> = request
-        .update_mask
-        .as_ref()
-        .map(|mask| mask.paths.clone())
-        .unwrap_or_default();
-    if paths.iter().any(|p| p == "*") {
-        if paths.len() > 1 {
-            violations.add("update_mask", "\"*\" cannot be combined with other paths");
-        }
-        paths = MUTABLE_PATHS.iter().map(|p| (*p).to_owned()).collect();
-    } else if paths.is_empty() {
-        // AIP-134: no mask means every mutable field the request sets.
-        if !status.display_name.is_empty() {
-            paths.push("display_name".into());
-        }
-        if !status.localized_names.is_empty() {
-            paths.push("localized_names".into());
-        }
-        if status.probability != 0 {
-            paths.push("probability".into());
-        }
-        if paths.is_empty() {
-            violations.add(
-                "update_mask",
-                "nothing to update: set update_mask or the fields to change",
-            );
-        }
-    }
+    let paths = update_paths(
+        request.update_mask.as_ref(),
+        &MUTABLE_PATHS,
+        &[
+            ("display_name", !status.display_name.is_empty()),
+            ("localized_names", !status.localized_names.is_empty()),
+            ("probability", status.probability != 0),
+        ],
+        &mut violations,
+    );
     let mut patch = StatusPatch::default();
     for path in &paths {
         match path.as_str() {
