@@ -113,6 +113,16 @@ pub async fn update(
         .ok_or_else(|| ApiError::not_found(RESOURCE, id.to_string()))?;
     let mut fields = current.fields();
     patch.apply(&mut fields);
+    // Handing a customer to another owner takes what archiving it takes (R12): otherwise a
+    // rep could make any customer their own and then archive it.
+    if patch.owner_id.as_ref().is_some_and(|new| *new != owner_id)
+        && !may_archive(&mut tx, caller, &owner_id).await?
+    {
+        return Err(ApiError::PermissionDenied(
+            "a customer's owner is changed by its owner, a manager of the owner's team, or an admin"
+                .into(),
+        ));
+    }
     let owner_id = patch.owner_id.clone().unwrap_or(owner_id);
     check_owner(&mut tx, caller, &owner_id).await?;
     store::update(&mut tx, id, &fields, &owner_id, &caller.id)
