@@ -456,11 +456,20 @@ pub struct OpportunityFilter {
 }
 
 pub fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &OpportunityFilter) {
-    if !filter.owner_ids.is_empty() {
-        query
-            .push(" and o.owner_id = any(")
-            .push_bind(filter.owner_ids.clone())
-            .push(")");
+    // One owner is an equality, not `= any` of a one-element array: only an equality on
+    // `owner_id` lets the owner indexes return the rows in the list's order, so a page is its
+    // first 51 entries there instead of every row of that owner, sorted.
+    match filter.owner_ids.as_slice() {
+        [] => {}
+        [owner_id] => {
+            query.push(" and o.owner_id = ").push_bind(owner_id.clone());
+        }
+        owner_ids => {
+            query
+                .push(" and o.owner_id = any(")
+                .push_bind(owner_ids.to_vec())
+                .push(")");
+        }
     }
     if let Some(team) = &filter.team {
         query
