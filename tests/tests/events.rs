@@ -1832,9 +1832,6 @@ async fn writers_racing_a_live_watcher_are_all_delivered_in_id_order() {
 // =======================================================================================
 
 #[tokio::test]
-#[ignore = "bug: an UPDATED event's occur_time is a later clock_timestamp() than after.update_time \
-            (services/opportunity/src/service.rs:323 takes store::clock() for the event after \
-            store::update_fields set update_time = clock_timestamp(), store.rs:213)"]
 async fn occur_time_is_the_update_time_of_after_for_every_type() {
     let mut w = World::new().await;
     let created = w.create(&rep_token(), "Timed").await;

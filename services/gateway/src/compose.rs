@@ -242,6 +242,8 @@ impl Clients {
                     expected_close_date_from: request.expected_close_date_from,
                     expected_close_date_to: request.expected_close_date_to,
                     page_size: per_stage,
+                    // Within a stage, the sales closing soonest first (unknown dates last).
+                    order_by: "expected_close_date".to_owned(),
                     ..Default::default()
                 };
                 async move {

@@ -49,13 +49,18 @@ impl Gateway {
     }
 }
 
+/// How much earlier than the caller's deadline the gateway gives up.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
 /// Runs `work` within the caller's deadline.
 async fn within<T>(
     forward: &Forward,
     work: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
+    // A little before the caller's deadline, so the caller hears DEADLINE_EXCEEDED from the
+    // gateway rather than the transport's own cancellation at the deadline itself.
     match forward.remaining() {
-        Some(remaining) => tokio::time::timeout(remaining, work)
+        Some(remaining) => tokio::time::timeout(remaining.saturating_sub(DEADLINE_MARGIN), work)
             .await
             .unwrap_or_else(|_| {
                 Err(Status::deadline_exceeded(

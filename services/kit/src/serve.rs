@@ -100,6 +100,22 @@ async fn watch_database(
     }
 }
 
+/// Accepted connections with Nagle's algorithm off: tonic does not apply `tcp_nodelay` to
+/// an incoming stream it is given, and with Nagle on, small responses wait for the peer's
+/// delayed ACK (about 40 ms a call).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        })
+    })
+}
+
 /// Serves `routes` (the salesopp services, already wrapped in authentication) with health
 /// and reflection until `options.shutdown` resolves and in-flight calls finish (or the
 /// grace period ends). `service_names` are the fully qualified names in `routes`.
@@ -172,7 +188,7 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .layer(crate::metrics::MetricsLayer)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(options.listener), signal);
+        .serve_with_incoming_shutdown(incoming(options.listener), signal);
     let grace = options.grace;
     tokio::select! {
         result = server => result?,

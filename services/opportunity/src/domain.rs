@@ -62,6 +62,32 @@ impl Money {
         }
     }
 
+    /// The weighted amount from the exact sum of amount x probability (percent) as Postgres
+    /// `numeric` text: divided by 100 and rounded once to the nano, half to even.
+    pub fn weighted(currency_code: &str, sum_x100: &str) -> Option<Money> {
+        let (whole, fraction) = sum_x100.split_once('.').unwrap_or((sum_x100, ""));
+        if whole.starts_with('-')
+            || fraction.len() > 9
+            || !fraction.chars().all(|c| c.is_ascii_digit())
+        {
+            return None;
+        }
+        let whole: i128 = whole.parse().ok()?;
+        let fraction: i128 = format!("{fraction:0<9}").parse().ok()?;
+        let nanos_x100 = whole.checked_mul(1_000_000_000)?.checked_add(fraction)?;
+        let (quotient, remainder) = (nanos_x100 / 100, nanos_x100 % 100);
+        let nanos = match remainder.cmp(&50) {
+            std::cmp::Ordering::Less => quotient,
+            std::cmp::Ordering::Greater => quotient + 1,
+            std::cmp::Ordering::Equal => quotient + (quotient % 2),
+        };
+        Some(Money {
+            currency_code: currency_code.to_owned(),
+            units: i64::try_from(nanos / 1_000_000_000).ok()?,
+            nanos: (nanos % 1_000_000_000) as i32,
+        })
+    }
+
     /// The exact decimal text Postgres takes as `numeric`.
     pub fn decimal(&self) -> String {
         format!("{}.{:09}", self.units, self.nanos)
@@ -200,6 +226,22 @@ mod tests {
         assert!(Money::parse("thb", 1, 0).is_err());
         assert!(Money::parse("XYZ", 1, 0).is_err());
         assert!(Money::parse("USD", 1, 1_000_000_000).is_err());
+    }
+
+    #[test]
+    fn r14_weighted_amounts_round_once_half_to_even() {
+        // 1,000,000.50 at 30%: 30,000,015 x100 -> 300,000.15 exactly.
+        assert_eq!(
+            Money::weighted("THB", "30000015.000000000")
+                .unwrap()
+                .decimal(),
+            "300000.150000000"
+        );
+        // 0.000000025 at 10% = 0.0000000025: half, to even -> 2 nanos.
+        assert_eq!(Money::weighted("THB", "0.000000250").unwrap().nanos, 2);
+        // 0.000000035 at 10% = 0.0000000035: half, to even -> 4 nanos.
+        assert_eq!(Money::weighted("THB", "0.000000350").unwrap().nanos, 4);
+        assert!(Money::weighted("THB", "-1").is_none());
     }
 
     #[test]

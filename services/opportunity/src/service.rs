@@ -319,8 +319,8 @@ pub async fn update(
             let after = store::get(&mut *tx, current.id)
                 .await?
                 .ok_or_else(|| ApiError::internal("opportunity vanished under its lock"))?;
+            let time = after.update_time;
             let after = opportunity_to_proto(&after);
-            let time = store::clock(&mut tx).await?;
             status_change::append_event(
                 &mut tx,
                 status_change::UPDATED,
@@ -610,7 +610,11 @@ fn currency_total(row: &store::PipelineRow) -> ApiResult<pb::CurrencyTotal> {
         currency_code: row.currency_code.clone(),
         count: row.count,
         total_amount: Some(money(&row.total)?),
-        weighted_amount: Some(money(&row.weighted)?),
+        weighted_amount: Some(
+            Money::weighted(&row.currency_code, &row.weighted_x100)
+                .map(|m| convert::money_to_proto(&m))
+                .ok_or_else(|| ApiError::internal("pipeline weighted total does not fit Money"))?,
+        ),
     })
 }
 

@@ -79,13 +79,18 @@ pub async fn get<'e>(
 /// Reads the opportunity and locks it for the rest of the transaction: every change to one
 /// opportunity is serialized here (R10).
 pub async fn lock(tx: &mut PgConnection, id: Uuid) -> Result<Option<OpportunityRow>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        select_opportunity!(),
-        "where o.id = $1 for update of o"
-    ))
-    .bind(id)
-    .fetch_optional(tx)
-    .await
+    // The lock is taken on the opportunity alone, then the row read with its joins: a
+    // `for update of o` on the joined query would re-check the join against the rows the
+    // query first saw, and lose the opportunity when a concurrent change moved its status.
+    let locked: Option<Uuid> =
+        sqlx::query_scalar("select id from opportunities where id = $1 for update")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    match locked {
+        Some(_) => get(tx, id).await,
+        None => Ok(None),
+    }
 }
 
 /// The ids of the opportunities in a status, locked, in id order (R6 moves them).
@@ -385,37 +390,6 @@ pub async fn history<'e>(
     }
 }
 
-/// One outbox row, in the change's transaction.
-pub struct NewEvent<'a> {
-    pub event_id: Uuid,
-    pub event_type: &'a str,
-    pub opportunity_id: Uuid,
-    pub time: DateTime<Utc>,
-    pub actor_id: &'a str,
-    pub actor_name: &'a str,
-    pub request_id: Option<&'a str>,
-    pub payload: Vec<u8>,
-}
-
-pub async fn append_event(tx: &mut PgConnection, event: &NewEvent<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "insert into opportunity_events
-             (event_id, type, opportunity_id, occur_time, actor_id, actor_name, request_id, payload)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(event.event_id)
-    .bind(event.event_type)
-    .bind(event.opportunity_id)
-    .bind(event.time)
-    .bind(event.actor_id)
-    .bind(event.actor_name)
-    .bind(event.request_id)
-    .bind(&event.payload)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
 /// Renders the caller's visibility (R12) as a condition on `o.owner_id`.
 ///
 /// A manager's scope is one `= any(array)` (the team's salespeople and the manager), not an
@@ -611,22 +585,24 @@ pub struct PipelineRow {
     pub currency_code: String,
     pub count: i64,
     pub total: String,
-    pub weighted: String,
+    /// The exact sum of amount x probability (percent): 100 times the weighted amount.
+    pub weighted_x100: String,
 }
 
-/// Both groupings in one pass, exact: `weighted` is the sum of amount x probability / 100,
-/// rounded once to the nano. Probabilities are the statuses' current ones (R7).
+/// Both groupings in one pass, exact: `weighted_x100` is the exact sum of amount x
+/// probability; the service divides by 100 and rounds once, half to even, to the nano
+/// ([`crate::domain::Money::weighted`]). Probabilities are the statuses' current ones (R7).
 pub fn pipeline_query(
     visibility: &Visibility,
     filter: &OpportunityFilter,
 ) -> QueryBuilder<Postgres> {
     let mut query = QueryBuilder::new(
         "select g.owner_id, sp.display_name as owner_name, g.status_id, g.currency_code, g.count,
-                g.total::text as total, round(g.weighted, 9)::text as weighted
+                g.total::text as total, g.weighted_x100::text as weighted_x100
          from (
              select case when grouping(o.owner_id) = 0 then o.owner_id end as owner_id,
                     o.status_id, o.currency_code, count(*) as count, sum(o.amount) as total,
-                    sum(o.amount * s.probability / 100) as weighted
+                    sum(o.amount * s.probability) as weighted_x100
              from opportunities o
              join opportunity_statuses s on s.id = o.status_id
              where true",
@@ -637,7 +613,8 @@ pub fn pipeline_query(
         " group by grouping sets ((o.status_id, o.currency_code), (o.owner_id, o.status_id, o.currency_code))
          ) g
          left join salespeople sp on sp.id = g.owner_id
-         order by g.owner_id nulls first, g.status_id, g.currency_code",
+         join opportunity_statuses st on st.id = g.status_id
+         order by g.owner_id is not null, sp.display_name, g.owner_id, st.position, g.currency_code",
     );
     query
 }
