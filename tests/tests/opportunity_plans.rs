@@ -632,19 +632,25 @@ async fn explain_with(conn: &mut PgConnection, sql: &str, arguments: PgArguments
 /// The SQL text a store function sends: called once on a connection of its own, its
 /// statement is the one that connection has prepared.
 async fn prepared_sql(conn: &mut PgConnection) -> String {
-    let statements: Vec<String> = sqlx::query_scalar(
-        "select statement from pg_prepared_statements
-         where statement not like '%pg_prepared_statements%'",
-    )
-    .fetch_all(conn)
-    .await
-    .unwrap();
+    let statements = prepared_statements(conn).await;
     assert_eq!(
         statements.len(),
         1,
         "one statement prepared: {statements:?}"
     );
     statements.into_iter().next().unwrap()
+}
+
+/// Every SQL text a connection has prepared, oldest first.
+async fn prepared_statements(conn: &mut PgConnection) -> Vec<String> {
+    sqlx::query_scalar(
+        "select statement from pg_prepared_statements
+         where statement not like '%pg_prepared_statements%'
+         order by prepare_time",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
 }
 
 async fn fresh_connection(options: &PgConnectOptions) -> PgConnection {
@@ -1097,11 +1103,19 @@ async fn check_history_and_get(checker: &mut Checker, options: &PgConnectOptions
     let mut tx = conn.begin().await.unwrap();
     store::lock(&mut tx, f.long_history).await.unwrap();
     tx.rollback().await.unwrap();
-    let sql = prepared_sql(&mut conn).await;
-    let mut tx = conn.begin().await.unwrap();
-    let plan = explain_with(&mut tx, &sql, arguments(|a| a.add(id))).await;
-    tx.rollback().await.unwrap();
-    checker.record("lock (SELECT ... FOR UPDATE) by id", &sql, &plan, by_id);
+    // The lock is taken on the opportunity alone, then the row is read with its joins: two
+    // statements, each by primary key.
+    let statements = prepared_statements(&mut conn).await;
+    assert_eq!(statements.len(), 2, "lock, then read: {statements:?}");
+    for (name, sql) in ["lock (SELECT id ... FOR UPDATE) by id", "lock's read by id"]
+        .into_iter()
+        .zip(statements)
+    {
+        let mut tx = conn.begin().await.unwrap();
+        let plan = explain_with(&mut tx, &sql, arguments(|a| a.add(id))).await;
+        tx.rollback().await.unwrap();
+        checker.record(name, &sql, &plan, by_id);
+    }
 }
 
 /// A ListSalespeople shape: its name, then `salespeople_query`'s pattern, team, ids and
