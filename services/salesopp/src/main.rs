@@ -70,6 +70,36 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Publish the opportunity event outbox to NATS JetStream (at-least-once, ordered,
+    /// de-duplicated by event id).
+    Relay {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// NATS server URL.
+        #[arg(
+            long,
+            env = "SALESOPP_NATS_URL",
+            default_value = "nats://127.0.0.1:4222"
+        )]
+        nats_url: String,
+        /// JetStream stream (created when missing).
+        #[arg(
+            long,
+            env = "SALESOPP_NATS_STREAM",
+            default_value = "SALESOPP_OPPORTUNITY_EVENTS"
+        )]
+        stream: String,
+        /// Subject prefix: messages go to <prefix>.<TYPE>.<opportunity id>.
+        #[arg(
+            long,
+            env = "SALESOPP_NATS_SUBJECT_PREFIX",
+            default_value = "salesopp.opportunity.events"
+        )]
+        subject_prefix: String,
+        /// The name this relay's progress is recorded under.
+        #[arg(long, env = "SALESOPP_RELAY_NAME", default_value = "nats")]
+        name: String,
+    },
     /// Play the seed's story against a running suite, through its public calls.
     Demo {
         /// The suite's URL.
@@ -160,6 +190,37 @@ async fn main() -> anyhow::Result<()> {
                 salesopp_kit::serve::shutdown_signal(),
             )
             .await
+        }
+        Command::Relay {
+            database,
+            nats_url,
+            stream,
+            subject_prefix,
+            name,
+        } => {
+            salesopp_kit::telemetry::init();
+            let pool = salesopp_kit::db::connect_lazy(&database.database_url, 2)?;
+            salesopp::wait_for_schema(&pool, Duration::from_secs(60)).await?;
+            let client = async_nats::connect(&nats_url)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {nats_url}: {e}"))?;
+            let relay = salesopp_relay::Relay::new(
+                pool,
+                client,
+                salesopp_relay::RelayConfig {
+                    name,
+                    stream,
+                    subject_prefix,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            tracing::info!(
+                offset = relay.offset().await?,
+                "relaying events to NATS JetStream"
+            );
+            relay.run(salesopp_kit::serve::shutdown_signal()).await;
+            Ok(())
         }
         Command::Demo { url, secret } => {
             let story = salesopp::demo::run(&url, &secret).await?;
