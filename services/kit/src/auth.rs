@@ -1,6 +1,6 @@
 //! Identity: verifies the JWT bearer token of every call and gives the handlers a
 //! [`Principal`] (`sub`, `name`, `team`, `roles`). Health and reflection are served without
-//! this check; every other service is wrapped in [`Authenticator::interceptor`].
+//! this check; every other service is wrapped in [`AuthLayer`].
 //!
 //! Keys: an HS256 shared secret (development only) or a JWKS file of RS256/ES256 public
 //! keys, chosen by the token's `kid`. Accepted algorithms are pinned to the key type, `exp`
@@ -85,8 +85,8 @@ impl Principal {
         }
     }
 
-    /// The principal the interceptor attached to `request`. A handler reached without one
-    /// was mounted without the interceptor: refuse rather than act anonymously.
+    /// The principal the auth layer attached to `request`. A handler reached without one
+    /// was mounted without the auth layer: refuse rather than act anonymously.
     pub fn of<T>(request: &tonic::Request<T>) -> Result<Principal, ApiError> {
         request
             .extensions()
@@ -428,11 +428,6 @@ impl Authenticator {
     ) -> Result<Principal, ApiError> {
         self.verify_refreshing(bearer(metadata)?).await
     }
-
-    /// A tonic interceptor that attaches the [`Principal`] or answers `UNAUTHENTICATED`.
-    pub fn interceptor(&self) -> AuthInterceptor {
-        AuthInterceptor(self.clone())
-    }
 }
 
 /// The token of `authorization: Bearer <token>`.
@@ -447,20 +442,6 @@ fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, ApiError> {
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or_else(|| ApiError::Unauthenticated("authorization is not a Bearer token".into()))?;
     Ok(token.trim())
-}
-
-#[derive(Clone, Debug)]
-pub struct AuthInterceptor(Authenticator);
-
-impl tonic::service::Interceptor for AuthInterceptor {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        let principal = self.0.authenticate(request.metadata())?;
-        request.extensions_mut().insert(principal);
-        Ok(request)
-    }
 }
 
 /// A tower layer that authenticates every call of the services it wraps, attaches the
