@@ -35,10 +35,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
 
+    // `prost::Name` on every message: the codec finds a request's descriptor by its name.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .btree_map(".")
-        .compile_fds(descriptors)?;
+        .codec_path("crate::codec::CheckedCodec")
+        .compile_fds_with_config(descriptors, config)?;
     Ok(())
 }

@@ -1,8 +1,13 @@
 //! The salesopp gRPC contracts (`proto/salesopp/**`), generated at build time.
 //!
 //! One module per protobuf package; [`FILE_DESCRIPTOR_SET`] is what reflection serves.
+//! Every generated service and client uses [`codec::CheckedCodec`], so each request passes
+//! [`input::check`] before a handler sees it.
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+pub mod codec;
+pub mod input;
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every salesopp proto file.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

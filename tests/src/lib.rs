@@ -3,7 +3,10 @@
 //!
 //! `DATABASE_URL` names an admin connection (default `postgres://postgres@127.0.0.1:5432/postgres`)
 //! allowed to create databases; each test's database is dropped when its suite is dropped.
+//! A test that needs a database it may stop or crash makes it in a [`cluster::PgCluster`] of
+//! its own ([`TestDatabase::create_in`]).
 
+pub mod cluster;
 pub mod relay;
 
 use std::net::SocketAddr;
@@ -37,30 +40,42 @@ pub fn admin_options() -> PgConnectOptions {
 pub struct TestDatabase {
     pub name: String,
     pub options: PgConnectOptions,
+    /// Where it was created, and is dropped from.
+    admin: PgConnectOptions,
 }
 
 impl TestDatabase {
     /// Creates an empty database (no schema).
     pub async fn create_empty() -> TestDatabase {
+        Self::create_empty_in(admin_options()).await
+    }
+
+    /// Creates an empty database through the admin connection `admin` (e.g. a
+    /// [`cluster::PgCluster`]'s `options()`), and drops it there when dropped.
+    pub async fn create_empty_in(admin: PgConnectOptions) -> TestDatabase {
         let name = format!("salesopp_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect_with(&admin_options())
-            .await
-            .expect(
-                "connect to the admin database (is Postgres running? see scripts/ensure-postgres)",
-            );
+        let mut admin_connection = sqlx::PgConnection::connect_with(&admin).await.expect(
+            "connect to the admin database (is Postgres running? see scripts/ensure-postgres)",
+        );
         sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
-            .execute(&mut admin)
+            .execute(&mut admin_connection)
             .await
             .expect("create the test database");
         TestDatabase {
-            options: admin_options().database(&name),
+            options: admin.clone().database(&name),
             name,
+            admin,
         }
     }
 
     /// Creates a database with the suite's schema.
     pub async fn create() -> TestDatabase {
-        let database = Self::create_empty().await;
+        Self::create_in(admin_options()).await
+    }
+
+    /// Creates a database with the suite's schema through `admin` (see [`Self::create_empty_in`]).
+    pub async fn create_in(admin: PgConnectOptions) -> TestDatabase {
+        let database = Self::create_empty_in(admin).await;
         let pool = database.pool().await;
         salesopp_kit::db::migrate(&pool)
             .await
@@ -77,6 +92,7 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let admin = self.admin.clone();
         // Drop runs outside async: a short-lived runtime on its own thread does the work.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -84,8 +100,7 @@ impl Drop for TestDatabase {
                 .build();
             if let Ok(runtime) = runtime {
                 runtime.block_on(async move {
-                    if let Ok(mut admin) = sqlx::PgConnection::connect_with(&admin_options()).await
-                    {
+                    if let Ok(mut admin) = sqlx::PgConnection::connect_with(&admin).await {
                         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                             "drop database if exists {name} with (force)"
                         )))

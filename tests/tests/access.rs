@@ -978,6 +978,7 @@ impl World {
             UpdateStatus => {
                 let id = self.make_status().await;
                 let request = spb::UpdateStatusRequest {
+                    request_id: String::new(),
                     status: Some(spb::OpportunityStatus {
                         id,
                         display_name: "Renamed".into(),
@@ -1048,6 +1049,7 @@ impl World {
                     .collect();
                 ids.swap(0, 1);
                 let request = spb::ReorderStatusesRequest {
+                    request_id: String::new(),
                     status_ids: ids.clone(),
                 };
                 self.write(statuses.reorder_statuses(req(caller, request)), |r, p| {
@@ -1089,6 +1091,7 @@ impl World {
                 };
                 let name = format!("Renamed {}", Uuid::new_v4());
                 let request = cpb::UpdateCustomerRequest {
+                    request_id: String::new(),
                     customer: Some(cpb::Customer {
                         id,
                         display_name: name.clone(),
@@ -1117,6 +1120,7 @@ impl World {
                     None => UNKNOWN.to_owned(),
                 };
                 let request = cpb::DeleteCustomerRequest {
+                    request_id: String::new(),
                     id,
                     etag: String::new(),
                 };
@@ -1670,6 +1674,7 @@ async fn r12_customer_owner_change_takes_what_archiving_takes() {
         .update_customer(req(
             A1,
             cpb::UpdateCustomerRequest {
+                request_id: String::new(),
                 customer: Some(cpb::Customer {
                     id: id.clone(),
                     owner_id: "a1".into(),
@@ -1683,6 +1688,7 @@ async fn r12_customer_owner_change_takes_what_archiving_takes() {
         .delete_customer(req(
             A1,
             cpb::DeleteCustomerRequest {
+                request_id: String::new(),
                 id: id.clone(),
                 etag: String::new(),
             },
@@ -1708,6 +1714,7 @@ async fn r12_customer_owner_change_takes_what_archiving_takes() {
             .update_customer(req(
                 caller,
                 cpb::UpdateCustomerRequest {
+                    request_id: String::new(),
                     customer: Some(cpb::Customer {
                         id: id.clone(),
                         owner_id: owner.into(),

@@ -101,6 +101,7 @@ async fn update(
         .update_customer(authed(
             token,
             pb::UpdateCustomerRequest {
+                request_id: String::new(),
                 customer: Some(customer),
                 update_mask: mask(paths),
             },
@@ -119,6 +120,7 @@ async fn delete(
         .delete_customer(authed(
             token,
             pb::DeleteCustomerRequest {
+                request_id: String::new(),
                 id: id.to_owned(),
                 etag: etag.to_owned(),
             },
@@ -401,14 +403,6 @@ async fn create_customer_validation_errors_name_their_field_and_change_nothing()
             "customer",
         ),
         (
-            "empty request_id",
-            pb::CreateCustomerRequest {
-                customer: Some(valid()),
-                request_id: String::new(),
-            },
-            "request_id",
-        ),
-        (
             "request_id over 100 characters",
             pb::CreateCustomerRequest {
                 customer: Some(valid()),
@@ -597,7 +591,7 @@ async fn create_customer_reports_every_violation_at_once() {
                         address: "y".repeat(1001),
                         ..Default::default()
                     }),
-                    request_id: String::new(),
+                    request_id: "r".repeat(101),
                 },
             ))
             .await,
@@ -676,7 +670,7 @@ async fn create_customer_duplicate_code_is_already_exists_naming_the_code() {
             Code::AlreadyExists,
         );
         let (reason, metadata) = error_info(&status);
-        assert_eq!(reason, "ALREADY_EXISTS");
+        assert_eq!(reason, "CUSTOMER_CODE_TAKEN");
         assert_eq!(metadata.get("field").map(String::as_str), Some("code"));
         assert_eq!(
             metadata.get("resource").map(String::as_str),
@@ -980,7 +974,7 @@ async fn get_customer_errors() {
             .await,
         Code::NotFound,
     );
-    assert_eq!(error_info(&status).0, "NOT_FOUND");
+    assert_eq!(error_info(&status).0, "CUSTOMER_NOT_FOUND");
 }
 
 #[tokio::test]
@@ -1033,6 +1027,7 @@ async fn r12_calls_need_a_token_and_a_sales_role() {
             .map(|_| ()),
         client
             .update_customer(pb::UpdateCustomerRequest {
+                request_id: String::new(),
                 customer: Some(pb::Customer {
                     id: existing.id.clone(),
                     display_name: "x".into(),
@@ -1048,6 +1043,7 @@ async fn r12_calls_need_a_token_and_a_sales_role() {
             .map(|_| ()),
         client
             .delete_customer(pb::DeleteCustomerRequest {
+                request_id: String::new(),
                 id: existing.id.clone(),
                 etag: String::new(),
             })
@@ -1320,6 +1316,7 @@ async fn update_customer_validation_errors_name_their_field_and_change_nothing()
         ..Default::default()
     };
     let with = |edit: &dyn Fn(&mut pb::Customer), paths: &[&str]| pb::UpdateCustomerRequest {
+        request_id: String::new(),
         customer: Some({
             let mut customer = valid();
             edit(&mut customer);
@@ -1331,6 +1328,7 @@ async fn update_customer_validation_errors_name_their_field_and_change_nothing()
         (
             "no customer",
             pb::UpdateCustomerRequest {
+                request_id: String::new(),
                 customer: None,
                 update_mask: mask(&["display_name"]),
             },
@@ -1746,15 +1744,18 @@ async fn delete_customer_stale_etag_is_aborted() {
     assert_eq!(error_info(&status).0, "ETAG_MISMATCH");
     assert_eq!(snapshot(&suite.db).await, before);
     assert!(!get(&mut client, &rep_token(), &created.id).await.archived);
-    // The current etag works; afterwards the pre-archive etag is stale too.
+    // The current etag works; afterwards a retry with the pre-archive etag answers the
+    // archived customer (AIP-135), changing nothing.
     let archived = delete(&mut client, &rep_token(), &created.id, &renamed.etag)
         .await
         .unwrap();
     assert!(archived.archived);
-    expect_code(
-        delete(&mut client, &rep_token(), &created.id, &renamed.etag).await,
-        Code::Aborted,
-    );
+    let after = snapshot(&suite.db).await;
+    let again = delete(&mut client, &rep_token(), &created.id, &renamed.etag)
+        .await
+        .unwrap();
+    assert_eq!(again, archived);
+    assert_eq!(snapshot(&suite.db).await, after);
 }
 
 #[tokio::test]
@@ -1890,7 +1891,7 @@ async fn r12_only_owner_manager_or_admin_archive() {
             delete(&mut client, &caller, &target.id, "").await,
             Code::PermissionDenied,
         );
-        assert_eq!(error_info(&status).0, "PERMISSION_DENIED", "{who}");
+        assert_eq!(error_info(&status).0, "OUT_OF_SCOPE", "{who}");
         assert_eq!(
             snapshot(&suite.db).await,
             before,

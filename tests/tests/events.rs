@@ -975,6 +975,7 @@ async fn r06_delete_status_with_a_replacement_emits_one_status_changed_per_moved
         .delete_status(authed(
             &admin_token(),
             spb::DeleteStatusRequest {
+                request_id: String::new(),
                 id: PRESENTED.to_owned(),
                 replacement_status_id: QUOTATION.to_owned(),
                 etag: String::new(),

@@ -209,6 +209,7 @@ impl World {
             .update_customer(authed(
                 token,
                 cpb::UpdateCustomerRequest {
+                    request_id: String::new(),
                     customer: Some(cpb::Customer {
                         id: id.to_owned(),
                         display_name: name.to_owned(),
@@ -720,6 +721,7 @@ async fn opportunity_with_history_shows_archived_customer_and_live_statuses() {
         .delete_customer(authed(
             &rep,
             cpb::DeleteCustomerRequest {
+                request_id: String::new(),
                 id: customer.id.clone(),
                 etag: String::new(),
             },
@@ -765,6 +767,7 @@ async fn opportunity_with_history_shows_archived_customer_and_live_statuses() {
         .update_status(authed(
             &admin,
             spb::UpdateStatusRequest {
+                request_id: String::new(),
                 status: Some(spb::OpportunityStatus {
                     id: WON.to_owned(),
                     display_name: "Won".to_owned(),
@@ -1362,6 +1365,7 @@ async fn salesperson_pipeline_follows_the_configured_order() {
         .reorder_statuses(authed(
             &admin,
             spb::ReorderStatusesRequest {
+                request_id: String::new(),
                 status_ids: order.iter().map(|s| (*s).to_owned()).collect(),
             },
         ))
@@ -1766,7 +1770,7 @@ fn assert_unavailable(status: &Status, part: &str, what: &str) {
         .get_details_error_info()
         .unwrap_or_else(|| panic!("{what}: an ErrorInfo: {status:?}"));
     assert_eq!(info.reason, "DOWNSTREAM_UNAVAILABLE", "{what}");
-    assert_eq!(info.domain, salesopp_kit::error::ERROR_DOMAIN, "{what}");
+    assert_eq!(info.domain, "gateway.salesopp.io", "{what}");
     assert_eq!(
         info.metadata.get("part").map(String::as_str),
         Some(part),

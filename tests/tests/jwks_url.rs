@@ -164,7 +164,7 @@ async fn r12_unknown_kids_cannot_cause_a_fetch_storm() {
             .verify_refreshing(&token(&stranger, &format!("forged-{attempt}")))
             .await;
         assert!(
-            matches!(refused, Err(salesopp_kit::ApiError::Unauthenticated(_))),
+            matches!(refused, Err(salesopp_kit::ApiError::Unauthenticated { .. })),
             "unknown key refused: {refused:?}"
         );
     }

@@ -567,7 +567,7 @@ fn jwks_authenticator() -> Authenticator {
 #[track_caller]
 fn assert_refused(result: Result<salesopp_kit::Principal, ApiError>, what: &str) {
     match result {
-        Err(ApiError::Unauthenticated(_)) => {}
+        Err(ApiError::Unauthenticated { .. }) => {}
         other => panic!("{what}: expected Unauthenticated, got {other:?}"),
     }
 }

@@ -59,11 +59,7 @@ pub fn new_customer(
     request: &pb::CreateCustomerRequest,
 ) -> ApiResult<(CustomerFields, Option<String>)> {
     let mut violations = FieldViolations::new();
-    if let Err((field, why)) =
-        salesopp_kit::idempotency::validate_request_id("request_id", &request.request_id)
-    {
-        violations.add(field, why);
-    }
+    salesopp_kit::idempotency::request_id(&mut violations, "request_id", &request.request_id);
     let Some(customer) = &request.customer else {
         violations.add("customer", "required");
         return Err(violations.into_result().unwrap_err());
@@ -130,6 +126,7 @@ pub fn customer_patch(
         return Err(ApiError::invalid("customer", "required"));
     };
     let mut violations = FieldViolations::new();
+    salesopp_kit::idempotency::request_id(&mut violations, "request_id", &request.request_id);
     let id = match id_field("customer.id", &customer.id) {
         Ok(id) => Some(id),
         Err(error) => {

@@ -1,6 +1,7 @@
 //! The tonic trait of CustomerService: decode, call the service function, encode.
 
 use salesopp_kit::Principal;
+use salesopp_kit::idempotency::{Retry, parse_request_id};
 use salesopp_proto::customer::v1 as pb;
 use salesopp_proto::customer::v1::customer_service_server::CustomerService;
 use sqlx::PgPool;
@@ -47,9 +48,11 @@ impl CustomerService for Customers {
     ) -> Result<Response<pb::Customer>, Status> {
         let caller = Principal::of(&request)?;
         caller.require_sales_role()?;
-        let (id, etag, patch) = convert::customer_patch(request.get_ref())?;
+        let body = request.get_ref();
+        let (id, etag, patch) = convert::customer_patch(body)?;
+        let retry = Retry::new("UpdateCustomer", &body.request_id, body);
         Ok(Response::new(
-            service::update(&self.pool, &caller, id, etag.as_deref(), patch).await?,
+            service::update(&self.pool, &caller, retry, id, etag.as_deref(), patch).await?,
         ))
     }
 
@@ -72,8 +75,10 @@ impl CustomerService for Customers {
         let body = request.get_ref();
         let id = convert::id_field("id", &body.id)?;
         let etag = (!body.etag.is_empty()).then_some(body.etag.as_str());
+        parse_request_id(&body.request_id)?;
+        let retry = Retry::new("DeleteCustomer", &body.request_id, body);
         Ok(Response::new(
-            service::delete(&self.pool, &caller, id, etag).await?,
+            service::delete(&self.pool, &caller, retry, id, etag).await?,
         ))
     }
 }

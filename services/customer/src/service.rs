@@ -1,8 +1,8 @@
 //! One function per call of the customer directory. Writes run in one transaction each and
 //! record the acting salesperson in it; a failed call rolls back and changes nothing.
 
-use salesopp_kit::error::{ApiError, ApiResult, violated_constraint};
-use salesopp_kit::idempotency::{self, Claim};
+use salesopp_kit::error::{ApiError, ApiResult, Reason, violated_constraint};
+use salesopp_kit::idempotency::{Claim, Retry};
 use salesopp_kit::{Principal, Role, paging, people};
 use salesopp_proto::customer::v1 as pb;
 use sqlx::{PgConnection, PgPool};
@@ -21,6 +21,7 @@ const RESOURCE: &str = "customer";
 fn map_write_error(error: sqlx::Error) -> ApiError {
     match violated_constraint(&error) {
         Some("customer_code_unique_idx") => ApiError::AlreadyExists {
+            reason: Reason::CustomerCodeTaken,
             resource: RESOURCE,
             field: "code",
             message: "another customer already has this code (codes are unique, ignoring case)"
@@ -57,11 +58,9 @@ pub async fn create(
 ) -> ApiResult<pb::Customer> {
     caller.require_sales_role()?;
     let (fields, owner) = convert::new_customer(request)?;
+    let retry = Retry::new("CreateCustomer", &request.request_id, request);
     let mut tx = pool.begin().await?;
-    const METHOD: &str = "CreateCustomer";
-    if let Claim::Replay(first) =
-        idempotency::claim(&mut tx, &caller.id, METHOD, &request.request_id, request).await?
-    {
+    if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
         return Ok(first);
     }
     people::record(&mut tx, caller).await?;
@@ -71,7 +70,7 @@ pub async fn create(
         .await
         .map_err(map_write_error)?;
     let response = fetch(&mut tx, id).await?;
-    idempotency::complete(&mut tx, &caller.id, METHOD, &request.request_id, &response).await?;
+    retry.complete(&mut tx, caller, &response).await?;
     tx.commit().await.map_err(map_write_error)?;
     tracing::info!(customer_id = %id, actor = %caller.id, "customer created");
     Ok(response)
@@ -88,12 +87,16 @@ pub async fn get(pool: &PgPool, caller: &Principal, id: Uuid) -> ApiResult<pb::C
 pub async fn update(
     pool: &PgPool,
     caller: &Principal,
+    retry: Retry<'_, pb::UpdateCustomerRequest>,
     id: Uuid,
     etag: Option<&str>,
     patch: CustomerPatch,
 ) -> ApiResult<pb::Customer> {
     caller.require_sales_role()?;
     let mut tx = pool.begin().await?;
+    if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
+        return Ok(first);
+    }
     let (revision, archived, owner_id) = store::lock(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found(RESOURCE, id.to_string()))?;
@@ -102,7 +105,7 @@ pub async fn update(
     }
     if archived {
         return Err(ApiError::failed_precondition(
-            "CUSTOMER_ARCHIVED",
+            Reason::CustomerArchived,
             id.to_string(),
             "an archived customer is read-only",
         ));
@@ -118,9 +121,8 @@ pub async fn update(
     if patch.owner_id.as_ref().is_some_and(|new| *new != owner_id)
         && !may_archive(&mut tx, caller, &owner_id).await?
     {
-        return Err(ApiError::PermissionDenied(
-            "a customer's owner is changed by its owner, a manager of the owner's team, or an admin"
-                .into(),
+        return Err(ApiError::out_of_scope(
+            "a customer's owner is changed by its owner, a manager of the owner's team, or an admin",
         ));
     }
     let owner_id = patch.owner_id.clone().unwrap_or(owner_id);
@@ -129,6 +131,7 @@ pub async fn update(
         .await
         .map_err(map_write_error)?;
     let response = fetch(&mut tx, id).await?;
+    retry.complete(&mut tx, caller, &response).await?;
     tx.commit().await.map_err(map_write_error)?;
     tracing::info!(customer_id = %id, actor = %caller.id, "customer updated");
     Ok(response)
@@ -150,30 +153,35 @@ async fn may_archive(tx: &mut PgConnection, caller: &Principal, owner_id: &str) 
 pub async fn delete(
     pool: &PgPool,
     caller: &Principal,
+    retry: Retry<'_, pb::DeleteCustomerRequest>,
     id: Uuid,
     etag: Option<&str>,
 ) -> ApiResult<pb::Customer> {
     caller.require_sales_role()?;
     let mut tx = pool.begin().await?;
+    if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
+        return Ok(first);
+    }
     let (revision, archived, owner_id) = store::lock(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found(RESOURCE, id.to_string()))?;
     if !may_archive(&mut tx, caller, &owner_id).await? {
-        return Err(ApiError::PermissionDenied(
-            "a customer is archived by its owner, a manager of the owner's team, or an admin"
-                .into(),
+        return Err(ApiError::out_of_scope(
+            "a customer is archived by its owner, a manager of the owner's team, or an admin",
         ));
+    }
+    // AIP-135: deleting what is already archived answers it, whatever the etag (a retry
+    // of a delete that succeeded carries the etag from before it).
+    if archived {
+        return fetch(&mut tx, id).await;
     }
     if etag.is_some_and(|etag| etag != revision.to_string()) {
         return Err(ApiError::stale_etag(RESOURCE));
     }
-    if archived {
-        return fetch(&mut tx, id).await;
-    }
     let open = store::open_opportunities(&mut tx, id).await?;
     if open > 0 {
         return Err(ApiError::failed_precondition(
-            "CUSTOMER_HAS_OPEN_OPPORTUNITIES",
+            Reason::CustomerHasOpenOpportunities,
             id.to_string(),
             format!(
                 "the customer has {open} open opportunities: close or move them before archiving"
@@ -183,6 +191,7 @@ pub async fn delete(
     people::record(&mut tx, caller).await?;
     store::archive(&mut tx, id, &caller.id).await?;
     let response = fetch(&mut tx, id).await?;
+    retry.complete(&mut tx, caller, &response).await?;
     tx.commit().await?;
     tracing::info!(customer_id = %id, actor = %caller.id, "customer archived");
     Ok(response)

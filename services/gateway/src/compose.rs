@@ -259,7 +259,10 @@ impl Clients {
         };
         let (people, summary, (statuses, pages)) = tokio::try_join!(people, summary, stages)?;
         let salesperson = people.salespeople.into_iter().next().ok_or_else(|| {
-            Status::not_found(format!("no salesperson {salesperson_id:?} is known"))
+            Status::from(salesopp_kit::ApiError::not_found(
+                "salesperson",
+                salesperson_id.clone(),
+            ))
         })?;
         // R12: the board of someone the caller may not follow is refused, not shown empty.
         let allowed = caller.has_role(Role::SalesAdmin)
@@ -268,8 +271,8 @@ impl Clients {
                 && !caller.team.is_empty()
                 && salesperson.team == caller.team);
         if !allowed {
-            return Err(Status::from(salesopp_kit::ApiError::PermissionDenied(
-                "the caller may not see this salesperson's pipeline".into(),
+            return Err(Status::from(salesopp_kit::ApiError::out_of_scope(
+                "the caller may not see this salesperson's pipeline",
             )));
         }
         let customer_ids: BTreeSet<String> = pages

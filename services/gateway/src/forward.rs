@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use salesopp_kit::error::{self, Reason};
 use tokio::time::Instant;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt as _};
+use tonic_types::StatusExt as _;
 
 /// Metadata passed through unchanged.
 const FORWARDED: [&str; 3] = ["authorization", "traceparent", "tracestate"];
@@ -98,13 +99,13 @@ impl Part {
 pub fn downstream(part: Part) -> impl Fn(Status) -> Status {
     move |status| match status.code() {
         Code::Unavailable | Code::Unknown if status.get_details_error_info().is_none() => {
-            let details = ErrorDetails::with_error_info(
-                "DOWNSTREAM_UNAVAILABLE",
-                salesopp_kit::error::ERROR_DOMAIN,
+            let reason = Reason::DownstreamUnavailable;
+            let details = error::error_info(
+                reason,
                 HashMap::from([("part".to_owned(), part.name().to_owned())]),
             );
-            Status::with_error_details(
-                Code::Unavailable,
+            error::status(
+                reason,
                 format!("the {} is unavailable: {}", part.name(), status.message()),
                 details,
             )

@@ -1,9 +1,11 @@
 //! The tonic trait of GatewayService: capture the caller's context, compose, and answer
 //! DEADLINE_EXCEEDED when the caller's deadline passes first.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use salesopp_kit::Principal;
+use salesopp_kit::error::{self, Reason};
 use salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient;
 use salesopp_proto::gateway::v1 as pb;
 use salesopp_proto::gateway::v1::gateway_service_server::GatewayService;
@@ -63,8 +65,10 @@ async fn within<T>(
         Some(remaining) => tokio::time::timeout(remaining.saturating_sub(DEADLINE_MARGIN), work)
             .await
             .unwrap_or_else(|_| {
-                Err(Status::deadline_exceeded(
+                Err(error::status(
+                    Reason::DeadlineExceeded,
                     "the caller's deadline passed before the parts answered",
+                    error::error_info(Reason::DeadlineExceeded, HashMap::new()),
                 ))
             }),
         None => work.await,

@@ -68,8 +68,8 @@ impl Principal {
         if self.has_sales_role() {
             Ok(())
         } else {
-            Err(ApiError::PermissionDenied(
-                "the caller has no sales role (sales_rep, sales_manager or sales_admin)".into(),
+            Err(ApiError::role_required(
+                "the caller has no sales role (sales_rep, sales_manager or sales_admin)",
             ))
         }
     }
@@ -78,7 +78,7 @@ impl Principal {
         if self.has_role(role) {
             Ok(())
         } else {
-            Err(ApiError::PermissionDenied(format!(
+            Err(ApiError::role_required(format!(
                 "this call requires the {} role",
                 role.as_str()
             )))
@@ -92,7 +92,7 @@ impl Principal {
             .extensions()
             .get::<Principal>()
             .cloned()
-            .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))
+            .ok_or_else(|| ApiError::token_missing("missing bearer token"))
     }
 }
 
@@ -348,9 +348,7 @@ impl Authenticator {
     /// Verifies a compact JWT with the keys at hand and returns its principal.
     pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
         self.check(token).map_err(|refusal| match refusal {
-            Refusal::UnknownKey => {
-                ApiError::Unauthenticated("token signed by an unknown key".into())
-            }
+            Refusal::UnknownKey => ApiError::token_invalid("token signed by an unknown key"),
             Refusal::Other(error) => error,
         })
     }
@@ -374,7 +372,7 @@ impl Authenticator {
     }
 
     fn check(&self, token: &str) -> Result<Principal, Refusal> {
-        let unauthenticated = |why: String| Refusal::Other(ApiError::Unauthenticated(why));
+        let unauthenticated = |why: String| Refusal::Other(ApiError::token_invalid(why));
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| unauthenticated(format!("malformed token: {e}")))?;
         let keys = self.current_keys();
@@ -434,13 +432,13 @@ impl Authenticator {
 fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, ApiError> {
     let value = metadata
         .get("authorization")
-        .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))?
+        .ok_or_else(|| ApiError::token_missing("missing bearer token"))?
         .to_str()
-        .map_err(|_| ApiError::Unauthenticated("malformed authorization header".into()))?;
+        .map_err(|_| ApiError::token_missing("malformed authorization header"))?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(|| ApiError::Unauthenticated("authorization is not a Bearer token".into()))?;
+        .ok_or_else(|| ApiError::token_missing("authorization is not a Bearer token"))?;
     Ok(token.trim())
 }
 

@@ -5,12 +5,220 @@
 //! no SQL, stack or secret reaches a client.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-/// The `ErrorInfo.domain` of every error the suite answers.
-pub const ERROR_DOMAIN: &str = "salesopp";
+/// The `ErrorInfo.domain` of errors raised outside any service's call (see [`with_domain`]).
+pub const ERROR_DOMAIN: &str = "salesopp.io";
+
+tokio::task_local! {
+    /// The `ErrorInfo.domain` of the call being served: its service's name.
+    static DOMAIN: &'static str;
+}
+
+/// Runs `call` with `domain` as the `ErrorInfo.domain` of every error it answers.
+pub async fn with_domain<F: std::future::Future>(domain: &'static str, call: F) -> F::Output {
+    DOMAIN.scope(domain, call).await
+}
+
+/// The error domain of a gRPC service: `salesopp.opportunity.v1.OpportunityService` is
+/// `opportunity.salesopp.io` (AIP-193: the service's name, DNS-like).
+pub fn domain_of_service(service: &str) -> &'static str {
+    match service {
+        "salesopp.customer.v1.CustomerService" => "customer.salesopp.io",
+        "salesopp.opportunity.v1.OpportunityService" => "opportunity.salesopp.io",
+        "salesopp.statusconfig.v1.StatusConfigService" => "statusconfig.salesopp.io",
+        "salesopp.gateway.v1.GatewayService" => "gateway.salesopp.io",
+        _ => ERROR_DOMAIN,
+    }
+}
+
+/// The domain errors are answered with right now.
+pub fn current_domain() -> &'static str {
+    DOMAIN.try_with(|domain| *domain).unwrap_or(ERROR_DOMAIN)
+}
+
+/// How long a client should wait before retrying an `UNAVAILABLE` or `ABORTED` answer.
+pub const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+macro_rules! reasons {
+    ($($variant:ident = $name:literal, $code:ident, $when:literal, $action:literal;)*) => {
+        /// Every `ErrorInfo.reason` the suite answers: one per rule or situation, each with
+        /// its gRPC code, when it happens and what a client should do. The README's error
+        /// table is this table (a test keeps them equal).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Reason { $($variant,)* }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Reason::$variant => $name,)* }
+            }
+
+            pub fn code(self) -> Code {
+                match self { $(Reason::$variant => Code::$code,)* }
+            }
+
+            /// When a call answers it.
+            pub fn when(self) -> &'static str {
+                match self { $(Reason::$variant => $when,)* }
+            }
+
+            /// What the client should do.
+            pub fn action(self) -> &'static str {
+                match self { $(Reason::$variant => $action,)* }
+            }
+
+            pub fn parse(name: &str) -> Option<Reason> {
+                match name { $($name => Some(Reason::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+reasons! {
+    InvalidField = "INVALID_FIELD", InvalidArgument,
+        "a request field is missing, malformed, too long or out of range; `BadRequest` names each field (`request_id` when the id was used for a different request)",
+        "fix the named fields; retrying the same request fails the same way";
+    MalformedRequest = "MALFORMED_REQUEST", InvalidArgument,
+        "the request bytes do not decode as the call's message (e.g. invalid UTF-8 in a string)",
+        "fix the client's encoding";
+    TokenMissing = "TOKEN_MISSING", Unauthenticated,
+        "no `authorization: Bearer <JWT>` metadata, or not a bearer token",
+        "send a token";
+    TokenInvalid = "TOKEN_INVALID", Unauthenticated,
+        "the token is expired, not yet valid, badly signed, for another audience or issuer, or lacks `sub`",
+        "get a new token from the identity provider";
+    RoleRequired = "ROLE_REQUIRED", PermissionDenied,
+        "the caller's roles do not allow the call (no sales role, or an admin-only call)",
+        "use an identity with the role; retrying does not help";
+    OutOfScope = "OUT_OF_SCOPE", PermissionDenied,
+        "the opportunity or customer is not the caller's to see or change (R12), or does not exist (AIP-211)",
+        "act within your own or your team's opportunities";
+    OpportunityNotFound = "OPPORTUNITY_NOT_FOUND", NotFound,
+        "no opportunity has the id (answered to admins; others get OUT_OF_SCOPE)",
+        "check the id";
+    CustomerNotFound = "CUSTOMER_NOT_FOUND", NotFound,
+        "no customer has the id",
+        "check the id";
+    StatusNotFound = "STATUS_NOT_FOUND", NotFound,
+        "no status has the id",
+        "check the id";
+    SalespersonNotFound = "SALESPERSON_NOT_FOUND", NotFound,
+        "no salesperson with the id has used the suite yet",
+        "check the id; salespeople appear after their first call";
+    CustomerCodeTaken = "CUSTOMER_CODE_TAKEN", AlreadyExists,
+        "another customer (archived ones included) has the code, ignoring case",
+        "choose another code, or use the existing customer";
+    StatusNameTaken = "STATUS_NAME_TAKEN", AlreadyExists,
+        "another live status has the display name, ignoring case",
+        "choose another name";
+    CustomerArchived = "CUSTOMER_ARCHIVED", FailedPrecondition,
+        "the customer is archived and takes no new opportunities (R1)",
+        "use a live customer";
+    CustomerHasOpenOpportunities = "CUSTOMER_HAS_OPEN_OPPORTUNITIES", FailedPrecondition,
+        "a customer with open opportunities cannot be archived",
+        "close or move its open opportunities first";
+    StatusArchived = "STATUS_ARCHIVED", FailedPrecondition,
+        "the status is archived (R6): it takes no opportunities and cannot be the default",
+        "choose a live status";
+    StatusInUse = "STATUS_IN_USE", FailedPrecondition,
+        "opportunities sit in the status being deleted and no replacement was named (R6)",
+        "send `replacement_status_id`";
+    StatusIsDefault = "STATUS_IS_DEFAULT", FailedPrecondition,
+        "the default status cannot be deleted (R4, R6)",
+        "make another status the default first";
+    StatusClosing = "STATUS_CLOSING", FailedPrecondition,
+        "the WON and LOST statuses are never deleted and never change kind or probability (R3)",
+        "rename them instead";
+    StatusNeverErased = "STATUS_NEVER_ERASED", FailedPrecondition,
+        "a status row cannot be erased: DeleteStatus archives it, so history still resolves it (R6)",
+        "call DeleteStatus";
+    StatusKindImmutable = "STATUS_KIND_IMMUTABLE", FailedPrecondition,
+        "a status's kind (OPEN, WON, LOST) never changes (R3)",
+        "create a new status of the other kind";
+    StatusNotOpen = "STATUS_NOT_OPEN", FailedPrecondition,
+        "only an OPEN status can be the default (R4)",
+        "choose an OPEN status";
+    DefaultStatusRequired = "DEFAULT_STATUS_REQUIRED", FailedPrecondition,
+        "exactly one live OPEN status must be the default at the end of every change (R4)",
+        "set another default in the same change";
+    HistoryAppendOnly = "HISTORY_APPEND_ONLY", FailedPrecondition,
+        "status history is never edited or deleted (R9)",
+        "history cannot change: record a new status change instead";
+    HistoryChainBroken = "HISTORY_CHAIN_BROKEN", FailedPrecondition,
+        "a status change must start from the status the previous change ended in (R10)",
+        "read the opportunity again and retry";
+    CustomerImmutable = "CUSTOMER_IMMUTABLE", FailedPrecondition,
+        "an opportunity's customer never changes",
+        "create a new opportunity for the other customer";
+    EtagMismatch = "ETAG_MISMATCH", Aborted,
+        "the `etag` sent is not the resource's current one: it changed since it was read (R10)",
+        "read it again, re-apply the change, retry with the new etag";
+    ConcurrentChange = "CONCURRENT_CHANGE", Aborted,
+        "a concurrent transaction conflicted with this one (serialization failure or deadlock); nothing was written",
+        "retry after the RetryInfo delay";
+    DatabaseUnavailable = "DATABASE_UNAVAILABLE", Unavailable,
+        "the service cannot reach its database (restart, failover, connection limit); nothing was written",
+        "retry after the RetryInfo delay, with the same request_id";
+    DownstreamUnavailable = "DOWNSTREAM_UNAVAILABLE", Unavailable,
+        "the gateway cannot reach one of the services it composes (metadata `part` names it)",
+        "retry after the RetryInfo delay";
+    DeadlineExceeded = "DEADLINE_EXCEEDED", DeadlineExceeded,
+        "the call's deadline passed before it finished; a write may or may not have committed",
+        "retry with the same request_id: a committed write is replayed, not repeated";
+    InternalError = "INTERNAL_ERROR", Internal,
+        "a bug: the cause is logged on the server, never sent",
+        "report it with the time and method";
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The README's error table: one row per reason.
+pub fn reasons_markdown() -> String {
+    let mut table =
+        String::from("| code | reason | when | what the client should do |\n|---|---|---|---|\n");
+    for reason in Reason::ALL {
+        table.push_str(&format!(
+            "| `{}` | `{}` | {} | {} |\n",
+            code_name(reason.code()),
+            reason.as_str(),
+            reason.when(),
+            reason.action()
+        ));
+    }
+    table
+}
+
+/// The canonical name of a gRPC code (`INVALID_ARGUMENT`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -71,28 +279,26 @@ pub enum ApiError {
     NotFound { resource: &'static str, id: String },
     #[error("{message}")]
     AlreadyExists {
+        reason: Reason,
         resource: &'static str,
         field: &'static str,
         message: String,
     },
-    /// The system is not in a state that allows the call; `kind` is the violation type
-    /// (e.g. `STATUS_IN_USE`), `subject` what it is about.
+    /// The system is not in a state that allows the call; `reason` names the rule,
+    /// `subject` what it is about.
     #[error("{description}")]
     FailedPrecondition {
-        kind: &'static str,
+        reason: Reason,
         subject: String,
         description: String,
     },
     /// The `etag` precondition does not hold, or a concurrent change won: read again, retry.
     #[error("{message}")]
-    Aborted {
-        reason: &'static str,
-        message: String,
-    },
-    #[error("{0}")]
-    PermissionDenied(String),
-    #[error("{0}")]
-    Unauthenticated(String),
+    Aborted { reason: Reason, message: String },
+    #[error("{message}")]
+    PermissionDenied { reason: Reason, message: String },
+    #[error("{message}")]
+    Unauthenticated { reason: Reason, message: String },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -114,20 +320,50 @@ impl ApiError {
     }
 
     pub fn failed_precondition(
-        kind: &'static str,
+        reason: Reason,
         subject: impl Into<String>,
         description: impl Into<String>,
     ) -> Self {
         Self::FailedPrecondition {
-            kind,
+            reason,
             subject: subject.into(),
             description: description.into(),
         }
     }
 
+    /// The caller's roles do not allow the call.
+    pub fn role_required(message: impl Into<String>) -> Self {
+        Self::PermissionDenied {
+            reason: Reason::RoleRequired,
+            message: message.into(),
+        }
+    }
+
+    /// The resource is not the caller's to see or change (R12).
+    pub fn out_of_scope(message: impl Into<String>) -> Self {
+        Self::PermissionDenied {
+            reason: Reason::OutOfScope,
+            message: message.into(),
+        }
+    }
+
+    pub fn token_missing(message: impl Into<String>) -> Self {
+        Self::Unauthenticated {
+            reason: Reason::TokenMissing,
+            message: message.into(),
+        }
+    }
+
+    pub fn token_invalid(message: impl Into<String>) -> Self {
+        Self::Unauthenticated {
+            reason: Reason::TokenInvalid,
+            message: message.into(),
+        }
+    }
+
     pub fn stale_etag(resource: &'static str) -> Self {
         Self::Aborted {
-            reason: "ETAG_MISMATCH",
+            reason: Reason::EtagMismatch,
             message: format!("the {resource} changed since it was read: read it again and retry"),
         }
     }
@@ -143,17 +379,56 @@ impl ApiError {
             _ => &[],
         }
     }
+
+    /// The reason this error answers with.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::InvalidArgument(_) => Reason::InvalidField,
+            Self::NotFound { resource, .. } => not_found_reason(resource),
+            Self::AlreadyExists { reason, .. }
+            | Self::FailedPrecondition { reason, .. }
+            | Self::Aborted { reason, .. }
+            | Self::PermissionDenied { reason, .. }
+            | Self::Unauthenticated { reason, .. } => *reason,
+            Self::Unavailable(_) => Reason::DatabaseUnavailable,
+            Self::Internal(_) => Reason::InternalError,
+        }
+    }
 }
 
-fn info(reason: &str, metadata: HashMap<String, String>) -> ErrorDetails {
-    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
+fn not_found_reason(resource: &str) -> Reason {
+    match resource {
+        "opportunity" => Reason::OpportunityNotFound,
+        "customer" => Reason::CustomerNotFound,
+        "status" => Reason::StatusNotFound,
+        _ => Reason::SalespersonNotFound,
+    }
+}
+
+/// The `ErrorInfo` of `reason` in the current call's domain.
+pub fn error_info(reason: Reason, metadata: HashMap<String, String>) -> ErrorDetails {
+    ErrorDetails::with_error_info(reason.as_str(), current_domain(), metadata)
+}
+
+/// A status of `reason`'s code with its `ErrorInfo` (and `RetryInfo` when retrying helps).
+pub fn status(
+    reason: Reason,
+    message: impl Into<String>,
+    mut details: ErrorDetails,
+) -> tonic::Status {
+    if matches!(reason.code(), Code::Unavailable | Code::Aborted) && reason != Reason::EtagMismatch
+    {
+        details.set_retry_info(Some(RETRY_DELAY));
+    }
+    tonic::Status::with_error_details(reason.code(), message, details)
 }
 
 impl From<ApiError> for tonic::Status {
     fn from(error: ApiError) -> Self {
+        let reason = error.reason();
         match error {
             ApiError::InvalidArgument(violations) => {
-                let mut details = info("INVALID_ARGUMENT", HashMap::new());
+                let mut details = error_info(reason, HashMap::new());
                 let summary = violations
                     .iter()
                     .map(|v| format!("{}: {}", v.field, v.description))
@@ -162,29 +437,26 @@ impl From<ApiError> for tonic::Status {
                 for violation in violations {
                     details.add_bad_request_violation(violation.field, violation.description);
                 }
-                tonic::Status::with_error_details(Code::InvalidArgument, summary, details)
+                status(reason, summary, details)
             }
             ApiError::NotFound { resource, id } => {
-                let mut details = info(
-                    "NOT_FOUND",
+                let mut details = error_info(
+                    reason,
                     HashMap::from([("resource".to_owned(), resource.to_owned())]),
                 );
                 details.set_resource_info(resource, id.clone(), "", "");
-                tonic::Status::with_error_details(
-                    Code::NotFound,
-                    format!("{resource} {id:?} not found"),
-                    details,
-                )
+                status(reason, format!("{resource} {id:?} not found"), details)
             }
             ApiError::AlreadyExists {
                 resource,
                 field,
                 message,
-            } => tonic::Status::with_error_details(
-                Code::AlreadyExists,
+                ..
+            } => status(
+                reason,
                 message,
-                info(
-                    "ALREADY_EXISTS",
+                error_info(
+                    reason,
                     HashMap::from([
                         ("resource".to_owned(), resource.to_owned()),
                         ("field".to_owned(), field.to_owned()),
@@ -192,73 +464,100 @@ impl From<ApiError> for tonic::Status {
                 ),
             ),
             ApiError::FailedPrecondition {
-                kind,
                 subject,
                 description,
+                ..
             } => {
-                let mut details = info(kind, HashMap::new());
-                details.add_precondition_failure_violation(kind, subject, description.clone());
-                tonic::Status::with_error_details(Code::FailedPrecondition, description, details)
+                let mut details = error_info(reason, HashMap::new());
+                details.add_precondition_failure_violation(
+                    reason.as_str(),
+                    subject,
+                    description.clone(),
+                );
+                status(reason, description, details)
             }
-            ApiError::Aborted { reason, message } => tonic::Status::with_error_details(
-                Code::Aborted,
-                message,
-                info(reason, HashMap::new()),
-            ),
-            ApiError::PermissionDenied(message) => tonic::Status::with_error_details(
-                Code::PermissionDenied,
-                message,
-                info("PERMISSION_DENIED", HashMap::new()),
-            ),
-            ApiError::Unauthenticated(message) => tonic::Status::with_error_details(
-                Code::Unauthenticated,
-                message,
-                info("UNAUTHENTICATED", HashMap::new()),
-            ),
-            ApiError::Unavailable(message) => {
-                tracing::warn!(error = %message, "answering UNAVAILABLE");
-                tonic::Status::with_error_details(
-                    Code::Unavailable,
+            ApiError::Aborted { message, .. }
+            | ApiError::PermissionDenied { message, .. }
+            | ApiError::Unauthenticated { message, .. } => {
+                status(reason, message, error_info(reason, HashMap::new()))
+            }
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "answering UNAVAILABLE");
+                status(
+                    reason,
                     "the service cannot reach its database: retry later",
-                    info("DATABASE_UNAVAILABLE", HashMap::new()),
+                    error_info(reason, HashMap::new()),
                 )
             }
             ApiError::Internal(cause) => {
                 tracing::error!(error = %cause, "internal error");
-                tonic::Status::internal("internal error")
+                status(reason, "internal error", error_info(reason, HashMap::new()))
             }
         }
     }
 }
 
-/// SQLSTATE of the schema's own rule violations (`salesopp_violation` in the migration).
+/// SQLSTATE of the schema's own rule violations (`salesopp_violation` in the migrations);
+/// the error's constraint name is the rule's [`Reason`].
 const SCHEMA_RULE_VIOLATION: &str = "SO001";
+
+/// What a SQLSTATE means to a client: the one table from database errors to answers.
+fn classify(sqlstate: &str) -> Option<ApiError> {
+    let class = sqlstate.get(..2).unwrap_or_default();
+    match (class, sqlstate) {
+        // Serialization failure and deadlock: a concurrent change won; safe to retry.
+        (_, "40001" | "40P01") => Some(ApiError::Aborted {
+            reason: Reason::ConcurrentChange,
+            message: "a concurrent change conflicted with this one: retry".to_owned(),
+        }),
+        // Connection exceptions; admin, crash and cannot-connect-now shutdowns (a restart,
+        // a failover); too many connections; out of memory or disk; the server's own
+        // statement or idle timeouts; a read-only standby after a failover.
+        ("08", _)
+        | (_, "57P01" | "57P02" | "57P03" | "57P05" | "53000" | "53100" | "53200" | "53300")
+        | (_, "53400" | "25006" | "57014" | "25P03") => Some(ApiError::Unavailable(format!(
+            "database answered SQLSTATE {sqlstate}"
+        ))),
+        _ => None,
+    }
+}
+
+/// The error a schema rule (`SO001`) answers: its reason is the constraint name it raised.
+fn schema_rule(constraint: Option<&str>, message: &str) -> ApiError {
+    match constraint.and_then(Reason::parse) {
+        Some(reason) if reason.code() == Code::FailedPrecondition => {
+            ApiError::failed_precondition(reason, "", message.to_owned())
+        }
+        _ => ApiError::Internal(format!(
+            "schema rule {constraint:?} without a known reason: {message}"
+        )),
+    }
+}
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
-            sqlx::Error::Database(db) => match db.code().as_deref() {
-                Some(SCHEMA_RULE_VIOLATION) => {
-                    Self::failed_precondition("SCHEMA_RULE", "", db.message().to_owned())
+            sqlx::Error::Database(db) => {
+                let code = db.code();
+                match code.as_deref() {
+                    Some(SCHEMA_RULE_VIOLATION) => schema_rule(db.constraint(), db.message()),
+                    Some(sqlstate) => classify(sqlstate).unwrap_or_else(|| {
+                        // Unique and foreign-key violations the services did not expect
+                        // are bugs: each service maps the constraints it knows first.
+                        Self::Internal(format!(
+                            "database error {sqlstate} on constraint {:?}: {}",
+                            db.constraint(),
+                            db.message()
+                        ))
+                    }),
+                    None => Self::Internal(db.message().to_owned()),
                 }
-                // Serialization failure and deadlock: a concurrent change won; safe to retry.
-                Some("40001") | Some("40P01") => Self::Aborted {
-                    reason: "CONCURRENT_CHANGE",
-                    message: "a concurrent change conflicted with this one: retry".to_owned(),
-                },
-                // Unique and foreign-key violations the services did not expect are bugs:
-                // each service maps the constraints it knows before this fallback.
-                _ => Self::Internal(format!(
-                    "database error {:?} on constraint {:?}: {}",
-                    db.code(),
-                    db.constraint(),
-                    db.message()
-                )),
-            },
+            }
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => Self::Unavailable(error.to_string()),
             _ => Self::Internal(error.to_string()),
         }

@@ -142,11 +142,15 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = method_label(request.uri().path());
+        let path = request.uri().path();
+        let method = method_label(path);
+        // Errors answered by this call carry its service's name as their domain.
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        let domain = crate::error::domain_of_service(service);
         let start = Instant::now();
         let response = self.inner.call(request);
         Box::pin(async move {
-            let result = response.await;
+            let result = crate::error::with_domain(domain, response).await;
             let code = match &result {
                 Ok(response) => response
                     .headers()

@@ -15,6 +15,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+/// How often an idle connection is pinged.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where and how to serve.
 pub struct ServeOptions {
@@ -186,6 +190,11 @@ pub async fn serve(
         tokio::spawn(crate::metrics::serve(metrics_listener, pool_for_metrics));
     }
     let server = tonic::transport::Server::builder()
+        // HTTP/2 pings keep idle connections and long event streams alive through load
+        // balancers and NAT (which drop idle flows after minutes), and find dead peers.
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(HTTP2_KEEPALIVE_INTERVAL))
         .layer(crate::metrics::MetricsLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(options.listener), signal);

@@ -3,7 +3,7 @@
 
 use chrono::{Datelike as _, NaiveDate};
 use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, update_paths};
-use salesopp_kit::idempotency::validate_request_id;
+use salesopp_kit::idempotency;
 use salesopp_kit::time::timestamp;
 use salesopp_proto::common::v1 as common;
 use salesopp_proto::opportunity::v1 as pb;
@@ -51,7 +51,7 @@ pub fn opportunity_to_proto(row: &OpportunityRow) -> pb::Opportunity {
         customer_id: row.customer_id.to_string(),
         owner_id: row.owner_id.clone(),
         title: row.title.clone(),
-        amount: Some(money_to_proto(&row.money())),
+        amount: row.money().as_ref().map(money_to_proto),
         expected_close_date: row.expected_close_date.map(date_to_proto),
         status_id: row.status_id.to_string(),
         status_name: row.status_name.clone(),
@@ -106,7 +106,9 @@ pub fn status_change_to_proto(row: &StatusChangeRow) -> pb::StatusChange {
         }),
         change_time: Some(timestamp(row.change_time)),
         note: row.note.clone(),
-        amount: Money::from_decimal(&row.currency_code, &row.amount).map(|m| money_to_proto(&m)),
+        amount: Money::from_row(row.currency_code.as_deref(), row.amount.as_deref())
+            .as_ref()
+            .map(money_to_proto),
         time_in_previous_status: row.micros_in_previous_status.map(|micros| {
             prost_types::Duration {
                 seconds: micros.div_euclid(1_000_000),
@@ -140,15 +142,13 @@ pub fn id_field(field: &str, raw: &str, what: &str) -> ApiResult<Uuid> {
     parse_uuid(raw, what).map_err(|why| ApiError::invalid(field, why))
 }
 
+/// An optional amount: `None` when absent (not known yet) or invalid (a violation each).
 fn money(
     violations: &mut FieldViolations,
     field: &str,
     money: Option<&common::Money>,
 ) -> Option<Money> {
-    let Some(money) = money else {
-        violations.add(field, "required: currency_code, units and nanos");
-        return None;
-    };
+    let money = money?;
     match Money::parse(&money.currency_code, money.units, money.nanos) {
         Ok(money) => Some(money),
         Err(problems) => {
@@ -186,19 +186,18 @@ pub struct NewOpportunityInput {
     pub customer_id: Uuid,
     pub owner_id: Option<String>,
     pub title: String,
-    pub amount: Money,
+    pub amount: Option<Money>,
     pub expected_close_date: Option<NaiveDate>,
     pub status_id: Option<Uuid>,
     pub lost_reason: Option<String>,
     pub next_step: Option<String>,
     pub note: String,
+    pub request_id: Option<String>,
 }
 
 pub fn new_opportunity(request: &pb::CreateOpportunityRequest) -> ApiResult<NewOpportunityInput> {
     let mut violations = FieldViolations::new();
-    if let Err((field, why)) = validate_request_id("request_id", &request.request_id) {
-        violations.add(field, why);
-    }
+    let request_id = idempotency::request_id(&mut violations, "request_id", &request.request_id);
     let note = violations
         .check("note", domain::text(&request.note, domain::MAX_NOTE_CHARS))
         .flatten();
@@ -237,8 +236,8 @@ pub fn new_opportunity(request: &pb::CreateOpportunityRequest) -> ApiResult<NewO
         )
         .flatten();
     violations.into_result()?;
-    match (customer_id, title, amount) {
-        (Some(customer_id), Some(title), Some(amount)) => Ok(NewOpportunityInput {
+    match (customer_id, title) {
+        (Some(customer_id), Some(title)) => Ok(NewOpportunityInput {
             customer_id,
             owner_id,
             title,
@@ -248,6 +247,7 @@ pub fn new_opportunity(request: &pb::CreateOpportunityRequest) -> ApiResult<NewO
             lost_reason,
             next_step,
             note: note.unwrap_or_default(),
+            request_id,
         }),
         _ => Err(ApiError::internal(
             "validated opportunity without its values",
@@ -260,7 +260,7 @@ pub fn new_opportunity(request: &pb::CreateOpportunityRequest) -> ApiResult<NewO
 #[derive(Debug, Clone, Default)]
 pub struct OpportunityPatch {
     pub title: Option<String>,
-    pub amount: Option<Money>,
+    pub amount: Option<Option<Money>>,
     pub expected_close_date: Option<Option<NaiveDate>>,
     pub next_step: Option<Option<String>>,
     pub owner_id: Option<String>,
@@ -297,14 +297,7 @@ pub fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateI
     let note = violations
         .check("note", domain::text(&request.note, domain::MAX_NOTE_CHARS))
         .flatten();
-    let request_id = if request.request_id.is_empty() {
-        None
-    } else {
-        if let Err((field, why)) = validate_request_id("request_id", &request.request_id) {
-            violations.add(field, why);
-        }
-        Some(request.request_id.clone())
-    };
+    let request_id = idempotency::request_id(&mut violations, "request_id", &request.request_id);
     let paths = update_paths(
         request.update_mask.as_ref(),
         &MUTABLE_PATHS,
@@ -324,7 +317,11 @@ pub fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateI
         match path.as_str() {
             "title" => patch.title = violations.check("opportunity.title", domain::title(&o.title)),
             "amount" => {
-                patch.amount = money(&mut violations, "opportunity.amount", o.amount.as_ref())
+                patch.amount = Some(money(
+                    &mut violations,
+                    "opportunity.amount",
+                    o.amount.as_ref(),
+                ))
             }
             "expected_close_date" => {
                 patch.expected_close_date = Some(date(
@@ -384,13 +381,12 @@ pub struct ChangeInput {
     pub note: String,
     pub lost_reason: Option<String>,
     pub etag: Option<String>,
+    pub request_id: Option<String>,
 }
 
 pub fn change_input(request: &pb::ChangeOpportunityStatusRequest) -> ApiResult<ChangeInput> {
     let mut violations = FieldViolations::new();
-    if let Err((field, why)) = validate_request_id("request_id", &request.request_id) {
-        violations.add(field, why);
-    }
+    let request_id = idempotency::request_id(&mut violations, "request_id", &request.request_id);
     let opportunity_id = violations.check(
         "opportunity_id",
         parse_uuid(&request.opportunity_id, "the opportunity's id"),
@@ -416,6 +412,7 @@ pub fn change_input(request: &pb::ChangeOpportunityStatusRequest) -> ApiResult<C
             note: note.unwrap_or_default(),
             lost_reason,
             etag: (!request.etag.is_empty()).then(|| request.etag.clone()),
+            request_id,
         }),
         _ => Err(ApiError::internal("validated change without its ids")),
     }

@@ -88,6 +88,11 @@ impl Money {
         })
     }
 
+    /// The amount stored as `currency_code` and `amount` text; `None` when either is null.
+    pub fn from_row(currency_code: Option<&str>, amount: Option<&str>) -> Option<Money> {
+        Money::from_decimal(currency_code?, amount?)
+    }
+
     /// The exact decimal text Postgres takes as `numeric`.
     pub fn decimal(&self) -> String {
         format!("{}.{:09}", self.units, self.nanos)

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use salesopp_kit::error::{ApiError, ApiResult, FieldViolations};
+use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, Reason};
 use salesopp_kit::idempotency::{self, Claim};
 use salesopp_kit::{Principal, paging, people};
 use salesopp_proto::common::v1 as common;
@@ -16,7 +16,8 @@ use crate::convert::{self, opportunity_to_proto, status_change_to_proto};
 use crate::domain::{self, Money, Visibility};
 use crate::status_change::{self, Change};
 use crate::store::{
-    self, ListAfter, ListOrder, NewStatusChange, OpportunityFilter, OpportunityRow, StatusInfo,
+    self, ListAfter, ListOrder, NewStatusChange, OpportunityFilter, OpportunityRow, PipelineGroup,
+    StatusInfo,
 };
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -26,8 +27,8 @@ const RESOURCE: &str = "opportunity";
 
 fn visibility(caller: &Principal) -> ApiResult<Visibility> {
     Visibility::of(caller).ok_or_else(|| {
-        ApiError::PermissionDenied(
-            "the caller has no sales role (sales_rep, sales_manager or sales_admin)".into(),
+        ApiError::role_required(
+            "the caller has no sales role (sales_rep, sales_manager or sales_admin)",
         )
     })
 }
@@ -37,7 +38,7 @@ fn visibility(caller: &Principal) -> ApiResult<Visibility> {
 fn hidden(visibility: &Visibility, id: Uuid) -> ApiError {
     match visibility {
         Visibility::All => ApiError::not_found(RESOURCE, id.to_string()),
-        _ => ApiError::PermissionDenied(format!(
+        _ => ApiError::out_of_scope(format!(
             "the caller may not see opportunity {id} (or it does not exist)"
         )),
     }
@@ -82,9 +83,8 @@ async fn check_owner(
     }
     let team = people::team_of(tx, owner_id).await?;
     match (visibility, team) {
-        (Visibility::Own { .. }, _) => Err(ApiError::PermissionDenied(
-            "a sales rep owns only their own opportunities: a manager or an admin reassigns them"
-                .into(),
+        (Visibility::Own { .. }, _) => Err(ApiError::out_of_scope(
+            "a sales rep owns only their own opportunities: a manager or an admin reassigns them",
         )),
         (_, None) => Err(ApiError::invalid(
             field,
@@ -92,11 +92,9 @@ async fn check_owner(
                 "no salesperson {owner_id:?} is known: they appear once they have used the suite"
             ),
         )),
-        (Visibility::Team { team: mine, .. }, Some(theirs)) if *mine != theirs => {
-            Err(ApiError::PermissionDenied(
-                "a sales manager assigns opportunities only within their team".into(),
-            ))
-        }
+        (Visibility::Team { team: mine, .. }, Some(theirs)) if *mine != theirs => Err(
+            ApiError::out_of_scope("a sales manager assigns opportunities only within their team"),
+        ),
         _ => Ok(()),
     }
 }
@@ -110,8 +108,9 @@ pub async fn create(
     let input = convert::new_opportunity(request)?;
     let mut tx = pool.begin().await?;
     const METHOD: &str = "CreateOpportunity";
+    let request_id = input.request_id.as_deref();
     if let Claim::Replay(first) =
-        idempotency::claim(&mut tx, &caller.id, METHOD, &request.request_id, request).await?
+        idempotency::claim(&mut tx, &caller.id, METHOD, request_id, request).await?
     {
         return Ok(first);
     }
@@ -137,7 +136,7 @@ pub async fn create(
         }
         Some(true) => {
             return Err(ApiError::failed_precondition(
-                "CUSTOMER_ARCHIVED",
+                Reason::CustomerArchived,
                 input.customer_id.to_string(),
                 "the customer is archived and takes no new opportunities (R1)",
             ));
@@ -162,7 +161,7 @@ pub async fn create(
             customer_id: input.customer_id,
             owner_id: &owner_id,
             title: &input.title,
-            amount: &input.amount,
+            amount: input.amount.as_ref(),
             expected_close_date: input.expected_close_date,
             status: &status,
             lost_reason: input.lost_reason.as_deref(),
@@ -183,9 +182,9 @@ pub async fn create(
             actor_name: &caller.display_name,
             time,
             note: &input.note,
-            amount: &input.amount,
+            amount: input.amount.as_ref(),
             lost_reason: input.lost_reason.as_deref(),
-            request_id: Some(&request.request_id),
+            request_id,
         },
     )
     .await?;
@@ -201,10 +200,10 @@ pub async fn create(
         None,
         response.clone(),
         Some(status_change_to_proto(&entry)),
-        Some(&request.request_id),
+        request_id,
     )
     .await?;
-    idempotency::complete(&mut tx, &caller.id, METHOD, &request.request_id, &response).await?;
+    idempotency::complete(&mut tx, &caller.id, METHOD, request_id, &response).await?;
     tx.commit().await?;
     tracing::info!(opportunity_id = %id, actor = %caller.id, "opportunity created");
     Ok(response)
@@ -225,9 +224,14 @@ pub async fn update(
     let input = convert::update_input(request)?;
     let mut tx = pool.begin().await?;
     const METHOD: &str = "UpdateOpportunity";
-    if let Some(request_id) = &input.request_id
-        && let Claim::Replay(first) =
-            idempotency::claim(&mut tx, &caller.id, METHOD, request_id, request).await?
+    if let Claim::Replay(first) = idempotency::claim(
+        &mut tx,
+        &caller.id,
+        METHOD,
+        input.request_id.as_deref(),
+        request,
+    )
+    .await?
     {
         return Ok(first);
     }
@@ -270,10 +274,11 @@ pub async fn update(
         .await?;
     }
     let amount = patch.amount.clone().unwrap_or_else(|| current.money());
+    let amount = amount.as_ref();
     let fields = store::Fields {
         owner_id: patch.owner_id.as_deref().unwrap_or(&current.owner_id),
         title: patch.title.as_deref().unwrap_or(&current.title),
-        amount: &amount,
+        amount,
         expected_close_date: patch
             .expected_close_date
             .unwrap_or(current.expected_close_date),
@@ -288,7 +293,7 @@ pub async fn update(
     };
     let fields_change = fields.owner_id != current.owner_id
         || fields.title != current.title
-        || *fields.amount != current.money()
+        || fields.amount != current.money().as_ref()
         || fields.expected_close_date != current.expected_close_date
         || fields.next_step != current.next_step.as_deref()
         || fields.lost_reason != current.lost_reason.as_deref();
@@ -336,9 +341,14 @@ pub async fn update(
         }
         None => before,
     };
-    if let Some(request_id) = &input.request_id {
-        idempotency::complete(&mut tx, &caller.id, METHOD, request_id, &response).await?;
-    }
+    idempotency::complete(
+        &mut tx,
+        &caller.id,
+        METHOD,
+        input.request_id.as_deref(),
+        &response,
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(opportunity_id = %current.id, actor = %caller.id, "opportunity updated");
     Ok(response)
@@ -353,8 +363,9 @@ pub async fn change_status(
     let input = convert::change_input(request)?;
     let mut tx = pool.begin().await?;
     const METHOD: &str = "ChangeOpportunityStatus";
+    let request_id = input.request_id.as_deref();
     if let Claim::Replay(first) =
-        idempotency::claim(&mut tx, &caller.id, METHOD, &request.request_id, request).await?
+        idempotency::claim(&mut tx, &caller.id, METHOD, request_id, request).await?
     {
         return Ok(first);
     }
@@ -383,7 +394,7 @@ pub async fn change_status(
         to: &target,
         note: &input.note,
         lost_reason: input.lost_reason.as_deref(),
-        request_id: Some(&request.request_id),
+        request_id,
     };
     let response =
         match status_change::change_status(&mut tx, &current, &before, change, caller).await? {
@@ -397,7 +408,7 @@ pub async fn change_status(
                 status_change: None,
             },
         };
-    idempotency::complete(&mut tx, &caller.id, METHOD, &request.request_id, &response).await?;
+    idempotency::complete(&mut tx, &caller.id, METHOD, request_id, &response).await?;
     tx.commit().await?;
     tracing::info!(opportunity_id = %current.id, actor = %caller.id, "opportunity status changed");
     Ok(response)
@@ -549,7 +560,10 @@ pub async fn list(
                             .map_or_else(|| "infinity".to_owned(), |d| d.to_string()),
                         last.id,
                     ),
-                    ListOrder::AmountDesc => ListAfter::Amount(last.amount.clone(), last.id),
+                    ListOrder::AmountDesc => ListAfter::Amount(
+                        last.amount.clone().unwrap_or_else(|| "-1".to_owned()),
+                        last.id,
+                    ),
                 };
                 paging::encode(&fingerprint, &key)
             })
@@ -601,21 +615,42 @@ pub async fn history(
 }
 
 fn currency_total(row: &store::PipelineRow) -> ApiResult<pb::CurrencyTotal> {
-    let money = |text: &str| {
-        Money::from_decimal(&row.currency_code, text)
-            .map(|m| convert::money_to_proto(&m))
-            .ok_or_else(|| ApiError::internal(format!("pipeline total {text} does not fit Money")))
-    };
-    Ok(pb::CurrencyTotal {
-        currency_code: row.currency_code.clone(),
-        count: row.count,
-        total_amount: Some(money(&row.total)?),
-        weighted_amount: Some(
-            Money::weighted(&row.currency_code, &row.weighted_x100)
+    let currency_code = row.currency_code.clone().unwrap_or_default();
+    let total_amount = row
+        .total
+        .as_deref()
+        .map(|text| {
+            Money::from_decimal(&currency_code, text)
                 .map(|m| convert::money_to_proto(&m))
-                .ok_or_else(|| ApiError::internal("pipeline weighted total does not fit Money"))?,
-        ),
+                .ok_or_else(|| {
+                    ApiError::internal(format!("pipeline total {text} does not fit Money"))
+                })
+        })
+        .transpose()?;
+    let weighted_amount = row
+        .weighted_x100
+        .as_deref()
+        .map(|text| {
+            Money::weighted(&currency_code, text)
+                .map(|m| convert::money_to_proto(&m))
+                .ok_or_else(|| ApiError::internal("pipeline weighted total does not fit Money"))
+        })
+        .transpose()?;
+    Ok(pb::CurrencyTotal {
+        currency_code,
+        count: row.count,
+        total_amount,
+        weighted_amount,
     })
+}
+
+/// Adds `total` to `totals` under its state (open, won or lost apart).
+fn add_to_state(totals: &mut pb::PipelineTotals, state: Option<&str>, total: pb::CurrencyTotal) {
+    match state {
+        Some("WON") => totals.won.push(total),
+        Some("LOST") => totals.lost.push(total),
+        _ => totals.open.push(total),
+    }
 }
 
 pub async fn pipeline(
@@ -652,21 +687,42 @@ pub async fn pipeline(
     let statuses = store::live_statuses(pool).await?;
     let mut per_status: BTreeMap<Uuid, Vec<pb::CurrencyTotal>> = BTreeMap::new();
     let mut by_owner_status: Vec<pb::PipelineOwnerStatusTotal> = Vec::new();
+    let mut by_owner: Vec<pb::PipelineOwnerTotal> = Vec::new();
+    let mut total = pb::PipelineTotals::default();
     for row in &rows {
-        let total = currency_total(row)?;
-        match &row.owner_id {
-            None => per_status.entry(row.status_id).or_default().push(total),
-            Some(owner_id) => match by_owner_status.last_mut().filter(|last| {
-                last.owner_id == *owner_id && last.status_id == row.status_id.to_string()
-            }) {
-                Some(last) => last.totals.push(total),
+        let currency_total = currency_total(row)?;
+        let owner_id = row.owner_id.clone().unwrap_or_default();
+        let status_id = row.status_id.map(|id| id.to_string()).unwrap_or_default();
+        match row.group() {
+            PipelineGroup::Status => per_status
+                .entry(row.status_id.unwrap_or_default())
+                .or_default()
+                .push(currency_total),
+            PipelineGroup::OwnerStatus => match by_owner_status
+                .last_mut()
+                .filter(|last| last.owner_id == owner_id && last.status_id == status_id)
+            {
+                Some(last) => last.totals.push(currency_total),
                 None => by_owner_status.push(pb::PipelineOwnerStatusTotal {
-                    owner_id: owner_id.clone(),
+                    owner_id,
                     owner_display_name: row.owner_name.clone().unwrap_or_default(),
-                    status_id: row.status_id.to_string(),
-                    totals: vec![total],
+                    status_id,
+                    totals: vec![currency_total],
                 }),
             },
+            PipelineGroup::OwnerState => {
+                if by_owner.last().is_none_or(|last| last.owner_id != owner_id) {
+                    by_owner.push(pb::PipelineOwnerTotal {
+                        owner_id,
+                        owner_display_name: row.owner_name.clone().unwrap_or_default(),
+                        totals: Some(pb::PipelineTotals::default()),
+                    });
+                }
+                if let Some(totals) = by_owner.last_mut().and_then(|o| o.totals.as_mut()) {
+                    add_to_state(totals, row.state.as_deref(), currency_total);
+                }
+            }
+            PipelineGroup::State => add_to_state(&mut total, row.state.as_deref(), currency_total),
         }
     }
     let by_status = statuses
@@ -685,6 +741,8 @@ pub async fn pipeline(
     Ok(pb::GetPipelineSummaryResponse {
         by_status,
         by_owner_status,
+        by_owner,
+        total: Some(total),
     })
 }
 

@@ -144,7 +144,7 @@ pub async fn change_status(
             actor_name: &actor.display_name,
             time,
             note: change.note,
-            amount: &amount,
+            amount: amount.as_ref(),
             lost_reason: change.lost_reason,
             request_id: change.request_id,
         },

@@ -16,8 +16,8 @@ pub struct OpportunityRow {
     pub owner_id: String,
     pub owner_team: String,
     pub title: String,
-    pub currency_code: String,
-    pub amount: String,
+    pub currency_code: Option<String>,
+    pub amount: Option<String>,
     pub expected_close_date: Option<NaiveDate>,
     pub status_id: Uuid,
     pub status_name: String,
@@ -41,12 +41,9 @@ impl OpportunityRow {
         self.revision.to_string()
     }
 
-    pub fn money(&self) -> Money {
-        Money::from_decimal(&self.currency_code, &self.amount).unwrap_or(Money {
-            currency_code: self.currency_code.clone(),
-            units: 0,
-            nanos: 0,
-        })
+    /// The amount; `None` when it is not known yet.
+    pub fn money(&self) -> Option<Money> {
+        Money::from_row(self.currency_code.as_deref(), self.amount.as_deref())
     }
 }
 
@@ -159,7 +156,7 @@ pub struct NewOpportunity<'a> {
     pub customer_id: Uuid,
     pub owner_id: &'a str,
     pub title: &'a str,
-    pub amount: &'a Money,
+    pub amount: Option<&'a Money>,
     pub expected_close_date: Option<NaiveDate>,
     pub status: &'a StatusInfo,
     pub lost_reason: Option<&'a str>,
@@ -181,8 +178,8 @@ pub async fn insert(tx: &mut PgConnection, new: &NewOpportunity<'_>) -> Result<(
     .bind(new.customer_id)
     .bind(new.owner_id)
     .bind(new.title)
-    .bind(&new.amount.currency_code)
-    .bind(new.amount.decimal())
+    .bind(new.amount.map(|m| m.currency_code.as_str()))
+    .bind(new.amount.map(Money::decimal))
     .bind(new.expected_close_date)
     .bind(new.status.id)
     .bind(&new.status.kind)
@@ -199,7 +196,7 @@ pub async fn insert(tx: &mut PgConnection, new: &NewOpportunity<'_>) -> Result<(
 pub struct Fields<'a> {
     pub owner_id: &'a str,
     pub title: &'a str,
-    pub amount: &'a Money,
+    pub amount: Option<&'a Money>,
     pub expected_close_date: Option<NaiveDate>,
     pub next_step: Option<&'a str>,
     pub lost_reason: Option<&'a str>,
@@ -221,8 +218,8 @@ pub async fn update_fields(
     .bind(id)
     .bind(fields.owner_id)
     .bind(fields.title)
-    .bind(&fields.amount.currency_code)
-    .bind(fields.amount.decimal())
+    .bind(fields.amount.map(|m| m.currency_code.as_str()))
+    .bind(fields.amount.map(Money::decimal))
     .bind(fields.expected_close_date)
     .bind(fields.next_step)
     .bind(fields.lost_reason)
@@ -281,8 +278,8 @@ pub struct StatusChangeRow {
     pub changed_by_name: String,
     pub change_time: DateTime<Utc>,
     pub note: String,
-    pub currency_code: String,
-    pub amount: String,
+    pub currency_code: Option<String>,
+    pub amount: Option<String>,
     pub micros_in_previous_status: Option<i64>,
     pub lost_reason: Option<String>,
     pub request_id: Option<String>,
@@ -307,7 +304,7 @@ pub struct NewStatusChange<'a> {
     pub actor_name: &'a str,
     pub time: DateTime<Utc>,
     pub note: &'a str,
-    pub amount: &'a Money,
+    pub amount: Option<&'a Money>,
     pub lost_reason: Option<&'a str>,
     pub request_id: Option<&'a str>,
 }
@@ -346,8 +343,8 @@ pub async fn append_status_change(
     .bind(change.actor_name)
     .bind(change.time)
     .bind(change.note)
-    .bind(&change.amount.currency_code)
-    .bind(change.amount.decimal())
+    .bind(change.amount.map(|m| m.currency_code.as_str()))
+    .bind(change.amount.map(Money::decimal))
     .bind(entered)
     .bind(change.lost_reason)
     .bind(change.request_id)
@@ -542,7 +539,7 @@ pub fn list_query(
         }
         Some(ListAfter::Amount(amount, id)) => {
             query
-                .push(" and (o.amount, o.id) < (")
+                .push(" and (coalesce(o.amount, -1), o.id) < (")
                 .push_bind(amount.clone())
                 .push("::numeric, ")
                 .push_bind(*id)
@@ -555,7 +552,8 @@ pub fn list_query(
         ListOrder::ExpectedCloseDate => {
             " order by coalesce(o.expected_close_date, 'infinity'::date), o.id"
         }
-        ListOrder::AmountDesc => " order by o.amount desc, o.id desc",
+        // Opportunities without an amount come last: -1 stands for them.
+        ListOrder::AmountDesc => " order by coalesce(o.amount, -1) desc, o.id desc",
     });
     query.push(" limit ").push_bind(limit);
     query
@@ -575,33 +573,65 @@ pub async fn list<'e>(
         .await
 }
 
-/// One group of the pipeline (R14): per status and currency when `owner_id` is `None`,
-/// else per owner, status and currency.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct PipelineRow {
-    pub owner_id: Option<String>,
-    pub owner_name: Option<String>,
-    pub status_id: Uuid,
-    pub currency_code: String,
-    pub count: i64,
-    pub total: String,
-    /// The exact sum of amount x probability (percent): 100 times the weighted amount.
-    pub weighted_x100: String,
+/// Which grouping of the pipeline (R14) a [`PipelineRow`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelineGroup {
+    /// Per status and currency.
+    Status,
+    /// Per owner, status and currency.
+    OwnerStatus,
+    /// Per owner, state and currency.
+    OwnerState,
+    /// Per state and currency: the overall totals.
+    State,
 }
 
-/// Both groupings in one pass, exact: `weighted_x100` is the exact sum of amount x
-/// probability; the service divides by 100 and rounds once, half to even, to the nano
-/// ([`crate::domain::Money::weighted`]). Probabilities are the statuses' current ones (R7).
+/// One group of the pipeline (R14), in one currency (`None`: opportunities without an amount).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PipelineRow {
+    /// `grouping(owner_id, status_id, state)`: which columns the group leaves out.
+    pub grouping: i32,
+    pub owner_id: Option<String>,
+    pub owner_name: Option<String>,
+    pub status_id: Option<Uuid>,
+    pub state: Option<String>,
+    pub currency_code: Option<String>,
+    pub count: i64,
+    pub total: Option<String>,
+    /// The exact sum of amount x probability (percent): 100 times the weighted amount.
+    pub weighted_x100: Option<String>,
+}
+
+impl PipelineRow {
+    pub fn group(&self) -> PipelineGroup {
+        // One bit per column left out of the group: owner 4, status 2, state 1.
+        match self.grouping {
+            5 => PipelineGroup::Status,
+            1 => PipelineGroup::OwnerStatus,
+            2 => PipelineGroup::OwnerState,
+            _ => PipelineGroup::State,
+        }
+    }
+}
+
+/// Every grouping in one pass, exact: `weighted_x100` is the exact sum of amount x
+/// probability; the service divides by 100 and rounds once per group, half to even, to the
+/// nano ([`crate::domain::Money::weighted`]), so a total is never a sum of rounded parts.
+/// Probabilities are the statuses' current ones (R7).
 pub fn pipeline_query(
     visibility: &Visibility,
     filter: &OpportunityFilter,
 ) -> QueryBuilder<Postgres> {
     let mut query = QueryBuilder::new(
-        "select g.owner_id, sp.display_name as owner_name, g.status_id, g.currency_code, g.count,
-                g.total::text as total, g.weighted_x100::text as weighted_x100
+        "select g.grouping, g.owner_id, sp.display_name as owner_name, g.status_id,
+                g.state::text as state, g.currency_code, g.count, g.total::text as total,
+                g.weighted_x100::text as weighted_x100
          from (
-             select case when grouping(o.owner_id) = 0 then o.owner_id end as owner_id,
-                    o.status_id, o.currency_code, count(*) as count, sum(o.amount) as total,
+             select grouping(o.owner_id, o.status_id, o.state) as grouping,
+                    case when grouping(o.owner_id) = 0 then o.owner_id end as owner_id,
+                    case when grouping(o.status_id) = 0 then o.status_id end as status_id,
+                    case when grouping(o.state) = 0 then o.state end as state,
+                    o.currency_code, count(*) as count, sum(o.amount) as total,
                     sum(o.amount * s.probability) as weighted_x100
              from opportunities o
              join opportunity_statuses s on s.id = o.status_id
@@ -610,11 +640,15 @@ pub fn pipeline_query(
     push_visibility(&mut query, visibility);
     push_filter(&mut query, filter);
     query.push(
-        " group by grouping sets ((o.status_id, o.currency_code), (o.owner_id, o.status_id, o.currency_code))
+        " group by grouping sets ((o.status_id, o.currency_code),
+                                  (o.owner_id, o.status_id, o.currency_code),
+                                  (o.owner_id, o.state, o.currency_code),
+                                  (o.state, o.currency_code))
          ) g
          left join salespeople sp on sp.id = g.owner_id
-         join opportunity_statuses st on st.id = g.status_id
-         order by g.owner_id is not null, sp.display_name, g.owner_id, st.position, g.currency_code",
+         left join opportunity_statuses st on st.id = g.status_id
+         order by g.grouping, sp.display_name, g.owner_id, st.position, g.state,
+                  g.currency_code nulls first",
     );
     query
 }

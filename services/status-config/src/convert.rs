@@ -66,11 +66,7 @@ fn names(
 /// CreateStatus: only OPEN statuses can be created (R3).
 pub fn new_status(request: &pb::CreateStatusRequest) -> ApiResult<NewStatus> {
     let mut violations = FieldViolations::new();
-    if let Err((field, why)) =
-        salesopp_kit::idempotency::validate_request_id("request_id", &request.request_id)
-    {
-        violations.add(field, why);
-    }
+    salesopp_kit::idempotency::request_id(&mut violations, "request_id", &request.request_id);
     let Some(status) = &request.status else {
         violations.add("status", "required");
         return Err(violations.into_result().unwrap_err());
@@ -98,8 +94,8 @@ pub fn new_status(request: &pb::CreateStatusRequest) -> ApiResult<NewStatus> {
     violations.into_result()?;
     match (display_name, localized_names, probability) {
         (Some(display_name), Some(localized_names), Some(probability)) => Ok(NewStatus {
+            localized_names: localized_names.with_defaults(display_name.as_str()),
             display_name,
-            localized_names,
             probability,
             position: u32::try_from(status.position).ok().filter(|p| *p > 0),
             make_default: status.is_default,
@@ -120,6 +116,7 @@ pub fn status_patch(
         return Err(ApiError::invalid("status", "required"));
     };
     let id = violations.check("status.id", parse_id(&status.id));
+    salesopp_kit::idempotency::request_id(&mut violations, "request_id", &request.request_id);
     let paths = update_paths(
         request.update_mask.as_ref(),
         &MUTABLE_PATHS,
@@ -168,6 +165,7 @@ pub fn status_patch(
 pub fn reorder_ids(request: &pb::ReorderStatusesRequest) -> ApiResult<Vec<Uuid>> {
     let mut violations = FieldViolations::new();
     let mut ids = Vec::with_capacity(request.status_ids.len());
+    salesopp_kit::idempotency::request_id(&mut violations, "request_id", &request.request_id);
     if request.status_ids.is_empty() {
         violations.add(
             "status_ids",

@@ -66,7 +66,8 @@ impl StatusName {
     }
 }
 
-/// Names by language tag, holding at least `th` and `en` (R2).
+/// Names by language tag; [`LocalizedNames::with_defaults`] makes them hold at least `th`
+/// and `en` (R2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalizedNames(BTreeMap<String, String>);
 
@@ -102,21 +103,21 @@ impl LocalizedNames {
                 Err(why) => problems.push((format!("[{tag:?}]"), why)),
             }
         }
-        for language in REQUIRED_LANGUAGES {
-            if !raw.contains_key(language) {
-                problems.push((
-                    String::new(),
-                    format!(
-                        "must include a name for {language:?} (R2: at least \"th\" and \"en\")"
-                    ),
-                ));
-            }
-        }
         if problems.is_empty() {
             Ok(Self(names))
         } else {
             Err(problems)
         }
+    }
+
+    /// R2: every required language named, the display name standing in for a missing one.
+    pub fn with_defaults(mut self, display_name: &str) -> Self {
+        for language in REQUIRED_LANGUAGES {
+            self.0
+                .entry(language.to_owned())
+                .or_insert_with(|| display_name.to_owned());
+        }
+        self
     }
 
     pub fn as_map(&self) -> &BTreeMap<String, String> {
@@ -189,16 +190,24 @@ mod tests {
     }
 
     #[test]
-    fn r02_localized_names_need_thai_and_english() {
+    fn r02_missing_localized_names_are_the_display_name() {
         let only_en = BTreeMap::from([("en".to_owned(), "Negotiation".to_owned())]);
-        let problems = LocalizedNames::parse(&only_en).unwrap_err();
-        assert!(problems.iter().any(|(_, why)| why.contains("\"th\"")));
+        let names = LocalizedNames::parse(&only_en)
+            .unwrap()
+            .with_defaults("Negotiating");
+        assert_eq!(names.as_map()["en"], "Negotiation");
+        assert_eq!(names.as_map()["th"], "Negotiating");
         let both = BTreeMap::from([
             ("en".to_owned(), " Negotiation ".to_owned()),
             ("th".to_owned(), "เจรจาต่อรอง".to_owned()),
         ]);
-        let names = LocalizedNames::parse(&both).unwrap();
+        let names = LocalizedNames::parse(&both).unwrap().with_defaults("x");
         assert_eq!(names.as_map()["en"], "Negotiation");
+        assert_eq!(names.as_map()["th"], "เจรจาต่อรอง");
+        let none = LocalizedNames::parse(&BTreeMap::new())
+            .unwrap()
+            .with_defaults("Demo");
+        assert_eq!(none.as_map().len(), 2);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The tonic trait of StatusConfigService: decode, call the service function, encode.
 
 use salesopp_kit::Principal;
+use salesopp_kit::idempotency::{Retry, parse_request_id};
 use salesopp_proto::statusconfig::v1 as pb;
 use salesopp_proto::statusconfig::v1::status_config_service_server::StatusConfigService;
 use sqlx::PgPool;
@@ -62,9 +63,11 @@ impl StatusConfigService for StatusConfig {
     ) -> Result<Response<pb::OpportunityStatus>, Status> {
         let caller = Principal::of(&request)?;
         caller.require(salesopp_kit::Role::SalesAdmin)?;
-        let (id, etag, patch) = convert::status_patch(request.get_ref())?;
+        let body = request.get_ref();
+        let (id, etag, patch) = convert::status_patch(body)?;
+        let retry = Retry::new("UpdateStatus", &body.request_id, body);
         Ok(Response::new(
-            service::update(&self.pool, &caller, id, etag.as_deref(), patch).await?,
+            service::update(&self.pool, &caller, retry, id, etag.as_deref(), patch).await?,
         ))
     }
 
@@ -80,8 +83,11 @@ impl StatusConfigService for StatusConfig {
             "" => None,
             raw => Some(convert::id_field("replacement_status_id", raw)?),
         };
+        parse_request_id(&body.request_id)?;
+        let retry = Retry::new("DeleteStatus", &body.request_id, body);
+        let etag = optional(&body.etag);
         Ok(Response::new(
-            service::delete(&self.pool, &caller, id, replacement, optional(&body.etag)).await?,
+            service::delete(&self.pool, &caller, retry, id, replacement, etag).await?,
         ))
     }
 
@@ -93,8 +99,10 @@ impl StatusConfigService for StatusConfig {
         caller.require(salesopp_kit::Role::SalesAdmin)?;
         let body = request.get_ref();
         let id = convert::id_field("id", &body.id)?;
+        parse_request_id(&body.request_id)?;
+        let retry = Retry::new("SetDefaultStatus", &body.request_id, body);
         Ok(Response::new(
-            service::set_default(&self.pool, &caller, id, optional(&body.etag)).await?,
+            service::set_default(&self.pool, &caller, retry, id, optional(&body.etag)).await?,
         ))
     }
 
@@ -104,9 +112,11 @@ impl StatusConfigService for StatusConfig {
     ) -> Result<Response<pb::ReorderStatusesResponse>, Status> {
         let caller = Principal::of(&request)?;
         caller.require(salesopp_kit::Role::SalesAdmin)?;
-        let ids = convert::reorder_ids(request.get_ref())?;
+        let body = request.get_ref();
+        let ids = convert::reorder_ids(body)?;
+        let retry = Retry::new("ReorderStatuses", &body.request_id, body);
         Ok(Response::new(
-            service::reorder(&self.pool, &caller, &ids).await?,
+            service::reorder(&self.pool, &caller, retry, &ids).await?,
         ))
     }
 }

@@ -2,8 +2,8 @@
 //! serialized with the other configuration writes, so positions and the default (R4) are
 //! always decided on the current state; a failed call rolls back and changes nothing.
 
-use salesopp_kit::error::{ApiError, ApiResult, violated_constraint};
-use salesopp_kit::idempotency::{self, Claim};
+use salesopp_kit::error::{ApiError, ApiResult, Reason, violated_constraint};
+use salesopp_kit::idempotency::{self, Claim, Retry};
 use salesopp_kit::paging;
 use salesopp_kit::{Principal, Role};
 use salesopp_proto::statusconfig::v1 as pb;
@@ -22,6 +22,7 @@ const RESOURCE: &str = "status";
 fn map_write_error(error: sqlx::Error) -> ApiError {
     match violated_constraint(&error) {
         Some("status_live_name_unique_idx") => ApiError::AlreadyExists {
+            reason: Reason::StatusNameTaken,
             resource: RESOURCE,
             field: "display_name",
             message:
@@ -85,10 +86,11 @@ pub async fn create(
 ) -> ApiResult<pb::OpportunityStatus> {
     caller.require(Role::SalesAdmin)?;
     let status = convert::new_status(request)?;
+    let request_id = (!request.request_id.is_empty()).then_some(request.request_id.as_str());
     let mut tx = pool.begin().await?;
     const METHOD: &str = "CreateStatus";
     if let Claim::Replay(first) =
-        idempotency::claim(&mut tx, &caller.id, METHOD, &request.request_id, request).await?
+        idempotency::claim(&mut tx, &caller.id, METHOD, request_id, request).await?
     {
         return Ok(first);
     }
@@ -111,7 +113,7 @@ pub async fn create(
         .await
         .map_err(map_write_error)?;
     let response = status_to_proto(&row);
-    idempotency::complete(&mut tx, &caller.id, METHOD, &request.request_id, &response).await?;
+    idempotency::complete(&mut tx, &caller.id, METHOD, request_id, &response).await?;
     tx.commit().await.map_err(map_write_error)?;
     tracing::info!(status_id = %row.id, actor = %caller.id, "status created");
     Ok(response)
@@ -120,12 +122,16 @@ pub async fn create(
 pub async fn update(
     pool: &PgPool,
     caller: &Principal,
+    retry: Retry<'_, pb::UpdateStatusRequest>,
     id: Uuid,
     etag: Option<&str>,
     patch: StatusPatch,
 ) -> ApiResult<pb::OpportunityStatus> {
     caller.require(Role::SalesAdmin)?;
     let mut tx = pool.begin().await?;
+    if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
+        return Ok(first);
+    }
     store::lock_for_configuration(&mut tx).await?;
     let current = load(&mut tx, id).await?;
     check_etag(&current, etag)?;
@@ -140,39 +146,48 @@ pub async fn update(
         .display_name
         .as_ref()
         .map_or(current.display_name.as_str(), |name| name.as_str());
+    // R2: a language left out of new names is named by the (new or current) display name.
     let localized_names = patch
         .localized_names
+        .map(|names| names.with_defaults(display_name));
+    let localized_names = localized_names
         .as_ref()
         .map_or(&current.localized_names.0, |names| names.as_map());
     let row = store::update(&mut tx, id, display_name, localized_names, probability)
         .await
         .map_err(map_write_error)?;
+    let response = status_to_proto(&row);
+    retry.complete(&mut tx, caller, &response).await?;
     tx.commit().await.map_err(map_write_error)?;
     tracing::info!(status_id = %id, actor = %caller.id, "status updated");
-    Ok(status_to_proto(&row))
+    Ok(response)
 }
 
 pub async fn set_default(
     pool: &PgPool,
     caller: &Principal,
+    retry: Retry<'_, pb::SetDefaultStatusRequest>,
     id: Uuid,
     etag: Option<&str>,
 ) -> ApiResult<pb::OpportunityStatus> {
     caller.require(Role::SalesAdmin)?;
     let mut tx = pool.begin().await?;
+    if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
+        return Ok(first);
+    }
     store::lock_for_configuration(&mut tx).await?;
     let current = load(&mut tx, id).await?;
     check_etag(&current, etag)?;
     if current.archived {
         return Err(ApiError::failed_precondition(
-            "STATUS_ARCHIVED",
+            Reason::StatusArchived,
             id.to_string(),
             "an archived status cannot be the default",
         ));
     }
     if current.kind() != StatusKind::Open {
         return Err(ApiError::failed_precondition(
-            "STATUS_NOT_OPEN",
+            Reason::StatusNotOpen,
             id.to_string(),
             "the default status must be an OPEN status (R4)",
         ));
@@ -181,29 +196,43 @@ pub async fn set_default(
         return Ok(status_to_proto(&current));
     }
     let row = store::set_default(&mut tx, id).await?;
+    let response = status_to_proto(&row);
+    retry.complete(&mut tx, caller, &response).await?;
     tx.commit().await?;
     tracing::info!(status_id = %id, actor = %caller.id, "default status set");
-    Ok(status_to_proto(&row))
+    Ok(response)
 }
 
 pub async fn delete(
     pool: &PgPool,
     caller: &Principal,
+    retry: Retry<'_, pb::DeleteStatusRequest>,
     id: Uuid,
     replacement: Option<Uuid>,
     etag: Option<&str>,
 ) -> ApiResult<pb::DeleteStatusResponse> {
     caller.require(Role::SalesAdmin)?;
     let mut tx = pool.begin().await?;
+    if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
+        return Ok(first);
+    }
     store::lock_for_configuration(&mut tx).await?;
     // Locked so that no opportunity enters it unseen between the count below and the commit.
     let current = store::get_for_update(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found(RESOURCE, id.to_string()))?;
+    // AIP-135: deleting what is already archived answers it, whatever the etag (a retry
+    // of a delete that succeeded carries the etag from before it).
+    if current.archived {
+        return Ok(pb::DeleteStatusResponse {
+            status: Some(status_to_proto(&current)),
+            moved_opportunity_count: 0,
+        });
+    }
     check_etag(&current, etag)?;
     if current.kind() != StatusKind::Open {
         return Err(ApiError::failed_precondition(
-            "STATUS_CLOSING",
+            Reason::StatusClosing,
             id.to_string(),
             format!(
                 "the {} status can be renamed but never deleted (R3)",
@@ -213,17 +242,10 @@ pub async fn delete(
     }
     if current.is_default {
         return Err(ApiError::failed_precondition(
-            "STATUS_IS_DEFAULT",
+            Reason::StatusIsDefault,
             id.to_string(),
             "the default status cannot be deleted: make another status the default first (R6)",
         ));
-    }
-    if current.archived {
-        // Already deleted: deleting again is a no-op that answers the same.
-        return Ok(pb::DeleteStatusResponse {
-            status: Some(status_to_proto(&current)),
-            moved_opportunity_count: 0,
-        });
     }
     if let Some(replacement) = replacement {
         if replacement == id {
@@ -250,11 +272,12 @@ pub async fn delete(
         (0, _) => 0,
         (_, None) => {
             return Err(ApiError::failed_precondition(
-                "STATUS_IN_USE",
+                Reason::StatusInUse,
                 id.to_string(),
-                format!(
-                    "{in_use} opportunities are in this status: name a replacement_status_id to move them to (R6)"
-                ),
+                match in_use {
+                    1 => "1 opportunity is in this status: name a replacement_status_id to move it to (R6)".to_owned(),
+                    n => format!("{n} opportunities are in this status: name a replacement_status_id to move them to (R6)"),
+                },
             ));
         }
         // Each move is a normal status change (history entry and event), made by the one
@@ -267,21 +290,27 @@ pub async fn delete(
         }
     };
     let row = store::archive(&mut tx, id).await?;
-    tx.commit().await?;
-    tracing::info!(status_id = %id, actor = %caller.id, "status archived");
-    Ok(pb::DeleteStatusResponse {
+    let response = pb::DeleteStatusResponse {
         status: Some(status_to_proto(&row)),
         moved_opportunity_count: moved,
-    })
+    };
+    retry.complete(&mut tx, caller, &response).await?;
+    tx.commit().await?;
+    tracing::info!(status_id = %id, actor = %caller.id, "status archived");
+    Ok(response)
 }
 
 pub async fn reorder(
     pool: &PgPool,
     caller: &Principal,
+    retry: Retry<'_, pb::ReorderStatusesRequest>,
     ids: &[Uuid],
 ) -> ApiResult<pb::ReorderStatusesResponse> {
     caller.require(Role::SalesAdmin)?;
     let mut tx = pool.begin().await?;
+    if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
+        return Ok(first);
+    }
     store::lock_for_configuration(&mut tx).await?;
     let live = store::list_live(&mut tx).await?;
     let mut violations = salesopp_kit::FieldViolations::new();
@@ -307,9 +336,11 @@ pub async fn reorder(
     violations.into_result()?;
     store::reorder(&mut tx, ids).await?;
     let rows = store::list_live(&mut tx).await?;
+    let response = pb::ReorderStatusesResponse {
+        statuses: rows.iter().map(status_to_proto).collect(),
+    };
+    retry.complete(&mut tx, caller, &response).await?;
     tx.commit().await?;
     tracing::info!(actor = %caller.id, "statuses reordered");
-    Ok(pb::ReorderStatusesResponse {
-        statuses: rows.iter().map(status_to_proto).collect(),
-    })
+    Ok(response)
 }
