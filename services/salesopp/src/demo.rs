@@ -2,10 +2,27 @@
 //! A salesperson records a customer, opens an opportunity in the default status and moves it
 //! through Sent email, Quotation and Considering and comparing to Closed won; then their
 //! manager looks at the salesperson's pipeline and at the opportunity with its history.
+//!
+//! Played again against the same database, the demo adds nothing: it finds its customer by
+//! [`CUSTOMER_CODE`], its opportunity by that customer, owner and [`OPPORTUNITY_TITLE`], and
+//! the steps already taken by their request ids in the opportunity's history (every request id
+//! is fixed, derived from [`STORY`]), then prints the story as recorded. A run stopped midway
+//! is completed by the next one, from the step after the last one its history holds; two
+//! runs at once share their writes through the request ids (R11).
+//!
+//! The tokens it mints carry the suite's issuer and audience ([`TokenMinter`]); the URL it
+//! calls is `SALESOPP_URL`, or else `SALESOPP_LISTEN` ([`suite_url`]).
+
+// Request literals end with `..Default::default()` even where every field is set today, so
+// that fields added to the contracts need no change here.
+#![allow(clippy::needless_update)]
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use salesopp_kit::auth::{TokenRequest, mint_hs256};
+use anyhow::Context as _;
+use salesopp_kit::config::AuthArgs;
 use salesopp_proto::common::v1::Money;
 use salesopp_proto::customer::v1 as customer;
 use salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient;
@@ -17,24 +34,52 @@ use salesopp_proto::statusconfig::v1 as statusconfig;
 use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
 use tonic::transport::Channel;
 
-/// Who plays the story.
-const REP: (&str, &str) = ("somchai", "Somchai Jaidee");
-const MANAGER: (&str, &str) = ("malee", "Malee Srisuk");
-const TEAM: &str = "bangkok-north";
+use crate::TokenMinter;
 
-fn token(secret: &str, (sub, name): (&str, &str), role: &str) -> anyhow::Result<String> {
-    mint_hs256(
-        secret.as_bytes(),
-        &TokenRequest {
-            sub: sub.to_owned(),
-            name: name.to_owned(),
-            team: TEAM.to_owned(),
-            roles: vec![role.to_owned()],
-            ttl_seconds: 600,
-            issuer: None,
-            audience: None,
-        },
-    )
+/// Who plays the story.
+pub const REP: (&str, &str) = ("somchai", "Somchai Jaidee");
+pub const MANAGER: (&str, &str) = ("malee", "Malee Srisuk");
+pub const TEAM: &str = "bangkok-north";
+
+/// The story's namespace: every request id the demo sends is `<STORY>-<step>`, the same on
+/// every run, so a retried or repeated call is answered with the first one's result (R11).
+pub const STORY: &str = "salesopp-demo-v1";
+/// The code of the story's customer: how a later run finds it (codes are unique).
+pub const CUSTOMER_CODE: &str = "SALESOPP-DEMO-1";
+/// The title of the story's opportunity.
+pub const OPPORTUNITY_TITLE: &str = "ระบบ ERP สำหรับคลังสินค้า (warehouse ERP)";
+
+/// The status changes of the story, in order: (status display name, note).
+const STEPS: [(&str, &str); 4] = [
+    ("Sent email", "Sent the product brochure by email"),
+    ("Quotation", "Customer asked for a quotation"),
+    (
+        "Considering and comparing",
+        "Customer is comparing with another vendor",
+    ),
+    ("Closed won", "Purchase order received"),
+];
+
+fn request_id(part: &str) -> String {
+    format!("{STORY}-{part}")
+}
+
+fn step_request_id(index: usize) -> String {
+    request_id(&format!("step-{index}"))
+}
+
+/// The suite `salesopp demo` plays against: `url` when one is given (`--url`,
+/// `SALESOPP_URL`), else the suite's own listen address (`SALESOPP_LISTEN`, as `serve` reads
+/// it), reached on this machine as [`crate::loopback_url`] says.
+pub fn suite_url(url: Option<&str>, listen: SocketAddr) -> String {
+    match url.map(str::trim) {
+        Some(url) if !url.is_empty() => url.to_owned(),
+        _ => crate::loopback_url(listen),
+    }
+}
+
+fn token(tokens: &TokenMinter, (sub, name): (&str, &str), role: &str) -> anyhow::Result<String> {
+    tokens.mint(sub, name, TEAM, &[role.to_owned()], 600)
 }
 
 fn authed<T>(token: &str, message: T) -> anyhow::Result<tonic::Request<T>> {
@@ -88,21 +133,225 @@ fn duration(d: Option<&prost_types::Duration>) -> String {
     }
 }
 
-/// Plays the story against the suite at `url`, writing what happens to the returned text.
+/// Plays the story against the suite at `url`, whose tokens are verified with the HS256
+/// `secret` and no issuer or audience; see [`play`].
 pub async fn run(url: &str, secret: &str) -> anyhow::Result<String> {
-    let channel = Channel::from_shared(url.to_owned())?.connect().await?;
-    let rep = token(secret, REP, "sales_rep")?;
-    let manager = token(secret, MANAGER, "sales_manager")?;
+    let tokens = TokenMinter::new(&AuthArgs {
+        auth_hs256_secret: Some(secret.to_owned()),
+        ..Default::default()
+    })?;
+    play(url, &tokens).await
+}
+
+type Customers = CustomerServiceClient<Channel>;
+type Opportunities = OpportunityServiceClient<Channel>;
+
+/// The story's customer: found by its code, else created. `true` when this call created it.
+async fn story_customer(
+    customers: &mut Customers,
+    rep: &str,
+) -> anyhow::Result<(customer::Customer, bool)> {
+    if let Some(found) = find_story_customer(customers, rep).await? {
+        return Ok((found, false));
+    }
+    let created = customers
+        .create_customer(authed(
+            rep,
+            customer::CreateCustomerRequest {
+                customer: Some(customer::Customer {
+                    code: CUSTOMER_CODE.to_owned(),
+                    display_name: "บริษัท สยามพาณิชย์ จำกัด".to_owned(),
+                    contact_name: "คุณวิภา ทองดี".to_owned(),
+                    phone: "081-234-5678".to_owned(),
+                    email: "wipa@siam-panich.co.th".to_owned(),
+                    ..Default::default()
+                }),
+                request_id: request_id("customer"),
+                ..Default::default()
+            },
+        )?)
+        .await;
+    match created {
+        Ok(created) => Ok((created.into_inner(), true)),
+        // Created since we looked (another run at the same time): the one that exists.
+        Err(status) if status.code() == tonic::Code::AlreadyExists => {
+            let found = find_story_customer(customers, rep)
+                .await?
+                .with_context(|| {
+                    format!("customer code {CUSTOMER_CODE} is taken, yet no customer has it")
+                })?;
+            Ok((found, false))
+        }
+        Err(status) => Err(status.into()),
+    }
+}
+
+async fn find_story_customer(
+    customers: &mut Customers,
+    rep: &str,
+) -> anyhow::Result<Option<customer::Customer>> {
+    let listed = customers
+        .list_customers(authed(
+            rep,
+            customer::ListCustomersRequest {
+                query: CUSTOMER_CODE.to_owned(),
+                show_archived: true,
+                page_size: 50,
+                ..Default::default()
+            },
+        )?)
+        .await?
+        .into_inner();
+    Ok(listed
+        .customers
+        .into_iter()
+        .find(|c| c.code.eq_ignore_ascii_case(CUSTOMER_CODE)))
+}
+
+/// The story's opportunity with `customer`: found, else opened. `true` when this call
+/// opened it.
+async fn story_opportunity(
+    opportunities: &mut Opportunities,
+    rep: &str,
+    customer: &customer::Customer,
+) -> anyhow::Result<(opportunity::Opportunity, bool)> {
+    let mut page_token = String::new();
+    let mut found: Option<opportunity::Opportunity> = None;
+    loop {
+        let page = opportunities
+            .list_opportunities(authed(
+                rep,
+                opportunity::ListOpportunitiesRequest {
+                    customer_id: customer.id.clone(),
+                    owner_ids: vec![REP.0.to_owned()],
+                    page_size: 500,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+            )?)
+            .await?
+            .into_inner();
+        for candidate in page.opportunities {
+            if candidate.title != OPPORTUNITY_TITLE {
+                continue;
+            }
+            let created = |o: &opportunity::Opportunity| {
+                o.create_time
+                    .as_ref()
+                    .map(|t| (t.seconds, t.nanos))
+                    .unwrap_or_default()
+            };
+            // The oldest one is the story's.
+            if found
+                .as_ref()
+                .is_none_or(|f| created(&candidate) < created(f))
+            {
+                found = Some(candidate);
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    if let Some(found) = found {
+        return Ok((found, false));
+    }
+    anyhow::ensure!(
+        !customer.archived,
+        "the demo's customer ({CUSTOMER_CODE}) is archived: its story cannot be played again"
+    );
+    let created = opportunities
+        .create_opportunity(authed(
+            rep,
+            opportunity::CreateOpportunityRequest {
+                opportunity: Some(opportunity::Opportunity {
+                    customer_id: customer.id.clone(),
+                    title: OPPORTUNITY_TITLE.to_owned(),
+                    amount: Some(Money {
+                        currency_code: "THB".to_owned(),
+                        units: 1_250_000,
+                        nanos: 0,
+                        ..Default::default()
+                    }),
+                    next_step: "Call back next week".to_owned(),
+                    ..Default::default()
+                }),
+                request_id: request_id("opportunity"),
+                note: "Customer called about a warehouse system".to_owned(),
+                ..Default::default()
+            },
+        )?)
+        .await?
+        .into_inner();
+    Ok((created, true))
+}
+
+/// The whole status history of one opportunity, oldest first.
+async fn history(
+    opportunities: &mut Opportunities,
+    token: &str,
+    opportunity_id: &str,
+) -> anyhow::Result<Vec<opportunity::StatusChange>> {
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = opportunities
+            .list_status_history(authed(
+                token,
+                opportunity::ListStatusHistoryRequest {
+                    opportunity_id: opportunity_id.to_owned(),
+                    page_size: 500,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+            )?)
+            .await?
+            .into_inner();
+        entries.extend(page.status_changes);
+        if page.next_page_token.is_empty() {
+            return Ok(entries);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Plays the story against the suite at `url` with tokens from `tokens`, writing what
+/// happens to the returned text. Against a suite where the story was played already, adds
+/// nothing and returns the same story (after a first line saying so); against one where it
+/// was stopped midway, plays the rest.
+pub async fn play(url: &str, tokens: &TokenMinter) -> anyhow::Result<String> {
+    let channel = Channel::from_shared(url.to_owned())
+        .with_context(|| format!("invalid suite URL {url:?}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the suite at {url}"))?;
+    let rep = token(tokens, REP, "sales_rep")?;
+    let manager = token(tokens, MANAGER, "sales_manager")?;
     let mut customers = CustomerServiceClient::new(channel.clone());
     let mut opportunities = OpportunityServiceClient::new(channel.clone());
     let mut statuses = StatusConfigServiceClient::new(channel.clone());
     let mut gateway = GatewayServiceClient::new(channel);
-    let run_id = uuid::Uuid::new_v4();
     let mut out = String::new();
+    // What this run found already recorded, and whether it recorded anything itself.
+    let mut found_any = false;
+    let mut added_any = false;
 
     let pipeline = statuses
         .list_statuses(authed(&rep, statusconfig::ListStatusesRequest::default())?)
-        .await?
+        .await
+        .map_err(|status| {
+            let hint = if status.code() == tonic::Code::Unauthenticated {
+                format!(
+                    "the suite at {url} refused the demo's token: give the demo the suite's \
+                     SALESOPP_AUTH_HS256_SECRET, SALESOPP_AUTH_ISSUER and SALESOPP_AUTH_AUDIENCE"
+                )
+            } else {
+                format!("the suite at {url} did not list its statuses")
+            };
+            anyhow::Error::new(status).context(hint)
+        })?
         .into_inner()
         .statuses;
     let by_name = |name: &str| {
@@ -120,22 +369,9 @@ pub async fn run(url: &str, secret: &str) -> anyhow::Result<String> {
         .await?;
 
     writeln!(out, "1. {} records the customer who got in touch.", REP.1)?;
-    let customer = customers
-        .create_customer(authed(
-            &rep,
-            customer::CreateCustomerRequest {
-                customer: Some(customer::Customer {
-                    display_name: "บริษัท สยามพาณิชย์ จำกัด".to_owned(),
-                    contact_name: "คุณวิภา ทองดี".to_owned(),
-                    phone: "081-234-5678".to_owned(),
-                    email: "wipa@siam-panich.co.th".to_owned(),
-                    ..Default::default()
-                }),
-                request_id: format!("demo-{run_id}-customer"),
-            },
-        )?)
-        .await?
-        .into_inner();
+    let (customer, created) = story_customer(&mut customers, &rep).await?;
+    found_any |= !created;
+    added_any |= created;
     writeln!(
         out,
         "   {} (phone {}, contact {})",
@@ -147,67 +383,63 @@ pub async fn run(url: &str, secret: &str) -> anyhow::Result<String> {
         "2. {} opens a sales opportunity; it starts in the default status.",
         REP.1
     )?;
-    let created = opportunities
-        .create_opportunity(authed(
-            &rep,
-            opportunity::CreateOpportunityRequest {
-                opportunity: Some(opportunity::Opportunity {
-                    customer_id: customer.id.clone(),
-                    title: "ระบบ ERP สำหรับคลังสินค้า (warehouse ERP)".to_owned(),
-                    amount: Some(Money {
-                        currency_code: "THB".to_owned(),
-                        units: 1_250_000,
-                        nanos: 0,
-                    }),
-                    next_step: "Call back next week".to_owned(),
-                    ..Default::default()
-                }),
-                request_id: format!("demo-{run_id}-opportunity"),
-                note: "Customer called about a warehouse system".to_owned(),
-            },
-        )?)
-        .await?
-        .into_inner();
+    let (opened, created) = story_opportunity(&mut opportunities, &rep, &customer).await?;
+    found_any |= !created;
+    added_any |= created;
+    let recorded = history(&mut opportunities, &rep, &opened.id).await?;
+    // The status it was opened in: its first history entry (R9), on every run.
+    let first = recorded
+        .first()
+        .and_then(|entry| entry.to_status.clone())
+        .unwrap_or_default();
     writeln!(
         out,
         "   \"{}\" for {}: {} ({}%)",
-        created.title,
-        baht(created.amount.as_ref()),
-        created.status_name,
-        created.probability
+        opened.title,
+        baht(opened.amount.as_ref()),
+        first.display_name,
+        first.probability
     )?;
 
-    let steps = [
-        ("Sent email", "Sent the product brochure by email"),
-        ("Quotation", "Customer asked for a quotation"),
-        (
-            "Considering and comparing",
-            "Customer is comparing with another vendor",
-        ),
-        ("Closed won", "Purchase order received"),
-    ];
     writeln!(out, "3. {} updates the status as the sale moves on.", REP.1)?;
-    for (index, (name, note)) in steps.iter().enumerate() {
+    // The story resumes after the last of its steps the history holds.
+    let taken = |index: usize| {
+        let id = step_request_id(index);
+        recorded.iter().find(|entry| entry.request_id == id)
+    };
+    let resume_at = (0..STEPS.len())
+        .rev()
+        .find(|&index| taken(index).is_some())
+        .map_or(0, |index| index + 1);
+    for (index, (name, note)) in STEPS.iter().enumerate() {
         let status = by_name(name)?;
-        let changed = opportunities
-            .change_opportunity_status(authed(
-                &rep,
-                opportunity::ChangeOpportunityStatusRequest {
-                    opportunity_id: created.id.clone(),
-                    status_id: status.id.clone(),
-                    note: (*note).to_owned(),
-                    request_id: format!("demo-{run_id}-step-{index}"),
-                    ..Default::default()
-                },
-            )?)
-            .await?
-            .into_inner();
-        let now = changed.opportunity.unwrap_or_default();
+        let probability = if index < resume_at {
+            found_any = true;
+            taken(index)
+                .and_then(|entry| entry.to_status.as_ref())
+                .map_or(status.probability, |to| to.probability)
+        } else {
+            let changed = opportunities
+                .change_opportunity_status(authed(
+                    &rep,
+                    opportunity::ChangeOpportunityStatusRequest {
+                        opportunity_id: opened.id.clone(),
+                        status_id: status.id.clone(),
+                        note: (*note).to_owned(),
+                        request_id: step_request_id(index),
+                        ..Default::default()
+                    },
+                )?)
+                .await?
+                .into_inner();
+            added_any |= changed.status_change.is_some();
+            changed.opportunity.unwrap_or_default().probability
+        };
         writeln!(
             out,
             "   -> {:<34} {:>3}%  {}",
             thai_and_english(status),
-            now.probability,
+            probability,
             note
         )?;
     }
@@ -266,8 +498,9 @@ pub async fn run(url: &str, secret: &str) -> anyhow::Result<String> {
         .get_opportunity_with_history(authed(
             &manager,
             gateway::GetOpportunityWithHistoryRequest {
-                opportunity_id: created.id.clone(),
+                opportunity_id: opened.id.clone(),
                 history_page_size: 0,
+                ..Default::default()
             },
         )?)
         .await?
@@ -313,5 +546,16 @@ pub async fn run(url: &str, secret: &str) -> anyhow::Result<String> {
             entry.note
         )?;
     }
-    Ok(out)
+    let preface = match (found_any, added_any) {
+        (true, false) => format!(
+            "(The story was already played against this suite (customer {CUSTOMER_CODE}): \
+             nothing added, shown as recorded.)\n"
+        ),
+        (true, true) => format!(
+            "(The story was partly played against this suite (customer {CUSTOMER_CODE}): \
+             the rest was played now.)\n"
+        ),
+        _ => String::new(),
+    };
+    Ok(preface + &out)
 }

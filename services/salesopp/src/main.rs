@@ -1,10 +1,11 @@
-//! `salesopp`: serve one service or all of them, apply the schema, mint a development token.
+//! `salesopp`: serve one service or all of them, apply the schema, relay the events, play
+//! the demo, mint a development token. `demo` and `token` read the same settings as `serve`
+//! (the kit's [`AuthArgs`] and [`ListenArgs`]), so they reach and satisfy the suite it serves.
 
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use salesopp::{ServeConfig, ServiceKind};
-use salesopp_kit::auth::{TokenRequest, mint_hs256};
+use salesopp::{ServeConfig, ServiceKind, TokenMinter};
 use salesopp_kit::config::{AuthArgs, DatabaseArgs, ListenArgs};
 use sqlx::migrate::MigrateDatabase as _;
 
@@ -41,6 +42,11 @@ impl GatewayArgs {
         })
     }
 }
+
+/// The token settings as `demo` and `token` use them: those of the suite they call.
+const SECRET_HELP: &str = "The suite's HS256 secret: the tokens are signed with it";
+const ISSUER_HELP: &str = "The `iss` claim the suite requires: put into the tokens";
+const AUDIENCE_HELP: &str = "The `aud` claim the suite requires: put into the tokens";
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -100,16 +106,40 @@ enum Command {
         #[arg(long, env = "SALESOPP_RELAY_NAME", default_value = "nats")]
         name: String,
     },
-    /// Play the seed's story against a running suite, through its public calls.
+    /// Play the seed's story against a running suite, through its public calls. Played
+    /// again, it finds the story recorded and adds nothing.
+    // The listen settings other than the address mean nothing here: hidden. The flags of
+    // earlier versions stay as aliases.
+    #[command(
+        mut_arg("metrics_listen", |a| a.hide(true)),
+        mut_arg("shutdown_grace_seconds", |a| a.hide(true)),
+        mut_arg("health_interval_seconds", |a| a.hide(true)),
+        mut_arg("auth_jwks", |a| a.hide(true)),
+        mut_arg("auth_hs256_secret", |a| a.alias("secret").help(SECRET_HELP)),
+        mut_arg("auth_issuer", |a| a.help(ISSUER_HELP)),
+        mut_arg("auth_audience", |a| a.help(AUDIENCE_HELP)),
+    )]
     Demo {
-        /// The suite's URL.
-        #[arg(long, env = "SALESOPP_URL", default_value = "http://127.0.0.1:50051")]
-        url: String,
-        /// The suite's development HS256 secret, to mint the story's tokens.
-        #[arg(long, env = "SALESOPP_AUTH_HS256_SECRET", hide_env_values = true)]
-        secret: String,
+        /// The suite's URL; when absent, http://<SALESOPP_LISTEN> (127.0.0.1 when that
+        /// address is unspecified, e.g. 0.0.0.0).
+        #[arg(long, env = "SALESOPP_URL")]
+        url: Option<String>,
+        // The address the suite serves on, as `serve` reads it.
+        #[command(flatten)]
+        listen: ListenArgs,
+        // The suite's token settings: the story's tokens are signed with its HS256 secret
+        // and carry its issuer and audience.
+        #[command(flatten)]
+        auth: AuthArgs,
     },
-    /// Mint a development token signed with the HS256 secret.
+    /// Mint a development token signed with the HS256 secret, carrying the issuer and
+    /// audience the suite requires (SALESOPP_AUTH_ISSUER, SALESOPP_AUTH_AUDIENCE).
+    #[command(
+        mut_arg("auth_jwks", |a| a.hide(true)),
+        mut_arg("auth_hs256_secret", |a| a.alias("secret").help(SECRET_HELP)),
+        mut_arg("auth_issuer", |a| a.alias("issuer").help(ISSUER_HELP)),
+        mut_arg("auth_audience", |a| a.alias("audience").help(AUDIENCE_HELP)),
+    )]
     Token {
         /// The salesperson's id (`sub`).
         #[arg(long)]
@@ -126,12 +156,8 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 8 * 3600)]
         ttl_seconds: u64,
-        #[arg(long, env = "SALESOPP_AUTH_HS256_SECRET", hide_env_values = true)]
-        secret: String,
-        #[arg(long, env = "SALESOPP_AUTH_ISSUER")]
-        issuer: Option<String>,
-        #[arg(long, env = "SALESOPP_AUTH_AUDIENCE")]
-        audience: Option<String>,
+        #[command(flatten)]
+        auth: AuthArgs,
     },
 }
 
@@ -222,8 +248,9 @@ async fn main() -> anyhow::Result<()> {
             relay.run(salesopp_kit::serve::shutdown_signal()).await;
             Ok(())
         }
-        Command::Demo { url, secret } => {
-            let story = salesopp::demo::run(&url, &secret).await?;
+        Command::Demo { url, listen, auth } => {
+            let url = salesopp::demo::suite_url(url.as_deref(), listen.listen);
+            let story = salesopp::demo::play(&url, &TokenMinter::new(&auth)?).await?;
             print!("{story}");
             Ok(())
         }
@@ -247,9 +274,7 @@ async fn main() -> anyhow::Result<()> {
             team,
             roles,
             ttl_seconds,
-            secret,
-            issuer,
-            audience,
+            auth,
         } => {
             for role in &roles {
                 anyhow::ensure!(
@@ -257,18 +282,7 @@ async fn main() -> anyhow::Result<()> {
                     "unknown role {role:?}: use sales_rep, sales_manager or sales_admin"
                 );
             }
-            let token = mint_hs256(
-                secret.as_bytes(),
-                &TokenRequest {
-                    sub,
-                    name,
-                    team,
-                    roles,
-                    ttl_seconds,
-                    issuer,
-                    audience,
-                },
-            )?;
+            let token = TokenMinter::new(&auth)?.mint(&sub, &name, &team, &roles, ttl_seconds)?;
             println!("{token}");
             Ok(())
         }
