@@ -69,6 +69,18 @@ pub struct CheckedDecoder<U> {
     _type: PhantomData<U>,
 }
 
+/// Most violations answered (HTTP/2 peers refuse large response headers).
+const MAX_VIOLATIONS: usize = 20;
+/// Longest message or field path answered, in characters.
+const MAX_CHARS: usize = 500;
+
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 fn invalid(domain: &str, reason: &str, message: String, details: ErrorDetails) -> Status {
     let mut details = details;
     details.set_error_info(reason, domain, std::collections::HashMap::new());
@@ -86,7 +98,10 @@ impl<U: Message + Name + Default> Decoder for CheckedDecoder<U> {
             invalid(
                 domain,
                 MALFORMED_REQUEST,
-                format!("the request does not decode as {}: {error}", U::NAME),
+                clip(&format!(
+                    "the request does not decode as {}: {error}",
+                    U::NAME
+                )),
                 ErrorDetails::new(),
             )
         })?;
@@ -95,15 +110,26 @@ impl<U: Message + Name + Default> Decoder for CheckedDecoder<U> {
             let violations = crate::input::check(&U::full_name(), &bytes);
             if !violations.is_empty() {
                 let mut details = ErrorDetails::new();
-                let summary = violations
+                let shown = &violations[..violations.len().min(MAX_VIOLATIONS)];
+                let summary = shown
                     .iter()
                     .map(|v| format!("{}: {}", v.field, v.description))
                     .collect::<Vec<_>>()
                     .join("; ");
-                for violation in violations {
-                    details.add_bad_request_violation(violation.field, violation.description);
+                for violation in shown {
+                    details.add_bad_request_violation(
+                        clip(&violation.field),
+                        violation.description.clone(),
+                    );
                 }
-                return Err(invalid(domain, INVALID_FIELD, summary, details));
+                if violations.len() > shown.len() {
+                    let more = violations.len() - shown.len();
+                    details.add_bad_request_violation(
+                        "",
+                        format!("and {more} more violations, not listed"),
+                    );
+                }
+                return Err(invalid(domain, INVALID_FIELD, clip(&summary), details));
             }
         }
         Ok(Some(message))

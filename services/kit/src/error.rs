@@ -410,12 +410,29 @@ pub fn error_info(reason: Reason, metadata: HashMap<String, String>) -> ErrorDet
     ErrorDetails::with_error_info(reason.as_str(), current_domain(), metadata)
 }
 
+/// Longest message an error answers with, in characters: a message may quote the input, and
+/// HTTP/2 peers refuse response headers past a few kilobytes (16 KiB by default in tonic).
+pub const MAX_MESSAGE_CHARS: usize = 500;
+/// Most field violations answered; past it the last one says how many more there were.
+pub const MAX_VIOLATIONS: usize = 20;
+/// Longest field path or description of one violation, in characters.
+const MAX_VIOLATION_CHARS: usize = 200;
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 /// A status of `reason`'s code with its `ErrorInfo` (and `RetryInfo` when retrying helps).
 pub fn status(
     reason: Reason,
     message: impl Into<String>,
     mut details: ErrorDetails,
 ) -> tonic::Status {
+    let message = clip(&message.into(), MAX_MESSAGE_CHARS);
     if matches!(reason.code(), Code::Unavailable | Code::Aborted) && reason != Reason::EtagMismatch
     {
         details.set_retry_info(Some(RETRY_DELAY));
@@ -427,19 +444,31 @@ impl From<ApiError> for tonic::Status {
     fn from(error: ApiError) -> Self {
         let reason = error.reason();
         match error {
-            ApiError::InvalidArgument(violations) => {
+            ApiError::InvalidArgument(mut violations) => {
                 let mut details = error_info(reason, HashMap::new());
+                let more = violations.len().saturating_sub(MAX_VIOLATIONS);
+                violations.truncate(MAX_VIOLATIONS);
                 let summary = violations
                     .iter()
                     .map(|v| format!("{}: {}", v.field, v.description))
                     .collect::<Vec<_>>()
                     .join("; ");
                 for violation in violations {
-                    details.add_bad_request_violation(violation.field, violation.description);
+                    details.add_bad_request_violation(
+                        clip(&violation.field, MAX_VIOLATION_CHARS),
+                        clip(&violation.description, MAX_VIOLATION_CHARS),
+                    );
+                }
+                if more > 0 {
+                    details.add_bad_request_violation(
+                        "",
+                        format!("and {more} more violations, not listed"),
+                    );
                 }
                 status(reason, summary, details)
             }
             ApiError::NotFound { resource, id } => {
+                let id = clip(&id, MAX_VIOLATION_CHARS);
                 let mut details = error_info(
                     reason,
                     HashMap::from([("resource".to_owned(), resource.to_owned())]),
@@ -471,8 +500,8 @@ impl From<ApiError> for tonic::Status {
                 let mut details = error_info(reason, HashMap::new());
                 details.add_precondition_failure_violation(
                     reason.as_str(),
-                    subject,
-                    description.clone(),
+                    clip(&subject, MAX_VIOLATION_CHARS),
+                    clip(&description, MAX_MESSAGE_CHARS),
                 );
                 status(reason, description, details)
             }
