@@ -803,3 +803,41 @@ fn readme_error_table_is_the_kits_reason_table() {
         assert!(Reason::parse(name).is_some(), "{name} is not in the table");
     }
 }
+
+/// R13: free text is lowercased by Postgres on both sides, so words whose lowercase Rust and
+/// Postgres spell differently (a final sigma) still match; it used to be lowercased in Rust
+/// for opportunities and salespeople (customers were already right).
+#[tokio::test]
+async fn r13_free_text_lowercases_like_postgres() {
+    let suite = TestSuite::spawn().await;
+    let greek = salesopp_tests::token("rep-gr", "ΟΔΟΣ Rep", "north", &["sales_rep"]);
+    let c = customer(&suite, &greek, "Athens Co").await;
+    let o = opportunity(&suite, &greek, &c.id, "ΟΔΟΣ Trading", thb(1)).await;
+    let mut api = suite.opportunities().await;
+    let found = api
+        .list_opportunities(authed(
+            &greek,
+            pb::ListOpportunitiesRequest {
+                query: "ΟΔΟΣ".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("search")
+        .into_inner();
+    let ids: Vec<&str> = found.opportunities.iter().map(|o| o.id.as_str()).collect();
+    assert_eq!(ids, [o.id.as_str()]);
+    let people = api
+        .list_salespeople(authed(
+            &manager_token(),
+            pb::ListSalespeopleRequest {
+                query: "ΟΔΟΣ".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("salespeople")
+        .into_inner();
+    let ids: Vec<&str> = people.salespeople.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["rep-gr"]);
+}

@@ -12,6 +12,7 @@ pub mod paging;
 pub mod people;
 pub mod serve;
 pub mod telemetry;
+pub mod text;
 pub mod time;
 
 pub use auth::{Authenticator, Principal, Role};

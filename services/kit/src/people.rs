@@ -1,30 +1,53 @@
-//! Salespeople are recorded from their tokens (R12): the first write a principal makes
-//! records them, and every later one keeps their name, team and roles up to date, so
-//! managers can find them by name and every recorded actor resolves.
+//! Salespeople are recorded from their tokens (R12): the first call a principal makes
+//! records them, and later ones keep their name, team, roles and last call up to date, so
+//! managers can find them by name; every write makes sure its actor's row exists, so every
+//! recorded actor resolves.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::PgConnection;
 
 use crate::auth::Principal;
 
-/// Records `principal` in the caller's transaction. Writes only when something changed (or
-/// once an hour, to keep `last_seen_time` useful), so it is cheap on every write.
+/// Makes sure `principal` is recorded, in the caller's write transaction, so the rows that
+/// name them (owners, actors) always resolve. It inserts only a missing row and never touches
+/// an existing one: `ON CONFLICT DO NOTHING` takes no lock on the conflicting row (`DO UPDATE
+/// ... WHERE` would lock it even when its WHERE is false), so one caller's concurrent writes
+/// (an ERP's service account, an import) never queue on their own salesperson row. Names,
+/// teams, roles and `last_seen_time` are kept up to date by [`Recorder`], outside writes.
 pub async fn record(tx: &mut PgConnection, principal: &Principal) -> Result<(), sqlx::Error> {
     let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
     sqlx::query(
-        "insert into salespeople (id, display_name, team, roles)
-         values ($1, $2, $3, $4)
-         on conflict (id) do update
-             set display_name = excluded.display_name, team = excluded.team,
-                 roles = excluded.roles, last_seen_time = now()
-             where (salespeople.display_name, salespeople.team, salespeople.roles)
-                       is distinct from (excluded.display_name, excluded.team, excluded.roles)
-                or salespeople.last_seen_time < now() - interval '1 hour'",
+        "insert into salespeople (id, display_name, team, roles) values ($1, $2, $3, $4)
+         on conflict (id) do nothing",
     )
     .bind(&principal.id)
     .bind(&principal.display_name)
     .bind(&principal.team)
     .bind(&roles)
     .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Records `principal` as of now, in a statement of its own: their latest name, team and
+/// roles, and `last_seen_time`.
+async fn upsert(pool: &sqlx::PgPool, principal: &Principal) -> Result<(), sqlx::Error> {
+    let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
+    sqlx::query(
+        "insert into salespeople (id, display_name, team, roles)
+         values ($1, $2, $3, $4)
+         on conflict (id) do update
+             set display_name = excluded.display_name, team = excluded.team,
+                 roles = excluded.roles, last_seen_time = now()",
+    )
+    .bind(&principal.id)
+    .bind(&principal.display_name)
+    .bind(&principal.team)
+    .bind(&roles)
+    .execute(pool)
     .await?;
     Ok(())
 }
@@ -38,13 +61,18 @@ pub async fn team_of(tx: &mut PgConnection, id: &str) -> Result<Option<String>, 
 }
 
 /// Records every principal on their first call, reads included (R12: "salespeople are
-/// recorded from their token on first use"), and again whenever their name, team or roles
-/// change. Remembers what it wrote, so a steady caller costs no write.
+/// recorded from their token on first use"), again whenever their name, team or roles
+/// change, and at most once per [`SEEN_REFRESH`] otherwise, so `last_seen_time` is the
+/// last call to within that period. Remembers what it wrote, so a steady caller costs no
+/// write, and writes outside any call's transaction.
 #[derive(Debug, Clone)]
 pub struct Recorder {
     pool: sqlx::PgPool,
-    seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Principal>>>,
+    seen: Arc<Mutex<HashMap<String, (Principal, Instant)>>>,
 }
+
+/// How stale `last_seen_time` may get for a caller who keeps calling.
+pub const SEEN_REFRESH: Duration = Duration::from_secs(15 * 60);
 
 /// Most principals remembered; past it the memory starts over (a write each, once).
 const MAX_REMEMBERED: usize = 100_000;
@@ -61,22 +89,22 @@ impl Recorder {
         let known = self
             .seen
             .lock()
-            .map(|seen| seen.get(&principal.id) == Some(principal))
+            .map(|seen| {
+                seen.get(&principal.id).is_some_and(|(recorded, when)| {
+                    recorded == principal && when.elapsed() < SEEN_REFRESH
+                })
+            })
             .unwrap_or(false);
         if known {
             return;
         }
-        let written = match self.pool.acquire().await {
-            Ok(mut connection) => record(&mut connection, principal).await,
-            Err(error) => Err(error),
-        };
-        match written {
+        match upsert(&self.pool, principal).await {
             Ok(()) => {
                 if let Ok(mut seen) = self.seen.lock() {
                     if seen.len() >= MAX_REMEMBERED {
                         seen.clear();
                     }
-                    seen.insert(principal.id.clone(), principal.clone());
+                    seen.insert(principal.id.clone(), (principal.clone(), Instant::now()));
                 }
             }
             // The call itself will meet the same database problem and answer for it.

@@ -200,19 +200,7 @@ impl Visibility {
     }
 }
 
-/// Escapes `%`, `_` and `\` so a search text matches literally in `LIKE`, lowercased.
-pub fn like_substring(query: &str) -> String {
-    let mut pattern = String::with_capacity(query.len() + 2);
-    pattern.push('%');
-    for c in query.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
+pub use salesopp_kit::text::like_substring;
 
 #[cfg(test)]
 mod tests {

@@ -784,12 +784,7 @@ pub async fn salespeople(
     let next_page_token = if rows.len() > page_size as usize {
         rows.truncate(page_size as usize);
         rows.last()
-            .map(|last| {
-                paging::encode(
-                    &fingerprint,
-                    &(last.display_name.to_lowercase(), last.id.clone()),
-                )
-            })
+            .map(|last| paging::encode(&fingerprint, &(last.sort_name.clone(), last.id.clone())))
             .unwrap_or_default()
     } else {
         String::new()

@@ -422,7 +422,7 @@ pub struct OpportunityFilter {
     pub states: Vec<String>,
     pub close_from: Option<NaiveDate>,
     pub close_to: Option<NaiveDate>,
-    /// A `LIKE` pattern, lowercased and escaped.
+    /// A `LIKE` pattern ([`salesopp_kit::text::like_substring`]); Postgres lowercases it.
     pub pattern: Option<String>,
 }
 
@@ -480,15 +480,15 @@ pub fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &OpportunityFilte
     }
     if let Some(pattern) = &filter.pattern {
         query
-            .push(" and (lower(o.title || E'\\n' || coalesce(o.next_step, '')) like ")
+            .push(" and (lower(o.title || E'\\n' || coalesce(o.next_step, '')) like lower(")
             .push_bind(pattern.clone())
             .push(
-                " or o.customer_id = any(array(select c.id from customers c where \
+                ") or o.customer_id = any(array(select c.id from customers c where \
                  lower(c.display_name || E'\\n' || coalesce(c.code, '') || E'\\n' || coalesce(c.contact_name, '') \
-                 || E'\\n' || coalesce(c.email, '') || E'\\n' || coalesce(c.phone, '')) like ",
+                 || E'\\n' || coalesce(c.email, '') || E'\\n' || coalesce(c.phone, '')) like lower(",
             )
             .push_bind(pattern.clone())
-            .push(")))");
+            .push("))))");
     }
 }
 
@@ -684,6 +684,8 @@ pub struct SalespersonRow {
     pub roles: Vec<String>,
     pub first_seen_time: DateTime<Utc>,
     pub last_seen_time: DateTime<Utc>,
+    /// `lower(display_name)` as Postgres computes it: the page token's key.
+    pub sort_name: String,
 }
 
 pub fn salespeople_query(
@@ -694,12 +696,15 @@ pub fn salespeople_query(
     limit: i64,
 ) -> QueryBuilder<Postgres> {
     let mut query = QueryBuilder::new(
-        "select id, display_name, team, roles, first_seen_time, last_seen_time from salespeople where true",
+        "select id, display_name, team, roles, first_seen_time, last_seen_time,
+                lower(display_name) as sort_name
+         from salespeople where true",
     );
     if let Some(pattern) = pattern {
         query
-            .push(" and lower(display_name) like ")
-            .push_bind(pattern.to_owned());
+            .push(" and lower(display_name) like lower(")
+            .push_bind(pattern.to_owned())
+            .push(")");
     }
     if let Some(team) = team {
         query.push(" and team = ").push_bind(team.to_owned());
