@@ -889,7 +889,7 @@ impl World {
                                    from opportunities o),
                  'history', (select coalesce(jsonb_agg(to_jsonb(h) order by h.id), '[]')
                              from status_changes h),
-                 'events', (select coalesce(jsonb_agg(to_jsonb(e) order by e.id), '[]')
+                 'events', (select coalesce(jsonb_agg(to_jsonb(e) - 'seq' order by e.id), '[]')
                             from opportunity_events e),
                  'idempotency', (select coalesce(jsonb_agg(to_jsonb(r)
                                      order by r.caller_id, r.method, r.request_id), '[]')

@@ -841,3 +841,139 @@ async fn r13_free_text_lowercases_like_postgres() {
     let ids: Vec<&str> = people.salespeople.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(ids, ["rep-gr"]);
 }
+
+/// Small untruths fixed: the in-use message counts in English ("1 opportunity is"), and an
+/// amount without `nanos` is whole units (nanos is not required).
+#[tokio::test]
+async fn messages_say_what_is_true() {
+    let suite = TestSuite::spawn().await;
+    let admin = admin_token();
+    let c = customer(&suite, &admin, "Message Co").await;
+    let o = opportunity(
+        &suite,
+        &admin,
+        &c.id,
+        "Whole units",
+        Some(Money {
+            currency_code: "THB".into(),
+            units: 7,
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(o.amount, thb(7));
+    let failed = expect_code(
+        suite
+            .statuses()
+            .await
+            .delete_status(authed(
+                &admin,
+                spb::DeleteStatusRequest {
+                    id: INTERESTED.into(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::FailedPrecondition,
+    );
+    // The default cannot be deleted; move the default first, then the one opportunity.
+    assert_eq!(reason(&failed).0, "STATUS_IS_DEFAULT");
+    let mut statuses = suite.statuses().await;
+    statuses
+        .set_default_status(authed(
+            &admin,
+            spb::SetDefaultStatusRequest {
+                id: "00000000-0000-4000-8000-000000000002".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("another default");
+    let failed = expect_code(
+        statuses
+            .delete_status(authed(
+                &admin,
+                spb::DeleteStatusRequest {
+                    id: INTERESTED.into(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&failed).0, "STATUS_IN_USE");
+    assert!(
+        failed
+            .message()
+            .starts_with("1 opportunity is in this status"),
+        "{:?}",
+        failed.message()
+    );
+}
+
+/// R5 under a concurrent SetDefaultStatus: a create without a status waits for the old
+/// default's row lock, and once the default has moved that row no longer matches. It used to
+/// answer INTERNAL (found by the fuzz test); now the create takes the new default.
+#[tokio::test]
+async fn r05_a_create_racing_a_default_change_takes_the_new_default() {
+    const PRESENTED: &str = "00000000-0000-4000-8000-000000000002";
+    let suite = TestSuite::spawn().await;
+    let rep = rep_token();
+    let c = customer(&suite, &rep, "Race Co").await;
+    // Another transaction moves the default and holds the rows.
+    let mut mover = suite.db.begin().await.expect("begin");
+    sqlx::query(
+        "update opportunity_statuses set is_default = (id = $1::uuid)
+         where id in ($1::uuid, $2::uuid)",
+    )
+    .bind(PRESENTED)
+    .bind(INTERESTED)
+    .execute(&mut *mover)
+    .await
+    .expect("move the default");
+    let suite_url = suite.url();
+    let customer_id = c.id.clone();
+    let create = tokio::spawn(async move {
+        let mut api = salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient::connect(suite_url)
+            .await
+            .expect("connect");
+        api.create_opportunity(authed(
+            &rep_token(),
+            pb::CreateOpportunityRequest {
+                opportunity: Some(pb::Opportunity {
+                    customer_id,
+                    title: "Racing the default".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+    });
+    // Wait (by observation, not by time) until the create waits for the held rows.
+    let patience = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&suite.db)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            patience.elapsed() < std::time::Duration::from_secs(20),
+            "the create never waited for the default's row"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    mover.commit().await.expect("commit the move");
+    let created = create
+        .await
+        .expect("the create task")
+        .expect("the create succeeds, not INTERNAL")
+        .into_inner();
+    assert_eq!(created.status_id, PRESENTED, "the new default (R5)");
+}

@@ -29,11 +29,6 @@ use uuid::Uuid;
 
 type Opps = OpportunityServiceClient<Channel>;
 
-/// The advisory lock key every event writer takes before its first event and holds to its
-/// commit. A copy of the private `EVENT_ORDER_LOCK` in services/opportunity/src/events.rs:
-/// keep the two equal (if they drift, the commit-order test below fails, as it should).
-const EVENT_ORDER_LOCK: i64 = 0x5a1e_500f_e7e7;
-
 /// The most a test waits for one event that must come.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -173,15 +168,6 @@ impl Watcher {
                 return events;
             }
             assert!(events.len() < 10_000, "never saw event {event_id}");
-        }
-    }
-
-    /// Asserts that no event comes for `window` (used only while the next event is proved
-    /// blocked, so the window bounds nothing about speed).
-    async fn quiet_for(&mut self, window: Duration) {
-        match tokio::time::timeout(window, self.stream.message()).await {
-            Err(_) => {}
-            Ok(other) => panic!("expected no event yet, got {other:?}"),
         }
     }
 }
@@ -367,6 +353,29 @@ impl World {
         page.status_changes
     }
 
+    /// The outbox in delivery order (by position; events not placed yet last, by id).
+    async fn delivered_rows(&self) -> Vec<Row> {
+        sqlx::query_as(
+            "select id, event_id::text, type, opportunity_id::text
+             from opportunity_events order by seq nulls last, id",
+        )
+        .fetch_all(self.db())
+        .await
+        .expect("read the outbox")
+    }
+
+    /// Each event's delivery position, by event id.
+    async fn positions_by_event(&self) -> BTreeMap<String, i64> {
+        sqlx::query_as::<_, (String, i64)>(
+            "select event_id::text, seq from opportunity_events where seq is not null",
+        )
+        .fetch_all(self.db())
+        .await
+        .expect("read the positions")
+        .into_iter()
+        .collect()
+    }
+
     /// The outbox, in id order.
     async fn rows(&self) -> Vec<Row> {
         sqlx::query_as(
@@ -416,6 +425,8 @@ fn assert_differs_only_in(
     let mut expected = before.clone();
     changed(&mut expected);
     expected.etag = after.etag.clone();
+    assert_eq!(after.version, before.version + 1, "one write, one version");
+    expected.version = after.version;
     expected.update_time = after.update_time;
     expected.updated_by = after.updated_by.clone();
     assert_eq!(&expected, after);
@@ -1583,23 +1594,20 @@ async fn r12_a_reassignment_is_seen_by_both_owners_and_later_events_only_by_the_
 // Commit order
 // =======================================================================================
 
-/// Whether a connection of this test's database waits for the event ordering lock.
-async fn waits_for_event_lock(db: &PgPool) -> bool {
-    let waiting: i64 = sqlx::query_scalar(
-        "select count(*) from pg_locks
-         where locktype = 'advisory' and not granted
-           and database = (select oid from pg_database where datname = current_database())
-           and classid::bigint = ($1::bigint >> 32)
-           and objid::bigint = ($1::bigint & 4294967295)
-           and objsubid = 1",
-    )
-    .bind(EVENT_ORDER_LOCK)
-    .fetch_one(db)
-    .await
-    .expect("read pg_locks");
-    waiting > 0
+/// The delivery position of an event: `None` while the sequencer has not placed it.
+async fn position_of(db: &PgPool, event_id: &str) -> Option<i64> {
+    sqlx::query_scalar("select seq from opportunity_events where event_id = $1::uuid")
+        .bind(event_id)
+        .fetch_one(db)
+        .await
+        .expect("read the event's position")
 }
 
+/// A writer holds its transaction open after writing its event (with a lower id); another
+/// caller's write meanwhile commits at once (writers never wait for each other: no global
+/// lock), but is not delivered before the held event: it gets no position while an older
+/// transaction can still commit. Shown directly with two connections and a sequencer pass of
+/// the test's own, so nothing depends on timing.
 #[tokio::test]
 async fn an_event_committed_late_with_a_lower_id_is_not_skipped() {
     let mut w = World::new().await;
@@ -1609,9 +1617,11 @@ async fn an_event_committed_late_with_a_lower_id_is_not_skipped() {
     let mut watcher = w.watch(&admin_token(), "", &[]).await;
     assert_eq!(watcher.take(before_rows.len()).await.len(), 2);
 
-    // A writer that follows the protocol of events.rs: the lock, then its event, kept open.
+    // A writer that follows the protocol of events.rs: the row lock, the next version, its
+    // event, kept open.
     let raw_event_id = Uuid::new_v4();
     let raw_after = w.get(&admin_token(), &early.id).await;
+    let version = raw_after.version + 1;
     let payload = pb::OpportunityEvent {
         event_id: raw_event_id.to_string(),
         cursor: String::new(),
@@ -1620,64 +1630,73 @@ async fn an_event_committed_late_with_a_lower_id_is_not_skipped() {
         occur_time: raw_after.update_time,
         actor: actor("raw-writer", "Raw Writer"),
         before: Some(raw_after.clone()),
-        after: Some(raw_after.clone()),
+        after: Some(pb::Opportunity {
+            version,
+            ..raw_after.clone()
+        }),
         status_change: None,
         request_id: String::new(),
+        version,
     }
     .encode_to_vec();
+    let early_id = Uuid::parse_str(&early.id).unwrap();
     let mut raw = w.db().begin().await.expect("begin the raw transaction");
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(EVENT_ORDER_LOCK)
+    sqlx::query("update opportunities set version = $2 where id = $1")
+        .bind(early_id)
+        .bind(version)
         .execute(&mut *raw)
         .await
-        .expect("take the event ordering lock");
+        .expect("lock the opportunity and move its version");
     let raw_id: i64 = sqlx::query_scalar(
         "insert into opportunity_events
              (event_id, type, opportunity_id, occur_time, actor_id, actor_name, request_id,
-              owner_id, previous_owner_id, payload)
-         values ($1, 'UPDATED', $2, now(), 'raw-writer', 'Raw Writer', null, $3, null, $4)
+              owner_id, previous_owner_id, payload, version)
+         values ($1, 'UPDATED', $2, now(), 'raw-writer', 'Raw Writer', null, $3, null, $4, $5)
          returning id",
     )
     .bind(raw_event_id)
-    .bind(Uuid::parse_str(&early.id).unwrap())
+    .bind(early_id)
     .bind(&raw_after.owner_id)
     .bind(&payload)
+    .bind(version)
     .fetch_one(&mut *raw)
     .await
     .expect("insert the raw event");
 
-    // A real call on another opportunity now; it must wait for the lock.
-    let mut opps = w.opps.clone();
-    let request = change_request(&late.id, PRESENTED);
-    let call = tokio::spawn(async move {
-        opps.change_opportunity_status(authed(&rep_b1_token(), request))
-            .await
-            .map(tonic::Response::into_inner)
-    });
-    let mut blocked = false;
-    for _ in 0..200 {
-        if waits_for_event_lock(w.db()).await {
-            blocked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(blocked, "the call never waited for the event ordering lock");
-    assert!(
-        !call.is_finished(),
-        "the call finished while the lock was held"
+    // A real call on another opportunity now: it completes while the raw one is open.
+    let response = tokio::time::timeout(
+        WAIT,
+        w.opps.change_opportunity_status(authed(
+            &rep_b1_token(),
+            change_request(&late.id, PRESENTED),
+        )),
+    )
+    .await
+    .expect("the write does not wait for another writer's open transaction")
+    .expect("the call succeeds")
+    .into_inner();
+    let late_event: String = sqlx::query_scalar(
+        "select event_id::text from opportunity_events
+         where opportunity_id = $1::uuid and type = 'STATUS_CHANGED'",
+    )
+    .bind(&late.id)
+    .fetch_one(w.db())
+    .await
+    .expect("the call's event");
+    assert!(w.ids_by_event().await[&late_event] > raw_id, "a higher id");
+    // Committed, but not placed: the raw transaction is older and still open.
+    let mut sequencer = w.db().acquire().await.expect("a connection");
+    salesopp_opportunity::sequencer::sequence(&mut sequencer)
+        .await
+        .expect("a sequencer pass");
+    assert_eq!(position_of(w.db(), &late_event).await, None);
+    assert_eq!(
+        w.rows().await.len(),
+        before_rows.len() + 1,
+        "the raw row is not visible"
     );
-    // Meanwhile the watcher gets nothing: neither event is committed.
-    watcher.quiet_for(Duration::from_secs(1)).await;
-    assert_eq!(w.rows().await, before_rows, "uncommitted rows are visible");
 
     raw.commit().await.expect("commit the raw transaction");
-    let response = tokio::time::timeout(WAIT, call)
-        .await
-        .expect("the call finishes once the lock is free")
-        .expect("the call task")
-        .expect("the call succeeds");
-
     let first = watcher.next().await;
     assert_eq!(
         first.event_id,
@@ -1685,16 +1704,192 @@ async fn an_event_committed_late_with_a_lower_id_is_not_skipped() {
         "the raw event first"
     );
     assert_eq!(first.opportunity_id, early.id);
+    assert_eq!(first.version, version);
     let second = watcher.next().await;
     assert_eq!(second.opportunity_id, late.id);
     assert_eq!(second.r#type, STATUS_CHANGED);
     assert_eq!(second.status_change, response.status_change);
-    let ids = w.ids_by_event().await;
-    assert_eq!(ids[&first.event_id], raw_id);
-    assert!(ids[&second.event_id] > raw_id, "ids follow commit order");
+    assert!(
+        position_of(w.db(), &first.event_id).await < position_of(w.db(), &second.event_id).await,
+        "positions follow commit order"
+    );
     // Resuming after the raw event gets the call's event.
     let mut resumed = w.watch(&admin_token(), &first.cursor, &[]).await;
     assert_eq!(resumed.next().await.event_id, second.event_id);
+}
+
+/// Writes one event of `opportunity` at its next version in `tx` (which takes the row lock),
+/// as events.rs does; returns the event id.
+async fn raw_event(
+    tx: &mut sqlx::PgConnection,
+    opportunity: &pb::Opportunity,
+    version: i64,
+) -> String {
+    let event_id = Uuid::new_v4();
+    let payload = pb::OpportunityEvent {
+        event_id: event_id.to_string(),
+        r#type: UPDATED,
+        opportunity_id: opportunity.id.clone(),
+        occur_time: opportunity.update_time,
+        actor: actor("raw-writer", "Raw Writer"),
+        before: Some(opportunity.clone()),
+        after: Some(pb::Opportunity {
+            version,
+            ..opportunity.clone()
+        }),
+        version,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let id = Uuid::parse_str(&opportunity.id).unwrap();
+    sqlx::query("update opportunities set version = $2 where id = $1 and version = $2 - 1")
+        .bind(id)
+        .bind(version)
+        .execute(&mut *tx)
+        .await
+        .expect("lock the opportunity at its version");
+    sqlx::query(
+        "insert into opportunity_events
+             (event_id, type, opportunity_id, occur_time, actor_id, actor_name, owner_id,
+              payload, version)
+         values ($1, 'UPDATED', $2, now(), 'raw-writer', 'Raw Writer', $3, $4, $5)",
+    )
+    .bind(event_id)
+    .bind(id)
+    .bind(&opportunity.owner_id)
+    .bind(&payload)
+    .bind(version)
+    .execute(&mut *tx)
+    .await
+    .expect("insert the event");
+    event_id.to_string()
+}
+
+/// The trap of ordering by transaction id: a transaction id is assigned at a transaction's
+/// first write, not at its commit, so two writers of one opportunity can take their ids in
+/// one order and its row lock in the other (as a status deletion moving many opportunities
+/// always can). Version n+1 then has the lower transaction id; it is still delivered after
+/// version n.
+#[tokio::test]
+async fn r10_versions_are_delivered_in_order_when_transaction_ids_are_not() {
+    let mut w = World::new().await;
+    let o = w.create(&rep_token(), "Contended").await;
+    let mut watcher = w.watch(&admin_token(), "", &[]).await;
+    assert_eq!(watcher.next().await.version, 1);
+
+    // The older transaction takes its id first (its first write is elsewhere)...
+    let mut older = w.db().begin().await.expect("begin the older writer");
+    let older_xid: String = sqlx::query_scalar("select pg_current_xact_id()::text")
+        .fetch_one(&mut *older)
+        .await
+        .expect("assign the older transaction id");
+    // ...the younger takes the row lock, writes version 2 and commits...
+    let mut younger = w.db().begin().await.expect("begin the younger writer");
+    let younger_event = raw_event(&mut younger, &o, 2).await;
+    let younger_xid: String = sqlx::query_scalar("select pg_current_xact_id()::text")
+        .fetch_one(&mut *younger)
+        .await
+        .expect("the younger transaction id");
+    assert!(older_xid.parse::<u64>().unwrap() < younger_xid.parse::<u64>().unwrap());
+    younger.commit().await.expect("commit version 2");
+    // ...then the older one writes version 3.
+    let older_event = raw_event(&mut older, &o, 3).await;
+    older.commit().await.expect("commit version 3");
+
+    let second = watcher.next().await;
+    let third = watcher.next().await;
+    assert_eq!(
+        (second.event_id.as_str(), second.version),
+        (younger_event.as_str(), 2)
+    );
+    assert_eq!(
+        (third.event_id.as_str(), third.version),
+        (older_event.as_str(), 3)
+    );
+    let positions = w.positions_by_event().await;
+    assert!(positions[&younger_event] < positions[&older_event]);
+}
+
+/// Many writers on few opportunities, a status deletion (R6) moving them meanwhile, and
+/// watchers from the start, one resuming from its cursor now and then: every watcher gets
+/// every event, per opportunity in version order with no gap, none at or before a cursor
+/// it was past.
+#[tokio::test]
+async fn r06_r10_concurrent_writers_and_a_deletion_keep_versions_in_order() {
+    const OPPORTUNITIES: usize = 4;
+    const WRITERS: usize = 12;
+    const CHANGES: usize = 6;
+    let mut w = World::new().await;
+    let doomed = w
+        .statuses
+        .create_status(authed(
+            &admin_token(),
+            salesopp_proto::statusconfig::v1::CreateStatusRequest {
+                status: Some(salesopp_proto::statusconfig::v1::OpportunityStatus {
+                    display_name: "Doomed".into(),
+                    probability: 33,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("create a status to delete")
+        .into_inner();
+    let mut created = Vec::new();
+    for i in 0..OPPORTUNITIES {
+        created.push(w.create(&admin_token(), &format!("Shared {i}")).await);
+    }
+    let mut watcher = w.watch(&admin_token(), "", &[]).await;
+    let mut events = watcher.take(OPPORTUNITIES).await;
+    let statuses = [PRESENTED, SENT_EMAIL, doomed.id.as_str(), QUOTATION];
+    let writers = (0..WRITERS).map(|writer| {
+        let mut opps = w.opps.clone();
+        let ids: Vec<String> = created.iter().map(|o| o.id.clone()).collect();
+        let statuses: Vec<String> = statuses.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            for change in 0..CHANGES {
+                let id = &ids[(writer + change) % ids.len()];
+                let status = &statuses[(writer * 7 + change) % statuses.len()];
+                // A write may race the deletion into an archived status: refused, no event.
+                let _ = opps
+                    .change_opportunity_status(authed(&admin_token(), change_request(id, status)))
+                    .await;
+            }
+        }
+    });
+    let mut statuses_api = w.statuses.clone();
+    let doomed_id = doomed.id.clone();
+    let deletion = async move {
+        statuses_api
+            .delete_status(authed(
+                &admin_token(),
+                salesopp_proto::statusconfig::v1::DeleteStatusRequest {
+                    id: doomed_id,
+                    replacement_status_id: CONSIDERING.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("delete the status, moving its opportunities")
+    };
+    futures::join!(join_all(writers), deletion);
+    let total = w.rows().await.len();
+    let mut resumed_at = Vec::new();
+    while events.len() < total {
+        // Now and then reconnect from the last cursor, as a consumer restarting would.
+        if events.len() % 9 == 0 {
+            let cursor = events.last().map(|e| e.cursor.clone()).unwrap_or_default();
+            resumed_at.push(events.len());
+            watcher = w.watch(&admin_token(), &cursor, &[]).await;
+        }
+        events.push(watcher.next().await);
+    }
+    assert_eq!(events.len(), total);
+    assert_versions_in_order(&events);
+    let unique: BTreeSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(unique.len(), total, "nothing twice after a resume");
+    assert!(!resumed_at.is_empty());
 }
 
 #[tokio::test]
@@ -1761,16 +1956,24 @@ async fn concurrent_writers_none_missing_in_strictly_increasing_order() {
 
     let rows = w.rows().await;
     assert_eq!(rows.len(), WRITERS * (CHANGES + 2));
-    let ids = w.ids_by_event().await;
-    let table: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
     let first_events = first.take(rows.len()).await;
-    for events in [first_events.clone(), third.take(rows.len()).await] {
-        assert_eq!(event_ids(&events), table, "every event, in id order");
-        let received: Vec<i64> = events.iter().map(|e| ids[&e.event_id]).collect();
+    let third_events = third.take(rows.len()).await;
+    // Every event delivered is placed; the table in position order is what was delivered.
+    let positions = w.positions_by_event().await;
+    let table: Vec<String> = w
+        .delivered_rows()
+        .await
+        .iter()
+        .map(|r| r.1.clone())
+        .collect();
+    for events in [first_events.clone(), third_events] {
+        assert_eq!(event_ids(&events), table, "every event, in position order");
+        let received: Vec<i64> = events.iter().map(|e| positions[&e.event_id]).collect();
         assert!(
             received.windows(2).all(|pair| pair[0] < pair[1]),
-            "ids strictly increase: {received:?}"
+            "positions strictly increase: {received:?}"
         );
+        assert_versions_in_order(&events);
         let cursors: BTreeSet<&str> = events.iter().map(|e| e.cursor.as_str()).collect();
         assert_eq!(cursors.len(), events.len());
     }
@@ -1792,9 +1995,9 @@ async fn concurrent_writers_none_missing_in_strictly_increasing_order() {
 }
 
 #[tokio::test]
-async fn writers_racing_a_live_watcher_are_all_delivered_in_id_order() {
+async fn writers_racing_a_live_watcher_are_all_delivered_in_position_order() {
     // The same guarantee while the watcher polls during the writes, many rounds over: any
-    // id committed out of order would be skipped and the comparison with the table fail.
+    // event placed out of order would be skipped and the comparison with the table fail.
     const WRITERS: usize = 10;
     const ROUNDS: usize = 4;
     let mut w = World::new().await;
@@ -1820,12 +2023,36 @@ async fn writers_racing_a_live_watcher_are_all_delivered_in_id_order() {
         assert_eq!(responses.len(), WRITERS);
         received.extend(events);
     }
-    let rows = w.rows().await;
+    let rows = w.delivered_rows().await;
     assert_eq!(rows.len(), WRITERS * (ROUNDS + 1));
     assert_eq!(
         event_ids(&received),
         rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>()
     );
+    assert_versions_in_order(&received);
+}
+
+/// Per opportunity, the versions delivered are 1, 2, 3... with no gap and no repeat.
+#[track_caller]
+fn assert_versions_in_order(events: &[pb::OpportunityEvent]) {
+    let mut last: BTreeMap<&str, i64> = BTreeMap::new();
+    for event in events {
+        let previous = last
+            .insert(&event.opportunity_id, event.version)
+            .unwrap_or(0);
+        assert_eq!(
+            event.version,
+            previous + 1,
+            "opportunity {} went from version {previous} to {}",
+            event.opportunity_id,
+            event.version
+        );
+        assert_eq!(
+            event.after.as_ref().map(|a| a.version),
+            Some(event.version),
+            "the event's after has its version"
+        );
+    }
 }
 
 // =======================================================================================

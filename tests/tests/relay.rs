@@ -83,7 +83,17 @@ async fn three_events(suite: &TestSuite) -> String {
             .await
             .expect("status change");
     }
+    place_events(suite).await;
     opportunity.id
+}
+
+/// Places every committed event now (a sequencer pass of the test's own), so the relay's
+/// next read sees them without waiting for the suite's sequencer.
+async fn place_events(suite: &TestSuite) {
+    let mut conn = suite.db.acquire().await.expect("a connection");
+    salesopp_opportunity::sequencer::sequence(&mut conn)
+        .await
+        .expect("a sequencer pass");
 }
 
 /// The stream's messages: (subject, Nats-Msg-Id, decoded event).
@@ -129,7 +139,7 @@ async fn relay_publishes_every_event_once_in_order_and_resends_are_deduplicated(
 
     assert_eq!(relay.catch_up().await.expect("relay"), 3);
     let outbox: Vec<(i64, uuid::Uuid, String)> =
-        sqlx::query_as("select id, event_id, type from opportunity_events order by id")
+        sqlx::query_as("select seq, event_id, type from opportunity_events order by seq")
             .fetch_all(&suite.db)
             .await
             .expect("outbox");
@@ -176,6 +186,7 @@ async fn relay_publishes_every_event_once_in_order_and_resends_are_deduplicated(
         ))
         .await
         .expect("reopen");
+    place_events(&suite).await;
     assert_eq!(relay.catch_up().await.expect("the new event"), 1);
     let published = messages(&jetstream, &config.stream).await;
     assert_eq!(published.len(), 4);

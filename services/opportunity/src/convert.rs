@@ -72,6 +72,7 @@ pub fn opportunity_to_proto(row: &OpportunityRow) -> pb::Opportunity {
             id: row.updated_by.clone(),
             display_name: row.updated_by_name.clone(),
         }),
+        version: row.version,
     }
 }
 

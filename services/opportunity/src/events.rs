@@ -1,12 +1,11 @@
 //! The change feed: the outbox rows every opportunity write adds in its own transaction, and
 //! `WatchOpportunityEvents`, which streams them from a cursor.
 //!
-//! Ordering: ids come from an identity sequence, and sequences hand out values in the order
-//! transactions ask, not the order they commit. So every writer takes one transaction-scoped
-//! advisory lock before its first event and holds it to its commit: no other writer can take
-//! an id until the previous one is visible. Ids are therefore allocated in commit order, and a
-//! reader that has read id N never later sees a committed id below N. The price is that the
-//! last step of concurrent writes (event insert to commit) runs one at a time.
+//! Ordering: writers never wait for each other here. Each event records its transaction
+//! (`xact_id`) and the opportunity's new `version`, and commits with its write; the
+//! sequencer ([`crate::sequencer`]) later gives it its delivery position `seq`, once no
+//! older transaction can still commit. Readers follow `seq`, so a reader never skips an
+//! event that commits late: it has no position until it and everything older is settled.
 //!
 //! Delivery is at-least-once: a reader resumes after the cursor of the last event it
 //! processed, and a reconnect may repeat events it had received but not processed.
@@ -25,9 +24,6 @@ use uuid::Uuid;
 
 use crate::domain::Visibility;
 
-/// The advisory lock key that orders event writers (see the module comment).
-const EVENT_ORDER_LOCK: i64 = 0x5a1e_500f_e7e7;
-
 /// How often an idle stream looks for new events.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Most events read per query.
@@ -44,19 +40,24 @@ pub struct NewEvent<'a> {
     pub request_id: Option<&'a str>,
     pub owner_id: &'a str,
     pub previous_owner_id: Option<&'a str>,
+    /// The opportunity's version this event makes (its current one + 1).
+    pub version: i64,
     pub payload: Vec<u8>,
 }
 
-pub async fn append(tx: &mut PgConnection, event: &NewEvent<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(EVENT_ORDER_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "insert into opportunity_events
+/// Appends `event` in the caller's transaction, which holds the opportunity's row lock, and
+/// moves the opportunity to the event's version in the same statement (one write, one
+/// version); wakes the sequencer when the transaction commits.
+pub async fn append(tx: &mut PgConnection, event: &NewEvent<'_>) -> ApiResult<()> {
+    let written = sqlx::query(
+        "with bumped as (
+             update opportunities set version = $11 where id = $3 and version = $11 - 1
+             returning version)
+         insert into opportunity_events
              (event_id, type, opportunity_id, occur_time, actor_id, actor_name, request_id,
-              owner_id, previous_owner_id, payload)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+              owner_id, previous_owner_id, payload, version)
+         select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, bumped.version
+         from bumped, (select pg_notify('salesopp_events', '')) wake",
     )
     .bind(event.event_id)
     .bind(event.event_type)
@@ -68,8 +69,16 @@ pub async fn append(tx: &mut PgConnection, event: &NewEvent<'_>) -> Result<(), s
     .bind(event.owner_id)
     .bind(event.previous_owner_id)
     .bind(&event.payload)
+    .bind(event.version)
     .execute(tx)
     .await?;
+    if written.rows_affected() != 1 {
+        return Err(ApiError::internal(format!(
+            "opportunity {} is not at version {} (its row lock is not held?)",
+            event.opportunity_id,
+            event.version - 1
+        )));
+    }
     Ok(())
 }
 
@@ -134,7 +143,7 @@ async fn next_batch(
     after: i64,
 ) -> Result<Vec<(i64, Vec<u8>)>, sqlx::Error> {
     let mut query = QueryBuilder::<Postgres>::new(
-        "select e.id, e.payload from opportunity_events e where e.id > ",
+        "select e.seq, e.payload from opportunity_events e where e.seq > ",
     );
     query.push_bind(after);
     if !watch.types.is_empty() {
@@ -166,7 +175,7 @@ async fn next_batch(
                 .push(")))");
         }
     }
-    query.push(" order by e.id limit ").push_bind(BATCH);
+    query.push(" order by e.seq limit ").push_bind(BATCH);
     query.build_query_as().fetch_all(pool).await
 }
 

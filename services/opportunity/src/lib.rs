@@ -6,6 +6,7 @@
 //! - `status_change`: the one implementation of a status change (R8, R9), also used by
 //!   status deletion (R6).
 //! - `events`: the outbox and the change feed (WatchOpportunityEvents).
+//! - `sequencer`: places committed events in delivery order, writers never waiting.
 //! - `service`: one function per call; opens the transactions.
 //! - `convert`: protobuf <-> domain.
 //! - `grpc`: the tonic trait, thin.
@@ -14,6 +15,7 @@ pub mod convert;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod sequencer;
 pub mod service;
 pub mod status_change;
 pub mod store;

@@ -191,8 +191,8 @@ pub async fn create(
     let row = store::get(&mut *tx, id)
         .await?
         .ok_or_else(|| ApiError::internal("created opportunity not readable"))?;
-    let response = opportunity_to_proto(&row);
-    status_change::append_event(
+    let mut response = opportunity_to_proto(&row);
+    response.version = status_change::append_event(
         &mut tx,
         status_change::CREATED,
         caller,
@@ -325,8 +325,8 @@ pub async fn update(
                 .await?
                 .ok_or_else(|| ApiError::internal("opportunity vanished under its lock"))?;
             let time = after.update_time;
-            let after = opportunity_to_proto(&after);
-            status_change::append_event(
+            let mut after = opportunity_to_proto(&after);
+            after.version = status_change::append_event(
                 &mut tx,
                 status_change::UPDATED,
                 caller,

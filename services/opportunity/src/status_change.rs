@@ -30,7 +30,9 @@ fn event_type(name: &str) -> pb::OpportunityEventType {
     }
 }
 
-/// Writes one outbox event with the before and after of the change.
+/// Writes one outbox event with the before and after of the change; `after` is the
+/// opportunity as written, before its version moves. Returns the opportunity's new version
+/// (the event's), which every answer of the write must show.
 #[allow(clippy::too_many_arguments)]
 pub async fn append_event(
     tx: &mut PgConnection,
@@ -38,10 +40,12 @@ pub async fn append_event(
     actor: &Principal,
     time: DateTime<Utc>,
     before: Option<pb::Opportunity>,
-    after: pb::Opportunity,
+    mut after: pb::Opportunity,
     status_change: Option<pb::StatusChange>,
     request_id: Option<&str>,
-) -> ApiResult<()> {
+) -> ApiResult<i64> {
+    let version = after.version + 1;
+    after.version = version;
     let event_id = Uuid::new_v4();
     let opportunity_id = Uuid::parse_str(&after.id).map_err(ApiError::internal)?;
     let owner_id = after.owner_id.clone();
@@ -63,6 +67,7 @@ pub async fn append_event(
         after: Some(after),
         status_change,
         request_id: request_id.unwrap_or_default().to_owned(),
+        version,
     };
     events::append(
         tx,
@@ -76,11 +81,12 @@ pub async fn append_event(
             request_id,
             owner_id: &owner_id,
             previous_owner_id: previous_owner_id.as_deref(),
+            version,
             payload: event.encode_to_vec(),
         },
     )
     .await?;
-    Ok(())
+    Ok(version)
 }
 
 /// The status the opportunity is in now, as a snapshot for its history.
@@ -150,10 +156,10 @@ pub async fn change_status(
         },
     )
     .await?;
-    let after = store::get(&mut *tx, current.id)
+    let mut after = store::get(&mut *tx, current.id)
         .await?
         .ok_or_else(|| ApiError::internal("opportunity vanished under its lock"))?;
-    append_event(
+    after.version = append_event(
         tx,
         STATUS_CHANGED,
         actor,

@@ -7,6 +7,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use salesopp_kit::error::{ApiError, ApiResult, Reason};
+
 use crate::domain::{Money, Visibility};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -28,6 +30,8 @@ pub struct OpportunityRow {
     pub close_time: Option<DateTime<Utc>>,
     pub status_change_time: DateTime<Utc>,
     pub revision: i64,
+    /// Writes so far: the version of the opportunity's latest event.
+    pub version: i64,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
     pub created_by: String,
@@ -52,7 +56,7 @@ macro_rules! select_opportunity {
         "select o.id, o.customer_id, o.owner_id, ow.team as owner_team, o.title, o.currency_code,
                 o.amount::text as amount, o.expected_close_date, o.status_id,
                 s.display_name as status_name, s.probability, o.state::text as state,
-                o.lost_reason, o.next_step, o.close_time, o.status_change_time, o.revision,
+                o.lost_reason, o.next_step, o.close_time, o.status_change_time, o.revision, o.version,
                 o.create_time, o.update_time, o.created_by, cb.display_name as created_by_name,
                 o.updated_by, ub.display_name as updated_by_name
          from opportunities o
@@ -126,13 +130,28 @@ pub async fn share_status(
 }
 
 /// The default status (R5), held FOR SHARE.
-pub async fn share_default_status(tx: &mut PgConnection) -> Result<StatusInfo, sqlx::Error> {
-    sqlx::query_as(
-        "select id, display_name, kind::text as kind, probability, archived
-         from opportunity_statuses where is_default for share",
-    )
-    .fetch_one(tx)
-    .await
+///
+/// A concurrent SetDefaultStatus can move the default while this waits for the old default's
+/// row: the locked row then no longer matches and none is returned. The statement is run
+/// again, and its new snapshot sees the new default (R4: there always is exactly one).
+pub async fn share_default_status(tx: &mut PgConnection) -> ApiResult<StatusInfo> {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let default: Option<StatusInfo> = sqlx::query_as(
+            "select id, display_name, kind::text as kind, probability, archived
+             from opportunity_statuses where is_default for share",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(default) = default {
+            return Ok(default);
+        }
+    }
+    // Moved on every attempt: as for any other conflict, the client retries.
+    Err(ApiError::Aborted {
+        reason: Reason::ConcurrentChange,
+        message: "the default status kept moving during the call: retry".into(),
+    })
 }
 
 /// The customer's `archived` flag, held FOR SHARE so it cannot be archived under a new

@@ -2,11 +2,12 @@
 //! in its own transaction) to NATS JetStream, for services that would rather consume a
 //! stream than call WatchOpportunityEvents.
 //!
-//! - Order: events are read in id order, which is commit order (see the opportunity
-//!   service's `events` module), and published one batch at a time; the next batch starts
+//! - Order: events are read by their delivery position (`seq`, given by the opportunity
+//!   service's `sequencer` once no older transaction can still commit), and published one
+//!   batch at a time; the next batch starts
 //!   only once JetStream acknowledged the previous one, so a subject's messages keep the
 //!   order of the changes.
-//! - At-least-once: the relay records the last acknowledged id in `event_relay_offsets` after
+//! - At-least-once: the relay records the last acknowledged position in `event_relay_offsets` after
 //!   each batch. After a crash it re-sends what it had published but not recorded; every
 //!   message carries `Nats-Msg-Id` = the event id, so JetStream drops those duplicates
 //!   within its duplicate window.
@@ -113,7 +114,7 @@ impl Relay {
     pub async fn relay_batch(&self) -> anyhow::Result<usize> {
         let after = self.offset().await?;
         let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-            "select id, payload from opportunity_events where id > $1 order by id limit $2",
+            "select seq, payload from opportunity_events where seq > $1 order by seq limit $2",
         )
         .bind(after)
         .bind(self.config.batch)

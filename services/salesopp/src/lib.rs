@@ -234,7 +234,18 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let routes = routes(&config, listener.local_addr()?)?;
     let names: Vec<&'static str> = config.services.iter().map(|s| s.grpc_name()).collect();
-    salesopp_kit::serve(
+    // Processes that write events also place them (one active across replicas).
+    let writes_events = config
+        .services
+        .iter()
+        .any(|s| matches!(s, ServiceKind::Opportunity | ServiceKind::StatusConfig));
+    let sequencer = match (&config.pool, writes_events) {
+        (Some(pool), true) => Some(AbortOnDrop(tokio::spawn(
+            salesopp_opportunity::sequencer::run(pool.clone()),
+        ))),
+        _ => None,
+    };
+    let served = salesopp_kit::serve(
         config.pool,
         routes,
         &names,
@@ -246,7 +257,18 @@ pub async fn serve(
             metrics_listener: config.metrics_listener,
         },
     )
-    .await
+    .await;
+    drop(sequencer);
+    served
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Waits for the database and checks its schema; an older schema fails at once, an

@@ -1,0 +1,199 @@
+//! The sequencer: gives each committed event its delivery position (`seq`), so that readers
+//! (WatchOpportunityEvents, the NATS relay) can follow one increasing number and never skip
+//! an event, while writers never wait for each other.
+//!
+//! Why this design. Event ids come from a sequence, handed out in the order transactions
+//! ask, not the order they commit: a reader past id N could later see N-1 commit. Taking a
+//! global lock from the event insert to commit (the previous design) serialized the last
+//! step of every write in the cluster. Instead each event records its transaction id
+//! (`pg_current_xact_id()`), and the sequencer only places events whose transaction is below
+//! the horizon: the oldest transaction still running in this database (`pg_stat_activity`),
+//! or the next transaction id when none runs. Every transaction older than that has ended,
+//! so no event can still appear among them. (The cluster-wide `pg_snapshot_xmin` would let
+//! a long transaction in any other database of the cluster hold delivery back.) It places them in (transaction, id)
+//! order, in one transaction at a time (one sequencer across replicas: a session advisory
+//! lock), so positions become visible in increasing order.
+//!
+//! The trap: a transaction id is assigned at a transaction's first write, not at its commit.
+//! Two writers of one opportunity can take their ids in one order and the opportunity's row
+//! lock in the other (a status deletion, R6, locks many opportunities one after another, so
+//! it always can), and (transaction, id) order would then put version n+1 before n. So each
+//! event carries the opportunity's version (1 at creation, +1 per write, under the row
+//! lock), and the sequencer places an event only once the event of the version before it is
+//! placed: version n+1 waits for n, which is committed already (its writer held the row lock
+//! that n+1's writer waited for) and is placed as soon as its own transaction is below the
+//! horizon. Other opportunities' events are not held back.
+//!
+//! Latency: writers `NOTIFY salesopp_events` in their commit; the sequencer listens, and
+//! polls slowly besides, for events held behind a transaction that wrote none.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::{Connection as _, PgConnection, PgPool};
+use uuid::Uuid;
+
+/// The session advisory lock that makes one sequencer active across replicas.
+const SEQUENCER_LOCK: i64 = 0x5a1e_500f_5e90;
+/// The transaction lock each placing batch takes.
+const BATCH_LOCK: i64 = 0x5a1e_500f_5e91;
+/// The channel writers notify when they commit events.
+pub const CHANNEL: &str = "salesopp_events";
+/// Most events placed per transaction.
+const BATCH: i64 = 1_000;
+/// How often the active sequencer looks without being woken (an event may wait for a
+/// transaction that wrote no event to end).
+const FALLBACK_POLL: Duration = Duration::from_millis(100);
+/// How often a standby tries to become the active sequencer.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+/// Places every settled event that is ready, in batches; returns how many it placed.
+pub async fn sequence(conn: &mut PgConnection) -> Result<usize, sqlx::Error> {
+    let mut placed = 0;
+    loop {
+        let batch = sequence_batch(conn).await?;
+        placed += batch.0;
+        if !batch.1 {
+            return Ok(placed);
+        }
+    }
+}
+
+/// One transaction's worth: (placed, whether a full batch was read).
+async fn sequence_batch(conn: &mut PgConnection) -> Result<(usize, bool), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    // Batches one at a time, whoever runs them (the active sequencer, a test): positions
+    // become visible in increasing order and no event is placed twice. Writers never take it.
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(BATCH_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    // Unplaced events of transactions that have all ended, oldest first, each with whether
+    // the event of its previous version is itself still unplaced.
+    let candidates: Vec<(i64, Uuid, i64, bool)> = sqlx::query_as(
+        "select e.id, e.opportunity_id, e.version,
+                exists (select 1 from opportunity_events p
+                        where p.opportunity_id = e.opportunity_id
+                          and p.version = e.version - 1 and p.seq is null) as waits
+         from opportunity_events e
+         where e.seq is null
+           and e.xact_id::text::bigint < (
+               -- The horizon of this database: its oldest running transaction, else the
+               -- next transaction id. Another database's transactions write no events
+               -- here, so they do not hold delivery back. backend_xid is 32 bits: widen it
+               -- to 64 below the snapshot's xmax.
+               with top as (select pg_snapshot_xmax(pg_current_snapshot())::text::bigint as xmax)
+               select coalesce(min(top.xmax - ((top.xmax - a.backend_xid::text::bigint) & 4294967295)),
+                               min(top.xmax))
+               from top left join pg_stat_activity a
+                 on a.datname = current_database() and a.pid <> pg_backend_pid()
+                and a.backend_xid is not null)
+         order by e.xact_id, e.id
+         limit $1",
+    )
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    let full = candidates.len() as i64 == BATCH;
+    let ready = ready_in_order(&candidates);
+    if !ready.is_empty() {
+        sqlx::query(
+            // Materialized: positions are drawn once, in placement order (a subquery could
+            // be rescanned by the join and draw them again).
+            "with placed as materialized (
+                 select u.id, nextval('opportunity_event_seq') as seq
+                 from unnest($1::bigint[]) with ordinality as u(id, position)
+                 order by u.position)
+             update opportunity_events e set seq = placed.seq
+             from placed
+             where e.id = placed.id and e.seq is null",
+        )
+        .bind(&ready)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    // A full batch that placed nothing is waiting on versions outside it: stop looping.
+    Ok((ready.len(), full && !ready.is_empty()))
+}
+
+/// The candidates that may be placed now, in placement order: (transaction, id) order,
+/// except that an event whose previous version is unplaced waits until that version is
+/// placed (in this batch, then it follows it; else in a later pass).
+fn ready_in_order(candidates: &[(i64, Uuid, i64, bool)]) -> Vec<i64> {
+    let mut placed_now = std::collections::HashSet::new();
+    let mut ready = Vec::new();
+    let mut waiting: Vec<&(i64, Uuid, i64, bool)> = candidates.iter().collect();
+    loop {
+        let before = ready.len();
+        waiting.retain(|(id, opportunity_id, version, waits)| {
+            if !waits || placed_now.contains(&(*opportunity_id, version - 1)) {
+                placed_now.insert((*opportunity_id, *version));
+                ready.push(*id);
+                false
+            } else {
+                true
+            }
+        });
+        if ready.len() == before || waiting.is_empty() {
+            return ready;
+        }
+    }
+}
+
+/// Runs the sequencer until the task is dropped: a standby until it holds the lock, then the
+/// active one, placing events when woken or polled. Database errors are logged and retried.
+pub async fn run(pool: PgPool) {
+    loop {
+        match run_once(&pool).await {
+            Ok(()) => {}
+            Err(error) => tracing::warn!(%error, "event sequencer: retrying"),
+        }
+        tokio::time::sleep(STANDBY_POLL).await;
+    }
+}
+
+/// Becomes active (or returns when another sequencer is), then sequences until an error.
+async fn run_once(pool: &PgPool) -> Result<(), sqlx::Error> {
+    // A connection of its own: the session lock lives as long as it does.
+    let mut conn = pool.acquire().await?.detach();
+    let active: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+        .bind(SEQUENCER_LOCK)
+        .fetch_one(&mut conn)
+        .await?;
+    if !active {
+        return Ok(());
+    }
+    tracing::info!("event sequencer active");
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    loop {
+        sequence(&mut conn).await?;
+        tokio::select! {
+            notification = listener.recv() => { notification?; }
+            _ = tokio::time::sleep(FALLBACK_POLL) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_waits_for_the_one_before_it_unless_placed_in_the_same_batch() {
+        let a = Uuid::from_u128(1);
+        let b = Uuid::from_u128(2);
+        // (transaction, id) order put a's version 3 before its version 2.
+        let candidates = [
+            (10, a, 3, true),
+            (11, b, 1, false),
+            (12, a, 2, false),
+            (13, a, 4, true),
+        ];
+        // Version 2 is placed first, then 3 and 4 follow it in the same batch.
+        assert_eq!(ready_in_order(&candidates), [11, 12, 10, 13]);
+        // A version whose predecessor is not in the batch waits for a later pass.
+        assert_eq!(ready_in_order(&[(20, a, 7, true), (21, b, 2, false)]), [21]);
+    }
+}
