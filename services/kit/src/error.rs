@@ -24,15 +24,11 @@ pub async fn with_domain<F: std::future::Future>(domain: &'static str, call: F) 
 }
 
 /// The error domain of a gRPC service: `salesopp.opportunity.v1.OpportunityService` is
-/// `opportunity.salesopp.io` (AIP-193: the service's name, DNS-like).
+/// `opportunity.salesopp.io` (AIP-193: the service's name, DNS-like), the same domain the
+/// codec's input check answers with ([`salesopp_proto::codec::domain_of_package`]).
 pub fn domain_of_service(service: &str) -> &'static str {
-    match service {
-        "salesopp.customer.v1.CustomerService" => "customer.salesopp.io",
-        "salesopp.opportunity.v1.OpportunityService" => "opportunity.salesopp.io",
-        "salesopp.statusconfig.v1.StatusConfigService" => "statusconfig.salesopp.io",
-        "salesopp.gateway.v1.GatewayService" => "gateway.salesopp.io",
-        _ => ERROR_DOMAIN,
-    }
+    let package = service.rsplit_once('.').map_or("", |(package, _)| package);
+    salesopp_proto::codec::domain_of_package(package)
 }
 
 /// The domain errors are answered with right now.
