@@ -132,6 +132,7 @@ pub struct SuiteOptions {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub health_interval: Duration,
+    pub streams: salesopp_opportunity::events::StreamConfig,
 }
 
 impl Default for SuiteOptions {
@@ -140,6 +141,7 @@ impl Default for SuiteOptions {
             issuer: None,
             audience: None,
             health_interval: Duration::from_millis(100),
+            streams: Default::default(),
         }
     }
 }
@@ -175,6 +177,8 @@ impl TestSuite {
             grace: Duration::from_secs(5),
             health_interval: options.health_interval,
             metrics_listener: None,
+            streams: options.streams,
+            retention: Default::default(),
         };
         let server = tokio::spawn(salesopp::serve(config, listener, async move {
             let _ = shutdown_rx.await;

@@ -1526,9 +1526,13 @@ impl World {
             match tokio::time::timeout(left, stream.message()).await {
                 Err(_) | Ok(Ok(None)) => break,
                 Ok(Err(status)) => return refused(&status),
-                Ok(Ok(Some(event))) => {
-                    received += 1;
-                    *got.entry((event.opportunity_id, event.r#type)).or_default() += 1;
+                Ok(Ok(Some(message))) => {
+                    if let Some(opb::watch_opportunity_events_response::Kind::Event(event)) =
+                        message.kind
+                    {
+                        received += 1;
+                        *got.entry((event.opportunity_id, event.r#type)).or_default() += 1;
+                    }
                 }
             }
         }

@@ -13,14 +13,18 @@ use std::time::Duration;
 use futures::future::join_all;
 use prost::Message as _;
 use prost_types::{FieldMask, Timestamp};
+use salesopp_opportunity::events::StreamConfig;
 use salesopp_proto::common::v1::{Actor, Date, Money};
 use salesopp_proto::customer::v1 as cpb;
 use salesopp_proto::opportunity::v1 as pb;
 use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
+use salesopp_proto::opportunity::v1::watch_opportunity_events_request::{Start, StartPosition};
+use salesopp_proto::opportunity::v1::watch_opportunity_events_response::{Heartbeat, Kind};
 use salesopp_proto::statusconfig::v1 as spb;
 use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
 use salesopp_tests::{
-    TestSuite, admin_token, authed, expect_code, expect_invalid, manager_token, rep_token, token,
+    SuiteOptions, TestSuite, admin_token, authed, expect_code, expect_invalid, manager_token,
+    rep_token, token,
 };
 use sqlx::PgPool;
 use tonic::transport::Channel;
@@ -135,17 +139,36 @@ fn event_ids(events: &[pb::OpportunityEvent]) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 
 struct Watcher {
-    stream: Streaming<pb::OpportunityEvent>,
+    stream: Streaming<pb::WatchOpportunityEventsResponse>,
 }
 
 impl Watcher {
-    /// The next event; fails the test if none comes within [`WAIT`] or the stream ends.
-    async fn next(&mut self) -> pb::OpportunityEvent {
+    /// The next message, event or heartbeat; fails the test if none comes within [`WAIT`] or
+    /// the stream ends.
+    async fn next_message(&mut self) -> Kind {
         match tokio::time::timeout(WAIT, self.stream.message()).await {
-            Err(_) => panic!("no event within {WAIT:?}"),
+            Err(_) => panic!("no message within {WAIT:?}"),
             Ok(Err(status)) => panic!("the stream failed: {status:?}"),
             Ok(Ok(None)) => panic!("the stream ended"),
-            Ok(Ok(Some(event))) => event,
+            Ok(Ok(Some(message))) => message.kind.expect("an event or a heartbeat"),
+        }
+    }
+
+    /// The next event, past any heartbeat.
+    async fn next(&mut self) -> pb::OpportunityEvent {
+        loop {
+            if let Kind::Event(event) = self.next_message().await {
+                return event;
+            }
+        }
+    }
+
+    /// The next heartbeat, past any event.
+    async fn next_heartbeat(&mut self) -> Heartbeat {
+        loop {
+            if let Kind::Heartbeat(heartbeat) = self.next_message().await {
+                return heartbeat;
+            }
         }
     }
 
@@ -189,7 +212,16 @@ struct World {
 impl World {
     /// A suite with one customer, created by the admin.
     async fn new() -> World {
-        let suite = TestSuite::spawn().await;
+        World::with_streams(StreamConfig::default()).await
+    }
+
+    /// The same, with streams that behave as `streams` says.
+    async fn with_streams(streams: StreamConfig) -> World {
+        let suite = TestSuite::spawn_with(SuiteOptions {
+            streams,
+            ..Default::default()
+        })
+        .await;
         let opps = suite.opportunities().await;
         let statuses = suite.statuses().await;
         let customer = suite
@@ -232,8 +264,9 @@ impl World {
             .watch_opportunity_events(authed(
                 token,
                 pb::WatchOpportunityEventsRequest {
-                    after_cursor: after_cursor.to_owned(),
+                    start: Some(Start::AfterCursor(after_cursor.to_owned())),
                     types: types.to_vec(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -1686,7 +1719,7 @@ async fn an_event_committed_late_with_a_lower_id_is_not_skipped() {
     assert!(w.ids_by_event().await[&late_event] > raw_id, "a higher id");
     // Committed, but not placed: the raw transaction is older and still open.
     let mut sequencer = w.db().acquire().await.expect("a connection");
-    salesopp_opportunity::sequencer::sequence(&mut sequencer)
+    salesopp_outbox::sequencer::sequence(&mut sequencer)
         .await
         .expect("a sequencer pass");
     assert_eq!(position_of(w.db(), &late_event).await, None);
@@ -2082,5 +2115,630 @@ async fn occur_time_is_the_update_time_of_after_for_every_type() {
             "type {}",
             event.r#type
         );
+    }
+}
+
+// =======================================================================================
+// Where a stream starts, its filters, heartbeats, retention, the cap, slow consumers and
+// shutdown (DESIGN.md "Events")
+// =======================================================================================
+
+/// Streams with a short heartbeat, so a test sees one soon after the stream goes quiet.
+fn quick_heartbeats() -> StreamConfig {
+    StreamConfig {
+        heartbeat: Duration::from_millis(200),
+        ..StreamConfig::default()
+    }
+}
+
+impl World {
+    async fn try_watch_with(
+        &self,
+        token: &str,
+        request: pb::WatchOpportunityEventsRequest,
+    ) -> Result<Watcher, Status> {
+        self.opps
+            .clone()
+            .watch_opportunity_events(authed(token, request))
+            .await
+            .map(|response| Watcher {
+                stream: response.into_inner(),
+            })
+    }
+
+    async fn watch_with(&self, token: &str, request: pb::WatchOpportunityEventsRequest) -> Watcher {
+        self.try_watch_with(token, request)
+            .await
+            .expect("watch opportunity events")
+    }
+}
+
+impl Watcher {
+    /// Every event until the first heartbeat whose cursor is at or past `position`: what
+    /// the stream sent up to there, and nothing filtered in between is missed.
+    async fn events_through(&mut self, position: i64) -> Vec<pb::OpportunityEvent> {
+        let mut events = Vec::new();
+        loop {
+            match self.next_message().await {
+                Kind::Event(event) => events.push(event),
+                Kind::Heartbeat(heartbeat) => {
+                    let at = salesopp_outbox::parse_cursor(&heartbeat.cursor).expect("a cursor");
+                    if at >= position {
+                        return events;
+                    }
+                }
+            }
+            assert!(events.len() < 10_000, "never got past position {position}");
+        }
+    }
+}
+
+/// The position of the newest placed event, once every committed event is placed.
+async fn placed_head(db: &PgPool) -> i64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (unplaced, head): (i64, Option<i64>) = sqlx::query_as(
+            "select count(*) filter (where seq is null), max(seq) from opportunity_events",
+        )
+        .fetch_one(db)
+        .await
+        .expect("read the feed's head");
+        if unplaced == 0 {
+            return head.unwrap_or(0);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events stay unplaced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn start(start: Start) -> pb::WatchOpportunityEventsRequest {
+    pb::WatchOpportunityEventsRequest {
+        start: Some(start),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn start_position_latest_sends_only_what_commits_after_it() {
+    let mut w = World::with_streams(quick_heartbeats()).await;
+    w.create(&rep_token(), "Before").await;
+    let head = placed_head(w.db()).await;
+    let mut latest = w
+        .watch_with(
+            &admin_token(),
+            start(Start::StartPosition(StartPosition::Latest as i32)),
+        )
+        .await;
+    // Its first heartbeat already carries the head: saving it resumes from now.
+    let heartbeat = latest.next_heartbeat().await;
+    assert_eq!(salesopp_outbox::parse_cursor(&heartbeat.cursor), Some(head));
+    let after = w.create(&rep_token(), "After").await;
+    let event = latest.next().await;
+    assert_eq!(event.opportunity_id, after.id);
+    assert_eq!(event.r#type, CREATED);
+    // OLDEST (and no start at all) begin with the first event.
+    for request in [
+        start(Start::StartPosition(StartPosition::Oldest as i32)),
+        pb::WatchOpportunityEventsRequest::default(),
+    ] {
+        let mut oldest = w.watch_with(&admin_token(), request).await;
+        assert_eq!(oldest.next().await.after.unwrap().title, "Before");
+    }
+}
+
+#[tokio::test]
+async fn start_time_starts_with_the_events_that_occurred_at_or_after_it() {
+    let mut w = World::new().await;
+    let first = w.create(&rep_token(), "First").await;
+    let second = w.create(&rep_token(), "Second").await;
+    let third = w.create(&rep_token(), "Third").await;
+    let mut stream = w
+        .watch_with(
+            &admin_token(),
+            start(Start::StartTime(second.create_time.unwrap())),
+        )
+        .await;
+    let events = stream.take(2).await;
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.opportunity_id.as_str())
+            .collect::<Vec<_>>(),
+        [second.id.as_str(), third.id.as_str()],
+        "from {} on, not {}",
+        second.title,
+        first.title
+    );
+    // A time after every event starts at the head.
+    let mut later = w
+        .watch_with(
+            &admin_token(),
+            start(Start::StartTime(Timestamp {
+                seconds: third.create_time.unwrap().seconds + 3600,
+                nanos: 0,
+            })),
+        )
+        .await;
+    let fourth = w.create(&rep_token(), "Fourth").await;
+    assert_eq!(later.next().await.opportunity_id, fourth.id);
+    // A time that is not one: INVALID_ARGUMENT on the field.
+    expect_invalid(
+        w.try_watch_with(
+            &admin_token(),
+            start(Start::StartTime(Timestamp {
+                seconds: i64::MAX,
+                nanos: 0,
+            })),
+        )
+        .await
+        .map(|_| ()),
+        "start_time.seconds",
+    );
+}
+
+#[tokio::test]
+async fn each_filter_sends_only_what_it_names_before_or_after_the_change() {
+    let mut w = World::with_streams(quick_heartbeats()).await;
+    let other_customer = w
+        .suite
+        .customers()
+        .await
+        .create_customer(authed(
+            &admin_token(),
+            cpb::CreateCustomerRequest {
+                customer: Some(cpb::Customer {
+                    display_name: "Other Customer".to_owned(),
+                    ..Default::default()
+                }),
+                request_id: rid(),
+            },
+        ))
+        .await
+        .expect("create customer")
+        .into_inner()
+        .id;
+    let ours = w.create(&rep_token(), "Ours").await; // rep-a1, our customer, INTERESTED
+    let theirs = w.create(&rep_b1_token(), "Theirs").await; // rep-b1
+    let mut elsewhere = draft(&other_customer, "Elsewhere");
+    elsewhere.owner_id = String::new();
+    let elsewhere = w
+        .try_create_request(
+            &rep_token(),
+            pb::CreateOpportunityRequest {
+                opportunity: Some(elsewhere),
+                request_id: rid(),
+                note: String::new(),
+            },
+        )
+        .await
+        .expect("create elsewhere");
+    // Ours leaves INTERESTED; theirs enters QUOTATION.
+    w.change(&rep_token(), &ours.id, PRESENTED).await;
+    w.change(&rep_b1_token(), &theirs.id, QUOTATION).await;
+    let head = placed_head(w.db()).await;
+
+    let seen = |events: Vec<pb::OpportunityEvent>| {
+        events
+            .into_iter()
+            .map(|e| (e.after.unwrap().title, e.r#type))
+            .collect::<Vec<_>>()
+    };
+    type Case = (
+        &'static str,
+        pb::WatchOpportunityEventsRequest,
+        Vec<(&'static str, i32)>,
+    );
+    let cases: [Case; 4] = [
+        (
+            "owner",
+            pb::WatchOpportunityEventsRequest {
+                owner_ids: vec!["rep-b1".into()],
+                ..Default::default()
+            },
+            vec![("Theirs", CREATED), ("Theirs", STATUS_CHANGED)],
+        ),
+        (
+            "customer",
+            pb::WatchOpportunityEventsRequest {
+                customer_ids: vec![other_customer.to_uppercase()],
+                ..Default::default()
+            },
+            vec![("Elsewhere", CREATED)],
+        ),
+        (
+            "status entered or left",
+            pb::WatchOpportunityEventsRequest {
+                status_ids: vec![PRESENTED.into(), QUOTATION.into()],
+                ..Default::default()
+            },
+            vec![("Ours", STATUS_CHANGED), ("Theirs", STATUS_CHANGED)],
+        ),
+        (
+            "status and type together",
+            pb::WatchOpportunityEventsRequest {
+                status_ids: vec![INTERESTED.into()],
+                types: vec![CREATED],
+                ..Default::default()
+            },
+            vec![
+                ("Ours", CREATED),
+                ("Theirs", CREATED),
+                ("Elsewhere", CREATED),
+            ],
+        ),
+    ];
+    for (what, request, want) in cases {
+        let mut stream = w.watch_with(&admin_token(), request).await;
+        let got = seen(stream.events_through(head).await);
+        let want: Vec<(String, i32)> = want.into_iter().map(|(t, k)| (t.to_owned(), k)).collect();
+        assert_eq!(got, want, "{what}");
+    }
+    // A filter never widens what the caller may see (R12): rep-a1 asking for rep-b1's.
+    let mut narrowed = w
+        .watch_with(
+            &rep_token(),
+            pb::WatchOpportunityEventsRequest {
+                owner_ids: vec!["rep-b1".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(narrowed.events_through(head).await.is_empty());
+    let _ = elsewhere;
+}
+
+#[tokio::test]
+async fn heartbeats_carry_the_position_on_an_idle_and_on_a_filtered_stream() {
+    let mut w = World::with_streams(quick_heartbeats()).await;
+    // Idle: nothing was ever written; the heartbeat's cursor resumes from the start.
+    let mut idle = w.watch(&admin_token(), "", &[]).await;
+    let beat = idle.next_heartbeat().await;
+    assert_eq!(salesopp_outbox::parse_cursor(&beat.cursor), Some(0));
+    assert!(beat.time.is_some());
+    // Filtered: only UPDATED is asked for, three CREATED go by; the heartbeat moves past
+    // them, so a consumer that saves it does not read them again.
+    let mut filtered = w.watch(&admin_token(), "", &[UPDATED]).await;
+    for title in ["One", "Two", "Three"] {
+        w.create(&rep_token(), title).await;
+    }
+    let head = placed_head(w.db()).await;
+    assert!(filtered.events_through(head).await.is_empty());
+    let saved = filtered.next_heartbeat().await.cursor;
+    assert_eq!(salesopp_outbox::parse_cursor(&saved), Some(head));
+    let one = w.rows().await[0].3.clone();
+    w.update(
+        &rep_token(),
+        pb::Opportunity {
+            id: one.clone(),
+            title: "One, renamed".into(),
+            ..Default::default()
+        },
+        &["title"],
+    )
+    .await;
+    let mut resumed = w.watch(&admin_token(), &saved, &[]).await;
+    let next = resumed.next().await;
+    assert_eq!((next.opportunity_id, next.r#type), (one, UPDATED));
+    // The idle stream saw the same events as they came.
+    assert_eq!(idle.take(4).await.len(), 4);
+}
+
+#[tokio::test]
+async fn retention_deletes_old_events_and_records_and_an_expired_cursor_is_out_of_range() {
+    use salesopp_outbox::retention::{Retention, Swept, sweep};
+    use tonic_types::StatusExt as _;
+    let mut w = World::new().await;
+    let first = w.create(&rep_token(), "Old one").await;
+    w.create(&rep_token(), "Old two").await;
+    let mut watcher = w.watch(&admin_token(), "", &[]).await;
+    let old = watcher.take(2).await;
+    let records: i64 = sqlx::query_scalar("select count(*) from idempotency_records")
+        .fetch_one(w.db())
+        .await
+        .unwrap();
+    assert!(records >= 2, "the creates' request ids are recorded");
+
+    // Forty days later, as the sweep's clock says; two replicas sweep at once.
+    let later = chrono::Utc::now() + chrono::Duration::days(40);
+    let retention = Retention {
+        batch: 1,
+        ..Retention::default()
+    };
+    let (a, b) = tokio::join!(
+        sweep(w.db(), &retention, later),
+        sweep(w.db(), &retention, later)
+    );
+    let (a, b) = (a.expect("sweep a"), b.expect("sweep b"));
+    assert_eq!(a.events + b.events, 2, "every event, once: {a:?} {b:?}");
+    assert!(a.idempotency_records + b.idempotency_records >= records as u64);
+    // Nothing newer than the retention goes: a sweep as of now deletes nothing more.
+    let fresh = w.create(&rep_token(), "Fresh").await;
+    assert_eq!(
+        sweep(w.db(), &Retention::default(), chrono::Utc::now())
+            .await
+            .unwrap(),
+        Swept::default()
+    );
+
+    // The first event's cursor is older than what is kept: OUT_OF_RANGE, with where to go.
+    let expired = w
+        .try_watch(&admin_token(), &old[0].cursor, &[])
+        .await
+        .map(|_| ())
+        .expect_err("an expired cursor");
+    assert_eq!(expired.code(), Code::OutOfRange, "{expired:?}");
+    let info = expired
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .expect("ErrorInfo");
+    assert_eq!(info.reason, "CURSOR_EXPIRED");
+    let oldest = info.metadata["oldest_cursor"].clone();
+    // So is a start_time of that age.
+    let too_old = w
+        .try_watch_with(
+            &admin_token(),
+            start(Start::StartTime(first.create_time.unwrap())),
+        )
+        .await
+        .map(|_| ())
+        .expect_err("an expired start_time");
+    assert_eq!(too_old.code(), Code::OutOfRange);
+    // From the oldest cursor, and from OLDEST, the stream goes on with what is kept.
+    let mut resumed = w.watch(&admin_token(), &oldest, &[]).await;
+    assert_eq!(resumed.next().await.opportunity_id, fresh.id);
+    let mut from_oldest = w.watch(&admin_token(), "", &[]).await;
+    assert_eq!(from_oldest.next().await.opportunity_id, fresh.id);
+    // A stream already open past the deleted events goes on undisturbed.
+    assert_eq!(watcher.next().await.opportunity_id, fresh.id);
+}
+
+#[tokio::test]
+async fn a_caller_holds_at_most_the_configured_number_of_streams() {
+    let w = World::with_streams(StreamConfig {
+        streams_per_caller: 2,
+        ..StreamConfig::default()
+    })
+    .await;
+    let one = w.watch(&rep_token(), "", &[]).await;
+    let _two = w.watch(&rep_token(), "", &[]).await;
+    let refused = w
+        .try_watch(&rep_token(), "", &[])
+        .await
+        .map(|_| ())
+        .expect_err("a third stream");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    {
+        use tonic_types::StatusExt as _;
+        let info = refused
+            .get_error_details()
+            .error_info()
+            .cloned()
+            .expect("ErrorInfo");
+        assert_eq!(info.reason, "TOO_MANY_STREAMS");
+    }
+    // Another caller is not counted against this one.
+    let _other = w.watch(&rep_b1_token(), "", &[]).await;
+    // Closing one frees its place (the server notices the stream went away).
+    drop(one);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match w.try_watch(&rep_token(), "", &[]).await {
+            Ok(_) => break,
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the place is never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slow_consumer_falls_back_to_the_database_and_misses_nothing() {
+    let mut w = World::new().await;
+    // Opened and not read: its buffers fill while the tail publishes more pages than it
+    // keeps, one per write, so the stream loses its place in the fan-out.
+    let mut slow = w.watch(&admin_token(), "", &[]).await;
+    let mut fast = w.watch(&admin_token(), "", &[]).await;
+    let writes = salesopp_outbox::tail::CAPACITY + 72;
+    let mut created = Vec::new();
+    for n in 0..writes {
+        let opportunity = w.create(&rep_token(), &format!("Deal {n}")).await;
+        // The fast one keeps up, so every write is its own page of the tail.
+        assert_eq!(fast.next().await.opportunity_id, opportunity.id);
+        created.push(opportunity.id);
+    }
+    let received: Vec<String> = slow
+        .take(writes)
+        .await
+        .into_iter()
+        .map(|e| e.opportunity_id)
+        .collect();
+    assert_eq!(received, created, "every event, once, in order");
+}
+
+#[tokio::test]
+async fn open_streams_end_with_unavailable_when_the_server_stops() {
+    use tonic_types::StatusExt as _;
+    let mut w = World::new().await;
+    w.create(&rep_token(), "One").await;
+    let mut watcher = w.watch(&admin_token(), "", &[]).await;
+    watcher.next().await;
+    let stopped = tokio::spawn(async move {
+        let mut suite = w.suite;
+        suite.stop().await
+    });
+    let end = loop {
+        match tokio::time::timeout(WAIT, watcher.stream.message()).await {
+            Err(_) => panic!("the stream outlived the shutdown"),
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => panic!("the stream ended without a status"),
+            Ok(Err(status)) => break status,
+        }
+    };
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    let info = end
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .expect("ErrorInfo");
+    assert_eq!(info.reason, "SERVER_STOPPING");
+    tokio::time::timeout(WAIT, stopped)
+        .await
+        .expect("the server stops within its grace period")
+        .expect("the stop task")
+        .expect("a clean stop");
+}
+
+/// Fifty writers at once (several on the same opportunities, five of them holding their
+/// transaction open for more than a second after writing their event) and three consumers,
+/// one of which reconnects now and then with its last cursor: every consumer gets every
+/// committed event, per opportunity in version order with no gap, and never one at or before
+/// a position it was already past.
+#[tokio::test]
+async fn fifty_writers_some_holding_their_transaction_and_three_consumers_miss_nothing() {
+    const SHARED: usize = 6;
+    const WRITERS: usize = 45;
+    const HOLDERS: usize = 5;
+    const WRITES: usize = 6;
+    let mut w = World::new().await;
+    let mut shared = Vec::new();
+    for i in 0..SHARED {
+        shared.push(w.create(&admin_token(), &format!("Shared {i}")).await);
+    }
+    let mut own = Vec::new();
+    for i in 0..HOLDERS {
+        own.push(w.create(&admin_token(), &format!("Held {i}")).await);
+    }
+
+    // The consumers, from the oldest event, until told how many events there are.
+    let (target_tx, target_rx) = tokio::sync::watch::channel(usize::MAX);
+    let consumers: Vec<_> = (0..3)
+        .map(|consumer| {
+            let opps = w.opps.clone();
+            let mut target = target_rx.clone();
+            tokio::spawn(async move {
+                let open = |cursor: String| {
+                    let mut opps = opps.clone();
+                    async move {
+                        opps.watch_opportunity_events(authed(
+                            &admin_token(),
+                            pb::WatchOpportunityEventsRequest {
+                                start: Some(Start::AfterCursor(cursor)),
+                                ..Default::default()
+                            },
+                        ))
+                        .await
+                        .expect("watch")
+                        .into_inner()
+                    }
+                };
+                let mut stream = open(String::new()).await;
+                let mut events: Vec<pb::OpportunityEvent> = Vec::new();
+                let mut reconnects = 0;
+                while events.len() < *target.borrow_and_update() {
+                    let message = tokio::select! {
+                        message = tokio::time::timeout(WAIT, stream.message()) => message,
+                        _ = target.changed() => continue,
+                    };
+                    match message.expect("a message within the wait") {
+                        Ok(Some(pb::WatchOpportunityEventsResponse {
+                            kind: Some(Kind::Event(event)),
+                        })) => {
+                            events.push(event);
+                            // The third consumer restarts every 17 events.
+                            if consumer == 2 && events.len().is_multiple_of(17) {
+                                reconnects += 1;
+                                stream = open(events.last().unwrap().cursor.clone()).await;
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        other => panic!("consumer {consumer}: the stream ended: {other:?}"),
+                    }
+                }
+                (events, reconnects)
+            })
+        })
+        .collect();
+
+    let writers = (0..WRITERS).map(|writer| {
+        let mut opps = w.opps.clone();
+        let ids: Vec<String> = shared.iter().map(|o| o.id.clone()).collect();
+        async move {
+            let statuses = [PRESENTED, SENT_EMAIL, QUOTATION, CONSIDERING];
+            for write in 0..WRITES {
+                let id = &ids[(writer + write) % ids.len()];
+                let status = statuses[(writer * 3 + write) % statuses.len()];
+                // Changing to the status it is already in writes nothing: allowed.
+                opps.change_opportunity_status(authed(&admin_token(), change_request(id, status)))
+                    .await
+                    .expect("a status change");
+            }
+        }
+    });
+    let holders = (0..HOLDERS).map(|holder| {
+        let db = w.db().clone();
+        // Two hold a shared opportunity (its writers wait for that row only), three their own.
+        let target = if holder < 2 {
+            shared[holder].clone()
+        } else {
+            own[holder].clone()
+        };
+        async move {
+            let id = Uuid::parse_str(&target.id).unwrap();
+            let mut tx = db.begin().await.expect("begin");
+            let (version, owner_id): (i64, String) = sqlx::query_as(
+                "select version, owner_id from opportunities where id = $1 for update",
+            )
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("lock the opportunity");
+            let snapshot = pb::Opportunity {
+                owner_id,
+                version,
+                ..target.clone()
+            };
+            raw_event(&mut tx, &snapshot, version + 1).await;
+            tokio::time::sleep(Duration::from_millis(1_200)).await;
+            tx.commit().await.expect("commit after holding");
+        }
+    });
+    futures::join!(join_all(writers), join_all(holders));
+
+    let committed = w.rows().await;
+    target_tx.send(committed.len()).expect("consumers listen");
+    let expected: BTreeSet<String> = committed.iter().map(|row| row.1.clone()).collect();
+    for (consumer, handle) in consumers.into_iter().enumerate() {
+        let (events, reconnects) = tokio::time::timeout(Duration::from_secs(60), handle)
+            .await
+            .expect("the consumer finishes")
+            .expect("the consumer's task");
+        let got: BTreeSet<String> = events.iter().map(|e| e.event_id.clone()).collect();
+        assert_eq!(got, expected, "consumer {consumer}: every committed event");
+        assert_eq!(
+            events.len(),
+            expected.len(),
+            "consumer {consumer}: each once"
+        );
+        assert_versions_in_order(&events);
+        let positions: Vec<i64> = events
+            .iter()
+            .map(|e| salesopp_outbox::parse_cursor(&e.cursor).expect("a cursor"))
+            .collect();
+        assert!(
+            positions.windows(2).all(|pair| pair[0] < pair[1]),
+            "consumer {consumer}: positions only go forward"
+        );
+        if consumer == 2 {
+            assert!(reconnects > 0, "the third consumer reconnected");
+        }
     }
 }

@@ -1712,6 +1712,8 @@ impl GatewayOnly {
             grace: Duration::from_secs(1),
             health_interval: Duration::from_millis(100),
             metrics_listener: None,
+            streams: Default::default(),
+            retention: Default::default(),
         };
         let server = tokio::spawn(salesopp::serve(config, listener, async move {
             let _ = stop.await;

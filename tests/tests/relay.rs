@@ -91,7 +91,7 @@ async fn three_events(suite: &TestSuite) -> String {
 /// next read sees them without waiting for the suite's sequencer.
 async fn place_events(suite: &TestSuite) {
     let mut conn = suite.db.acquire().await.expect("a connection");
-    salesopp_opportunity::sequencer::sequence(&mut conn)
+    salesopp_outbox::sequencer::sequence(&mut conn)
         .await
         .expect("a sequencer pass");
 }
@@ -153,7 +153,7 @@ async fn relay_publishes_every_event_once_in_order_and_resends_are_deduplicated(
             *subject,
             format!("{}.{kind}.{opportunity_id}", config.subject_prefix)
         );
-        assert_eq!(event.cursor, salesopp_opportunity::events::cursor(*id));
+        assert_eq!(event.cursor, salesopp_outbox::cursor(*id));
     }
     assert_eq!(relay.catch_up().await.expect("nothing new"), 0);
 

@@ -157,6 +157,15 @@ reasons! {
     ConcurrentChange = "CONCURRENT_CHANGE", Aborted,
         "a concurrent transaction conflicted with this one (serialization failure or deadlock); nothing was written",
         "retry after the RetryInfo delay";
+    CursorExpired = "CURSOR_EXPIRED", OutOfRange,
+        "the stream's cursor or `start_time` is older than the retained events (`SALESOPP_EVENT_RETENTION`); metadata `oldest_cursor` is where the kept events begin",
+        "resume from `oldest_cursor` (and reconcile what was missed from the resources themselves)";
+    TooManyStreams = "TOO_MANY_STREAMS", ResourceExhausted,
+        "the caller already holds the most open event streams one server allows (`SALESOPP_EVENT_STREAMS_PER_CALLER`)",
+        "close a stream, or share one stream between consumers";
+    ServerStopping = "SERVER_STOPPING", Unavailable,
+        "the server is shutting down and ended the open stream",
+        "reconnect (another replica answers) with the last cursor received";
     DatabaseUnavailable = "DATABASE_UNAVAILABLE", Unavailable,
         "the service cannot reach its database (restart, failover, connection limit); nothing was written",
         "retry after the RetryInfo delay, with the same request_id";

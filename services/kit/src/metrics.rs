@@ -1,5 +1,6 @@
 //! Prometheus metrics, served over plain HTTP on `SALESOPP_METRICS_LISTEN` (`/metrics`):
-//! calls per method and status code, call latency per method, and the database pool.
+//! calls per method and status code, call latency per method, the database pool, and the
+//! change feed (events placed, streamed and relayed; open streams; lags; dead letters).
 //!
 //! The status code is read from the response head: tonic answers every error as a
 //! trailers-only response, so `grpc-status` is there for errors; a response without it
@@ -13,8 +14,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -25,6 +26,29 @@ pub struct Metrics {
     pub calls: IntCounterVec,
     pub latency: HistogramVec,
     pub pool: IntGaugeVec,
+    pub events: Events,
+}
+
+/// The change feed's metrics.
+pub struct Events {
+    /// Events given their delivery position by the sequencer (written and committed).
+    pub placed: IntCounter,
+    /// Events sent to WatchOpportunityEvents streams.
+    pub streamed: IntCounter,
+    /// Open WatchOpportunityEvents streams.
+    pub open_streams: IntGauge,
+    /// From an event's occur_time to its sending on a live stream.
+    pub stream_lag: Histogram,
+    /// Events JetStream acknowledged from the relay.
+    pub relayed: IntCounter,
+    /// Placed events the relay has still to publish.
+    pub relay_lag_events: IntGauge,
+    /// The age of the oldest event the relay has still to publish.
+    pub relay_lag_seconds: Gauge,
+    /// Events set aside as undecodable.
+    pub dead_letters: IntCounter,
+    /// Events and idempotency records deleted by retention, by table.
+    pub retained_deleted: IntCounterVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -60,11 +84,67 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     ] {
         registry.register(collector).expect("register metric");
     }
+    let events = Events {
+        placed: IntCounter::new("events_placed_total", "events placed in the feed")
+            .expect("metric"),
+        streamed: IntCounter::new("events_streamed_total", "events sent to streams")
+            .expect("metric"),
+        open_streams: IntGauge::new("event_streams_open", "open event streams").expect("metric"),
+        stream_lag: Histogram::with_opts(
+            HistogramOpts::new(
+                "event_stream_lag_seconds",
+                "from an event's occur_time to its sending on a live stream",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("metric"),
+        relayed: IntCounter::new("events_relayed_total", "events published to JetStream")
+            .expect("metric"),
+        relay_lag_events: IntGauge::new(
+            "event_relay_lag_events",
+            "placed events the relay has still to publish",
+        )
+        .expect("metric"),
+        relay_lag_seconds: Gauge::new(
+            "event_relay_lag_seconds",
+            "age of the oldest event the relay has still to publish",
+        )
+        .expect("metric"),
+        dead_letters: IntCounter::new(
+            "event_dead_letters_total",
+            "events set aside because they do not decode",
+        )
+        .expect("metric"),
+        retained_deleted: IntCounterVec::new(
+            Opts::new(
+                "retention_deleted_total",
+                "rows deleted by retention, by table",
+            ),
+            &["table"],
+        )
+        .expect("metric"),
+    };
+    for collector in [
+        Box::new(events.placed.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(events.streamed.clone()),
+        Box::new(events.open_streams.clone()),
+        Box::new(events.stream_lag.clone()),
+        Box::new(events.relayed.clone()),
+        Box::new(events.relay_lag_events.clone()),
+        Box::new(events.relay_lag_seconds.clone()),
+        Box::new(events.dead_letters.clone()),
+        Box::new(events.retained_deleted.clone()),
+    ] {
+        registry.register(collector).expect("register metric");
+    }
     Metrics {
         registry,
         calls,
         latency,
         pool,
+        events,
     }
 });
 

@@ -8,21 +8,23 @@ use salesopp_proto::opportunity::v1::opportunity_service_server::OpportunityServ
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
+use crate::events::Feed;
 use crate::{convert, service};
 
 #[derive(Debug, Clone)]
 pub struct Opportunities {
     pool: PgPool,
+    feed: Feed,
 }
 
 impl Opportunities {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// The service over `pool`, streaming events from `feed`.
+    pub fn new(pool: PgPool, feed: Feed) -> Self {
+        Self { pool, feed }
     }
 }
 
-type EventStream =
-    Pin<Box<dyn futures::Stream<Item = Result<pb::OpportunityEvent, Status>> + Send>>;
+type EventStream = Pin<Box<dyn futures::Stream<Item = crate::events::Message> + Send>>;
 
 #[tonic::async_trait]
 impl OpportunityService for Opportunities {
@@ -113,11 +115,11 @@ impl OpportunityService for Opportunities {
         request: Request<pb::WatchOpportunityEventsRequest>,
     ) -> Result<Response<Self::WatchOpportunityEventsStream>, Status> {
         let caller = Principal::of(&request)?;
-        let visibility = crate::domain::Visibility::of(&caller)
-            .ok_or_else(|| Status::permission_denied("the caller has no sales role"))?;
+        let visibility = crate::domain::Visibility::of(&caller).ok_or_else(|| {
+            salesopp_kit::error::ApiError::role_required("the caller has no sales role")
+        })?;
         let watch = crate::events::watch_request(visibility, request.get_ref())?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(crate::events::stream(self.pool.clone(), watch, sender));
+        let receiver = self.feed.open(&caller.id, watch).await?;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))

@@ -5,8 +5,8 @@
 //! - `store`: the SQL, over any executor; visibility rendered inside every query.
 //! - `status_change`: the one implementation of a status change (R8, R9), also used by
 //!   status deletion (R6).
-//! - `events`: the outbox and the change feed (WatchOpportunityEvents).
-//! - `sequencer`: places committed events in delivery order, writers never waiting.
+//! - `events`: WatchOpportunityEvents over the outbox crate (`salesopp_outbox`): where a
+//!   stream starts, its filters, heartbeats, the per-caller cap and shutdown.
 //! - `service`: one function per call; opens the transactions.
 //! - `convert`: protobuf <-> domain.
 //! - `grpc`: the tonic trait, thin.
@@ -15,7 +15,6 @@ pub mod convert;
 pub mod domain;
 pub mod events;
 pub mod grpc;
-pub mod sequencer;
 pub mod service;
 pub mod status_change;
 pub mod store;

@@ -14,8 +14,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::convert::{opportunity_to_proto, status_change_to_proto};
-use crate::events::{self, NewEvent};
 use crate::store::{self, NewStatusChange, OpportunityRow, StatusChangeRow, StatusInfo};
+use salesopp_outbox::NewEvent;
 
 /// The event types, as stored in the outbox.
 pub const CREATED: &str = "CREATED";
@@ -69,7 +69,7 @@ pub async fn append_event(
         request_id: request_id.unwrap_or_default().to_owned(),
         version,
     };
-    events::append(
+    salesopp_outbox::append(
         tx,
         &NewEvent {
             event_id,

@@ -113,28 +113,26 @@ impl Relay {
     /// Publishes the next batch; returns how many events it published.
     pub async fn relay_batch(&self) -> anyhow::Result<usize> {
         let after = self.offset().await?;
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-            "select seq, payload from opportunity_events where seq > $1 order by seq limit $2",
-        )
-        .bind(after)
-        .bind(self.config.batch)
-        .fetch_all(&self.pool)
-        .await?;
-        let Some(&(last, _)) = rows.last() else {
+        let page = salesopp_outbox::read::read_after(&self.pool, after, self.config.batch).await?;
+        let rows: Vec<(i64, &pb::OpportunityEvent)> = page
+            .events
+            .iter()
+            .filter_map(|stored| stored.event.as_ref().map(|event| (stored.seq, event)))
+            .collect();
+        let last = page.through;
+        if page.events.is_empty() {
             return Ok(0);
-        };
+        }
         let mut acks = Vec::with_capacity(rows.len());
-        for (id, payload) in &rows {
-            let mut event = pb::OpportunityEvent::decode(payload.as_slice())?;
-            event.cursor = salesopp_opportunity::events::cursor(*id);
+        for (id, event) in &rows {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
             headers.insert("Content-Type", "application/x-protobuf");
-            headers.insert("Salesopp-Event-Type", event_type_name(&event));
+            headers.insert("Salesopp-Event-Type", event_type_name(event));
             let subject = format!(
                 "{}.{}.{}",
                 self.config.subject_prefix,
-                event_type_name(&event),
+                event_type_name(event),
                 event.opportunity_id
             );
             let ack = self
@@ -156,7 +154,7 @@ impl Relay {
         .bind(last)
         .execute(&self.pool)
         .await?;
-        Ok(rows.len())
+        Ok(page.events.len())
     }
 
     /// Publishes until the outbox is drained; returns how many events it published.

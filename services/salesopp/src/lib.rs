@@ -12,6 +12,9 @@ use salesopp_gateway::grpc::Endpoints;
 use salesopp_kit::auth::{AuthLayer, TokenRequest, mint_hs256};
 use salesopp_kit::config::AuthArgs;
 use salesopp_kit::{Authenticator, ServeOptions};
+use salesopp_opportunity::events::{Feed, StreamConfig};
+use salesopp_outbox::Tail;
+use salesopp_outbox::retention::Retention;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -176,10 +179,14 @@ pub struct ServeConfig {
     pub health_interval: Duration,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listener: Option<TcpListener>,
+    /// How WatchOpportunityEvents streams behave (heartbeats, the per-caller cap).
+    pub streams: StreamConfig,
+    /// What the change feed and the idempotency records keep, and how often they are swept.
+    pub retention: Retention,
 }
 
 /// The routes of `services`, each behind token verification.
-fn routes(config: &ServeConfig, listen: SocketAddr) -> anyhow::Result<Routes> {
+fn routes(config: &ServeConfig, listen: SocketAddr, feed: Option<&Feed>) -> anyhow::Result<Routes> {
     let auth = AuthLayer::new(
         config.auth.clone(),
         config.pool.clone().map(salesopp_kit::people::Recorder::new),
@@ -201,7 +208,12 @@ fn routes(config: &ServeConfig, listen: SocketAddr) -> anyhow::Result<Routes> {
             ServiceKind::Opportunity => {
                 builder.add_service(auth.layer(
                     salesopp_opportunity::OpportunityServiceServer::new(
-                        salesopp_opportunity::Opportunities::new(pool()?),
+                        salesopp_opportunity::Opportunities::new(
+                            pool()?,
+                            feed.cloned().ok_or_else(|| {
+                                anyhow::anyhow!("no event feed without a database")
+                            })?,
+                        ),
                     ),
                 ));
             }
@@ -232,18 +244,37 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let routes = routes(&config, listener.local_addr()?)?;
     let names: Vec<&'static str> = config.services.iter().map(|s| s.grpc_name()).collect();
-    // Processes that write events also place them (one active across replicas).
-    let writes_events = config
-        .services
-        .iter()
-        .any(|s| matches!(s, ServiceKind::Opportunity | ServiceKind::StatusConfig));
-    let sequencer = match (&config.pool, writes_events) {
-        (Some(pool), true) => Some(AbortOnDrop(tokio::spawn(
-            salesopp_opportunity::sequencer::run(pool.clone()),
-        ))),
-        _ => None,
+    let hosts = |kinds: &[ServiceKind]| config.services.iter().any(|s| kinds.contains(s));
+    // Background work, each task ending with the process:
+    // - processes that write events also place them (one active across replicas);
+    // - processes that stream events run one tail for all their streams;
+    // - every process with a database sweeps retention (one sweeping at a time).
+    let mut tasks = Vec::new();
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut feed = None;
+    if let Some(pool) = &config.pool {
+        if hosts(&[ServiceKind::Opportunity, ServiceKind::StatusConfig]) {
+            tasks.push(AbortOnDrop(tokio::spawn(salesopp_outbox::sequencer::run(
+                pool.clone(),
+            ))));
+            tasks.push(AbortOnDrop(tokio::spawn(salesopp_outbox::retention::run(
+                pool.clone(),
+                config.retention,
+            ))));
+        }
+        if hosts(&[ServiceKind::Opportunity]) {
+            let (tail, task) = Tail::start(pool.clone());
+            tasks.push(AbortOnDrop(task));
+            feed = Some(Feed::new(pool.clone(), tail, config.streams, stopping));
+        }
+    }
+    let routes = routes(&config, listener.local_addr()?, feed.as_ref())?;
+    // Open streams end at once with UNAVAILABLE when shutdown begins (their consumers
+    // reconnect elsewhere); unary calls in flight finish within the grace period.
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
     };
     let served = salesopp_kit::serve(
         config.pool,
@@ -258,7 +289,7 @@ pub async fn serve(
         },
     )
     .await;
-    drop(sequencer);
+    drop(tasks);
     served
 }
 

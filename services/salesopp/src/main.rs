@@ -43,6 +43,20 @@ impl GatewayArgs {
     }
 }
 
+/// The change feed's settings.
+#[derive(clap::Args, Debug)]
+struct EventArgs {
+    /// How long a WatchOpportunityEvents stream may send nothing before a heartbeat.
+    #[arg(long, env = "SALESOPP_EVENT_HEARTBEAT", default_value = "10s", value_parser = humantime::parse_duration)]
+    event_heartbeat: Duration,
+    /// The most open event streams one caller may hold on one server.
+    #[arg(long, env = "SALESOPP_EVENT_STREAMS_PER_CALLER", default_value_t = 32)]
+    event_streams_per_caller: usize,
+    /// How long events are kept (e.g. 30d, 12h); older cursors answer OUT_OF_RANGE.
+    #[arg(long, env = "SALESOPP_EVENT_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    event_retention: Duration,
+}
+
 /// The token settings as `demo` and `token` use them: those of the suite they call.
 const SECRET_HELP: &str = "The suite's HS256 secret: the tokens are signed with it";
 const ISSUER_HELP: &str = "The `iss` claim the suite requires: put into the tokens";
@@ -67,6 +81,8 @@ enum Command {
         listen: ListenArgs,
         #[command(flatten)]
         gateway: GatewayArgs,
+        #[command(flatten)]
+        events: EventArgs,
         /// Seconds to wait for the database at start-up.
         #[arg(long, env = "SALESOPP_STARTUP_TIMEOUT_SECONDS", default_value_t = 60)]
         startup_timeout_seconds: u64,
@@ -172,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
             auth,
             listen,
             gateway,
+            events,
             startup_timeout_seconds,
         } => {
             salesopp_kit::telemetry::init();
@@ -211,6 +228,14 @@ async fn main() -> anyhow::Result<()> {
                     grace: listen.shutdown_grace(),
                     health_interval: listen.health_interval(),
                     metrics_listener,
+                    streams: salesopp_opportunity::events::StreamConfig {
+                        heartbeat: events.event_heartbeat,
+                        streams_per_caller: events.event_streams_per_caller,
+                    },
+                    retention: salesopp_outbox::retention::Retention {
+                        events: events.event_retention,
+                        ..Default::default()
+                    },
                 },
                 listener,
                 salesopp_kit::serve::shutdown_signal(),

@@ -25,7 +25,8 @@
 //! horizon. Other opportunities' events are not held back.
 //!
 //! Latency: writers `NOTIFY salesopp_events` in their commit; the sequencer listens, and
-//! polls slowly besides, for events held behind a transaction that wrote none.
+//! polls slowly besides, for events held behind a transaction that wrote none. It notifies
+//! `salesopp_events_placed` in its own commit, which wakes every process's tail.
 
 use std::time::Duration;
 
@@ -39,6 +40,9 @@ const SEQUENCER_LOCK: i64 = 0x5a1e_500f_5e90;
 const BATCH_LOCK: i64 = 0x5a1e_500f_5e91;
 /// The channel writers notify when they commit events.
 pub const CHANNEL: &str = "salesopp_events";
+/// The channel the sequencer notifies when it placed events: every process's tail
+/// ([`crate::tail`]) listens to it.
+pub const PLACED_CHANNEL: &str = "salesopp_events_placed";
 /// Most events placed per transaction.
 const BATCH: i64 = 1_000;
 /// How often the active sequencer looks without being woken (an event may wait for a
@@ -53,6 +57,10 @@ pub async fn sequence(conn: &mut PgConnection) -> Result<usize, sqlx::Error> {
     loop {
         let batch = sequence_batch(conn).await?;
         placed += batch.0;
+        salesopp_kit::metrics::metrics()
+            .events
+            .placed
+            .inc_by(batch.0 as u64);
         if !batch.1 {
             return Ok(placed);
         }
@@ -111,6 +119,12 @@ async fn sequence_batch(conn: &mut PgConnection) -> Result<(usize, bool), sqlx::
         .bind(&ready)
         .execute(&mut *tx)
         .await?;
+        // Delivered at commit, when the positions become visible.
+        sqlx::query("select pg_notify($1, '')")
+            .bind(PLACED_CHANNEL)
+            .bind(&ready)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     // A full batch that placed nothing is waiting on versions outside it: stop looping.

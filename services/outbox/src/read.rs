@@ -1,0 +1,188 @@
+//! The ordered reader: placed events by position, with what every reader needs to filter
+//! them without another query (the owners' teams for R12), decoded once.
+//!
+//! Each read also returns the retention horizon from the same snapshot, so a reader whose
+//! position was deleted under it learns so (`Expired`) instead of silently skipping ahead.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use prost::Message as _;
+use salesopp_proto::opportunity::v1 as pb;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::cursor::cursor;
+
+/// One placed event as readers see it.
+#[derive(Debug)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub event_type: String,
+    pub opportunity_id: Uuid,
+    pub owner_id: String,
+    pub previous_owner_id: Option<String>,
+    /// The teams of the owners, as recorded now (R12 visibility of managers).
+    pub owner_team: Option<String>,
+    pub previous_owner_team: Option<String>,
+    pub occur_time: DateTime<Utc>,
+    /// The decoded event with its `cursor` set; `None` when the stored payload does not
+    /// decode (logged; readers skip it and the relay sets it aside).
+    pub event: Option<pb::OpportunityEvent>,
+    /// The stored payload, for what cannot decode it.
+    pub payload: Vec<u8>,
+}
+
+/// Events read after a position.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub events: Vec<Arc<StoredEvent>>,
+    /// The position read through: the last event's, or the position read after when none.
+    pub through: i64,
+    /// Whether the page was full (more may follow at once).
+    pub full: bool,
+}
+
+/// Why a read gave no page.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The position lies before the oldest kept event: `oldest` is the position to resume
+    /// after (its cursor starts at the oldest kept event).
+    #[error(
+        "events after position {after} were deleted by retention; the oldest kept follow position {oldest}"
+    )]
+    Expired { after: i64, oldest: i64 },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+type Row = (
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<Uuid>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<Vec<u8>>,
+);
+
+/// Up to `limit` placed events after position `after`, in position order.
+pub async fn read_after(pool: &PgPool, after: i64, limit: i64) -> Result<Page, ReadError> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "select r.deleted_through, e.seq, e.type, e.opportunity_id, e.owner_id,
+                e.previous_owner_id, so.team, sp.team, e.occur_time, e.payload
+         from event_retention r
+         left join lateral (
+             select * from opportunity_events
+             where seq > $1 order by seq limit $2) e on true
+         left join salespeople so on so.id = e.owner_id
+         left join salespeople sp on sp.id = e.previous_owner_id
+         order by e.seq",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let deleted_through = rows.first().map_or(0, |row| row.0);
+    if after < deleted_through {
+        return Err(ReadError::Expired {
+            after,
+            oldest: deleted_through,
+        });
+    }
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (_, Some(seq), Some(event_type), Some(opportunity_id), Some(owner_id)) =
+            (row.0, row.1, row.2, row.3, row.4)
+        else {
+            continue;
+        };
+        let payload = row.9.unwrap_or_default();
+        let event = match pb::OpportunityEvent::decode(payload.as_slice()) {
+            Ok(mut event) => {
+                event.cursor = cursor(seq);
+                Some(event)
+            }
+            Err(error) => {
+                tracing::error!(seq, %error, "an outbox event does not decode: skipped");
+                None
+            }
+        };
+        events.push(Arc::new(StoredEvent {
+            seq,
+            event_type,
+            opportunity_id,
+            owner_id,
+            previous_owner_id: row.5,
+            owner_team: row.6,
+            previous_owner_team: row.7,
+            occur_time: row.8.unwrap_or_default(),
+            event,
+            payload,
+        }));
+    }
+    let through = events.last().map_or(after, |event| event.seq);
+    Ok(Page {
+        full: events.len() as i64 == limit,
+        events,
+        through,
+    })
+}
+
+/// Where the retained feed begins and ends now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// The position to resume after to get the oldest kept event.
+    pub oldest: i64,
+    /// The newest placed position (`oldest` when none is kept).
+    pub latest: i64,
+    /// The occur_time of the newest deleted event, if any was deleted.
+    pub deleted_through_time: Option<DateTime<Utc>>,
+}
+
+pub async fn bounds(pool: &PgPool) -> Result<Bounds, sqlx::Error> {
+    let (oldest, latest, deleted_through_time): (i64, i64, Option<DateTime<Utc>>) =
+        sqlx::query_as(
+            "select r.deleted_through,
+                    greatest(r.deleted_through, coalesce((select max(seq) from opportunity_events), 0)),
+                    r.deleted_through_time
+             from event_retention r",
+        )
+        .fetch_one(pool)
+        .await?;
+    Ok(Bounds {
+        oldest,
+        latest,
+        deleted_through_time,
+    })
+}
+
+/// The position to resume after so that every placed event that occurred at or after
+/// `time` follows (with, possibly, some that occurred a little earlier but committed
+/// later); the latest position when none did. `Expired` when events of that time were
+/// deleted already.
+pub async fn position_at(pool: &PgPool, time: DateTime<Utc>) -> Result<i64, ReadError> {
+    let bounds = bounds(pool).await?;
+    if bounds
+        .deleted_through_time
+        .is_some_and(|deleted| time <= deleted)
+    {
+        return Err(ReadError::Expired {
+            after: 0,
+            oldest: bounds.oldest,
+        });
+    }
+    let first: Option<i64> = sqlx::query_scalar(
+        "select min(seq) from opportunity_events where occur_time >= $1 and seq is not null",
+    )
+    .bind(time)
+    .fetch_one(pool)
+    .await?;
+    Ok(match first {
+        Some(seq) => (seq - 1).max(bounds.oldest),
+        None => bounds.latest,
+    })
+}
