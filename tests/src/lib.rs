@@ -7,6 +7,7 @@
 //! its own ([`TestDatabase::create_in`]).
 
 pub mod cluster;
+pub mod fixtures;
 pub mod relay;
 
 use std::net::SocketAddr;

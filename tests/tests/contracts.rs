@@ -12,15 +12,12 @@ use salesopp_proto::common::v1::Money;
 use salesopp_proto::customer::v1 as cpb;
 use salesopp_proto::opportunity::v1 as pb;
 use salesopp_proto::statusconfig::v1 as spb;
+use salesopp_tests::fixtures::{INTERESTED, LOST, WON};
 use salesopp_tests::{
     TestSuite, admin_token, authed, expect_code, expect_invalid, manager_token, rep_token,
 };
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
-
-const INTERESTED: &str = "00000000-0000-4000-8000-000000000001";
-const WON: &str = "00000000-0000-4000-8000-000000000006";
-const LOST: &str = "00000000-0000-4000-8000-000000000007";
 
 fn thb(units: i64) -> Option<Money> {
     Some(Money {

@@ -8,9 +8,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use prost_types::FieldMask;
 use salesopp_proto::customer::v1 as pb;
 use salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient;
+use salesopp_tests::fixtures::mask;
 use salesopp_tests::{
     TestSuite, admin_token, authed, expect_code, expect_invalid, field_violations, manager_token,
     rep_token, token,
@@ -83,12 +83,6 @@ async fn get(client: &mut Client, token: &str, id: &str) -> pb::Customer {
         .await
         .expect("get customer")
         .into_inner()
-}
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-    })
 }
 
 async fn update(
@@ -1690,11 +1684,13 @@ async fn r01_schema_refuses_an_opportunity_for_an_archived_customer() {
         .await
         .unwrap();
     let before = snapshot(&suite.db).await;
-    let result = insert_opportunity(&suite.db, &customer.id, "rep-a1", OPEN_STATUS).await;
-    assert!(
-        result.is_err(),
-        "an opportunity was inserted for an archived customer"
-    );
+    let error = insert_opportunity(&suite.db, &customer.id, "rep-a1", OPEN_STATUS)
+        .await
+        .expect_err("an opportunity was inserted for an archived customer");
+    // The schema's own rule refused it (R1), not some other failure of the insert.
+    let database = error.as_database_error().expect("a database error");
+    assert_eq!(database.code().as_deref(), Some("SO001"), "{error}");
+    assert_eq!(database.constraint(), Some("CUSTOMER_ARCHIVED"), "{error}");
     assert_eq!(snapshot(&suite.db).await, before);
 }
 

@@ -10,11 +10,11 @@ use salesopp::TokenMinter;
 use salesopp::demo::{self, CUSTOMER_CODE, OPPORTUNITY_TITLE};
 use salesopp_kit::config::AuthArgs;
 use salesopp_proto::statusconfig::v1 as spb;
+use salesopp_tests::fixtures::CONSIDERING;
 use salesopp_tests::{SECRET, SuiteOptions, TestSuite, admin_token, authed};
 
 const ISSUER: &str = "https://id.salesopp.test/";
 const AUDIENCE: &str = "salesopp-api";
-const CONSIDERING: &str = "00000000-0000-4000-8000-000000000005";
 
 fn minter(issuer: Option<&str>, audience: Option<&str>) -> TokenMinter {
     TokenMinter::new(&AuthArgs {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use prost::Message as _;
-use prost_types::{FieldMask, Timestamp};
+use prost_types::Timestamp;
 use salesopp_opportunity::events::StreamConfig;
 use salesopp_proto::common::v1::{Actor, Date, Money};
 use salesopp_proto::customer::v1 as cpb;
@@ -22,6 +22,9 @@ use salesopp_proto::opportunity::v1::watch_opportunity_events_request::{Start, S
 use salesopp_proto::opportunity::v1::watch_opportunity_events_response::{Heartbeat, Kind};
 use salesopp_proto::statusconfig::v1 as spb;
 use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
+use salesopp_tests::fixtures::{
+    CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, WON, mask, rid,
+};
 use salesopp_tests::{
     SuiteOptions, TestSuite, admin_token, authed, expect_code, expect_invalid, manager_token,
     rep_token, token,
@@ -35,15 +38,6 @@ type Opps = OpportunityServiceClient<Channel>;
 
 /// The most a test waits for one event that must come.
 const WAIT: Duration = Duration::from_secs(10);
-
-// The shipped statuses' fixed ids (R2).
-const INTERESTED: &str = "00000000-0000-4000-8000-000000000001";
-const PRESENTED: &str = "00000000-0000-4000-8000-000000000002";
-const SENT_EMAIL: &str = "00000000-0000-4000-8000-000000000003";
-const QUOTATION: &str = "00000000-0000-4000-8000-000000000004";
-const CONSIDERING: &str = "00000000-0000-4000-8000-000000000005";
-const WON: &str = "00000000-0000-4000-8000-000000000006";
-const LOST: &str = "00000000-0000-4000-8000-000000000007";
 
 const CREATED: i32 = pb::OpportunityEventType::Created as i32;
 const UPDATED: i32 = pb::OpportunityEventType::Updated as i32;
@@ -69,22 +63,12 @@ fn manager_b_token() -> String {
 // Values
 // ---------------------------------------------------------------------------------------
 
-fn rid() -> String {
-    Uuid::new_v4().to_string()
-}
-
 fn thb(units: i64) -> Money {
     Money {
         currency_code: "THB".to_owned(),
         units,
         nanos: 0,
     }
-}
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-    })
 }
 
 fn actor(id: &str, name: &str) -> Option<Actor> {

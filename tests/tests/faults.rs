@@ -33,6 +33,7 @@ use salesopp_proto::customer::v1 as cpb;
 use salesopp_proto::opportunity::v1 as pb;
 use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use salesopp_tests::cluster::{PgCluster, StopMode};
+use salesopp_tests::fixtures::{WON, rid};
 use salesopp_tests::{SuiteOptions, TestDatabase, TestSuite, authed, rep_token};
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -61,7 +62,6 @@ const OPEN_STATUSES: [&str; 5] = [
     "00000000-0000-4000-8000-000000000004", // Quotation
     "00000000-0000-4000-8000-000000000005", // Considering and comparing
 ];
-const WON: &str = "00000000-0000-4000-8000-000000000006";
 
 /// The codes a failed call may answer while its database restarts: each tells the client
 /// that a retry (with the same `request_id`) is the thing to do.
@@ -148,10 +148,6 @@ fn grpc_code(status: &Status) -> Code {
 // ---------------------------------------------------------------------------------------
 // Requests
 // ---------------------------------------------------------------------------------------
-
-fn rid() -> String {
-    Uuid::new_v4().to_string()
-}
 
 fn uuid(id: &str) -> Uuid {
     id.parse()

@@ -32,6 +32,9 @@ use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfig
 use salesopp_proto::statusconfig::v1::status_config_service_server::{
     StatusConfigService, StatusConfigServiceServer,
 };
+use salesopp_tests::fixtures::{
+    CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, WON, money, rid,
+};
 use salesopp_tests::{
     SECRET, TestSuite, admin_token, authed, expect_code, expect_invalid, manager_token, rep_token,
     token,
@@ -40,18 +43,10 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt as _;
-use uuid::Uuid;
 
 type Gateway = GatewayServiceClient<Channel>;
 
 // The shipped statuses' fixed ids (R2), in pipeline order.
-const INTERESTED: &str = "00000000-0000-4000-8000-000000000001";
-const PRESENTED: &str = "00000000-0000-4000-8000-000000000002";
-const SENT_EMAIL: &str = "00000000-0000-4000-8000-000000000003";
-const QUOTATION: &str = "00000000-0000-4000-8000-000000000004";
-const CONSIDERING: &str = "00000000-0000-4000-8000-000000000005";
-const WON: &str = "00000000-0000-4000-8000-000000000006";
-const LOST: &str = "00000000-0000-4000-8000-000000000007";
 
 const PIPELINE: [&str; 7] = [
     INTERESTED,
@@ -96,20 +91,8 @@ fn manager_b_token() -> String {
 // Values
 // ---------------------------------------------------------------------------------------
 
-fn money(currency_code: &str, units: i64, nanos: i32) -> Money {
-    Money {
-        currency_code: currency_code.to_owned(),
-        units,
-        nanos,
-    }
-}
-
 fn day(year: i32, month: i32, day: i32) -> Date {
     Date { year, month, day }
-}
-
-fn rid() -> String {
-    Uuid::new_v4().to_string()
 }
 
 /// A total of `count` opportunities: `total` and `weighted` as (units, nanos).
@@ -1105,6 +1088,11 @@ async fn check_board(
             },
         )
         .await;
+    assert_eq!(
+        board.stages.len(),
+        summary.by_status.len(),
+        "one stage per status of the summary"
+    );
     for (stage, sum) in board.stages.iter().zip(&summary.by_status) {
         assert_eq!(stage.status.as_ref().expect("status").id, sum.status_id);
         assert_eq!(stage.totals, sum.totals);

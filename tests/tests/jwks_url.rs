@@ -175,14 +175,38 @@ async fn r12_unknown_kids_cannot_cause_a_fetch_storm() {
     );
 }
 
+/// `SALESOPP_AUTH_JWKS` names the setting (the environment is read by clap: its name is
+/// checked on the command line's definition, since a test cannot set a process-wide
+/// variable safely beside the other tests); a URL there configures the keys, and an
+/// unreachable one refuses to start.
 #[tokio::test]
 async fn r12_jwks_url_is_configured_by_the_environment_names() {
+    use clap::{Args as _, FromArgMatches as _};
+    let command = AuthArgs::augment_args(clap::Command::new("serve"));
+    let env_of = |id: &str| {
+        command
+            .get_arguments()
+            .find(|arg| arg.get_id() == id)
+            .and_then(|arg| arg.get_env())
+            .map(|name| name.to_string_lossy().into_owned())
+    };
+    assert_eq!(env_of("auth_jwks").as_deref(), Some("SALESOPP_AUTH_JWKS"));
+    assert_eq!(
+        env_of("auth_issuer").as_deref(),
+        Some("SALESOPP_AUTH_ISSUER")
+    );
+    assert_eq!(
+        env_of("auth_audience").as_deref(),
+        Some("SALESOPP_AUTH_AUDIENCE")
+    );
     let (signing, jwk) = key("env-key");
     let server = JwksServer::start(&[&jwk]).await;
-    let args = AuthArgs {
-        auth_jwks: Some(server.url.clone()),
-        ..Default::default()
-    };
+    let matches = command
+        .clone()
+        .try_get_matches_from(["serve", "--auth-jwks", server.url.as_str()])
+        .expect("the flag of the same setting");
+    let args = AuthArgs::from_arg_matches(&matches).expect("auth settings");
+    assert_eq!(args.auth_jwks.as_deref(), Some(server.url.as_str()));
     let auth = args
         .authenticator()
         .await

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use futures::future::join_all;
-use prost_types::{FieldMask, Timestamp};
+use prost_types::Timestamp;
 use salesopp_proto::common::v1::{Actor, Date, Money};
 use salesopp_proto::customer::v1 as cpb;
 use salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient;
@@ -20,6 +20,10 @@ use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServ
 use salesopp_proto::statusconfig::v1 as spb;
 use salesopp_proto::statusconfig::v1::StatusKind;
 use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
+use salesopp_tests::fixtures::{
+    CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, WON, error_reason, mask,
+    money, rid,
+};
 use salesopp_tests::{
     TestSuite, admin_token, authed, expect_code, expect_invalid, field_violations, manager_token,
     rep_token, token,
@@ -27,19 +31,9 @@ use salesopp_tests::{
 use sqlx::PgPool;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
 type Opps = OpportunityServiceClient<Channel>;
-
-// The shipped statuses' fixed ids (R2).
-const INTERESTED: &str = "00000000-0000-4000-8000-000000000001";
-const PRESENTED: &str = "00000000-0000-4000-8000-000000000002";
-const SENT_EMAIL: &str = "00000000-0000-4000-8000-000000000003";
-const QUOTATION: &str = "00000000-0000-4000-8000-000000000004";
-const CONSIDERING: &str = "00000000-0000-4000-8000-000000000005";
-const WON: &str = "00000000-0000-4000-8000-000000000006";
-const LOST: &str = "00000000-0000-4000-8000-000000000007";
 
 const ALL_STATUSES: [&str; 7] = [
     INTERESTED,
@@ -84,30 +78,12 @@ fn manager_b_token() -> String {
 // Values
 // ---------------------------------------------------------------------------------------
 
-fn money(currency_code: &str, units: i64, nanos: i32) -> Money {
-    Money {
-        currency_code: currency_code.to_owned(),
-        units,
-        nanos,
-    }
-}
-
 fn thb(units: i64, nanos: i32) -> Money {
     money("THB", units, nanos)
 }
 
 fn day(year: i32, month: i32, day: i32) -> Date {
     Date { year, month, day }
-}
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-    })
-}
-
-fn rid() -> String {
-    Uuid::new_v4().to_string()
 }
 
 /// An opportunity to create: the three required fields.
@@ -177,13 +153,6 @@ fn set_of(opportunities: &[&pb::Opportunity]) -> BTreeSet<String> {
 
 fn state(o: &pb::Opportunity) -> pb::OpportunityState {
     pb::OpportunityState::try_from(o.state).expect("a known state")
-}
-
-fn error_reason(status: &Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default()
 }
 
 /// A tiny deterministic generator (xorshift), seeded per test run.
@@ -1586,6 +1555,58 @@ async fn r10_concurrent_status_changes_keep_an_unbroken_chain() {
     let now = w.get(&rep, &id).await;
     assert_eq!(now.status_id, last.to_status.as_ref().unwrap().id);
     assert_eq!(micros(&now.status_change_time), micros(&last.change_time));
+}
+
+/// R10 under a real race: calls that all carry the opportunity's current etag, released
+/// together. Exactly one is applied; every other one is ABORTED with ETAG_MISMATCH (its etag
+/// went stale while it waited for the row), and the history has exactly one new entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r10_calls_racing_with_the_same_current_etag_exactly_one_wins() {
+    const CALLS: usize = 12;
+    let mut w = World::new().await;
+    let rep = rep_token();
+    let customer = w.customer(&rep, "Etag Race Co").await;
+    let created = w
+        .create(&rep, draft(&customer, "Contended etag", thb(10, 0)))
+        .await;
+    let before = w.history(&rep, &created.id).await;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(CALLS));
+    let targets = [PRESENTED, SENT_EMAIL, QUOTATION, CONSIDERING];
+    let calls: Vec<_> = (0..CALLS)
+        .map(|index| {
+            let mut request = change_request(&created.id, targets[index % targets.len()]);
+            request.etag = created.etag.clone();
+            let mut client = w.opps.clone();
+            let rep = rep.clone();
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                client
+                    .change_opportunity_status(authed(&rep, request))
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+        })
+        .collect();
+    let results: Vec<_> = join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "exactly one call wins: {results:?}");
+    for status in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        assert_eq!(error_reason(status), "ETAG_MISMATCH");
+    }
+    let history = w.history(&rep, &created.id).await;
+    assert_unbroken_chain(&history, "etag race");
+    assert_eq!(history.len(), before.len() + 1, "one new entry");
+    assert_eq!(
+        history.last(),
+        winners[0].status_change.as_ref(),
+        "the winner's entry"
+    );
 }
 
 /// The same race between different callers who may all change the opportunity: its owner,

@@ -825,7 +825,7 @@ fn list_filters(f: &Fixtures) -> Vec<(&'static str, OpportunityFilter)> {
         (
             "state WON",
             OpportunityFilter {
-                states: strings(&["WON"]),
+                states: vec![salesopp_kit::OpportunityState::Won],
                 ..none.clone()
             },
         ),
@@ -917,7 +917,7 @@ async fn check_pipelines(checker: &mut Checker, conn: &mut PgConnection, f: &Fix
         ..none.clone()
     };
     let open = OpportunityFilter {
-        states: strings(&["OPEN"]),
+        states: vec![salesopp_kit::OpportunityState::Open],
         ..none.clone()
     };
     let next_quarter = OpportunityFilter {
@@ -972,7 +972,7 @@ async fn check_pipelines(checker: &mut Checker, conn: &mut PgConnection, f: &Fix
             "Pipeline admin, team filter, OPEN",
             Visibility::All,
             OpportunityFilter {
-                states: strings(&["OPEN"]),
+                states: vec![salesopp_kit::OpportunityState::Open],
                 ..team.clone()
             },
             scoped,

@@ -7,10 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::join_all;
-use prost_types::FieldMask;
 use salesopp_kit::auth::{TokenRequest, mint_hs256};
 use salesopp_proto::statusconfig::v1 as pb;
 use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
+use salesopp_tests::fixtures::{
+    CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, WON, mask,
+};
 use salesopp_tests::{
     TestSuite, admin_token, authed, expect_code, expect_invalid, field_violations, manager_token,
     rep_token, token,
@@ -22,15 +24,6 @@ use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
 type Api = StatusConfigServiceClient<Channel>;
-
-// The shipped statuses' fixed ids (R2).
-const INTERESTED: &str = "00000000-0000-4000-8000-000000000001";
-const PRESENTED: &str = "00000000-0000-4000-8000-000000000002";
-const SENT_EMAIL: &str = "00000000-0000-4000-8000-000000000003";
-const QUOTATION: &str = "00000000-0000-4000-8000-000000000004";
-const CONSIDERING: &str = "00000000-0000-4000-8000-000000000005";
-const WON: &str = "00000000-0000-4000-8000-000000000006";
-const LOST: &str = "00000000-0000-4000-8000-000000000007";
 
 /// No status has this id.
 const UNKNOWN: &str = "6f1c1a8e-0000-4000-8000-00000000dead";
@@ -65,12 +58,6 @@ fn create_request(status: pb::OpportunityStatus) -> pb::CreateStatusRequest {
         status: Some(status),
         request_id: Uuid::new_v4().to_string(),
     }
-}
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-    })
 }
 
 async fn create(api: &mut Api, name: &str, probability: i32) -> pb::OpportunityStatus {
@@ -187,12 +174,10 @@ fn precondition(status: &tonic::Status) -> (String, String, String) {
     )
 }
 
+/// Every error of this service names its own domain.
+#[track_caller]
 fn error_reason(status: &tonic::Status) -> String {
-    let info = status
-        .get_details_error_info()
-        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
-    assert_eq!(info.domain, "statusconfig.salesopp.io");
-    info.reason
+    salesopp_tests::fixtures::error_reason_in(status, "statusconfig.salesopp.io")
 }
 
 /// The SQLSTATE and constraint of a failed raw statement.
@@ -1420,10 +1405,8 @@ async fn r06_delete_status_replacement_must_be_another_live_open_status() {
 
 /// R6's success path: opportunities in the deleted status move to the replacement, each as a
 /// normal status change. The move is the shared status-change implementation of the
-/// opportunity service (DESIGN.md: one implementation, used by both); this build answers
-/// FAILED_PRECONDITION instead.
+/// opportunity service (DESIGN.md: one implementation, used by both).
 #[tokio::test]
-
 async fn r06_delete_status_in_use_moves_opportunities_to_the_replacement() {
     let suite = TestSuite::spawn().await;
     let mut api = suite.statuses().await;
@@ -2698,5 +2681,20 @@ async fn r02_concurrent_creates_and_deletes_keep_the_pipeline_order_whole() {
         3,
         "the deleted ones, last"
     );
+    // Each create is live under its own name; each deletion archived exactly its status.
+    for status in created.iter().map(|r| r.as_ref().unwrap()) {
+        let listed = live
+            .iter()
+            .find(|s| s.id == status.id)
+            .expect("created and live");
+        assert_eq!(listed.display_name, status.display_name);
+    }
+    for id in [PRESENTED, SENT_EMAIL, CONSIDERING] {
+        assert!(
+            all.iter().any(|s| s.id == id && s.archived),
+            "{id} archived"
+        );
+        assert!(live.iter().all(|s| s.id != id), "{id} not live");
+    }
     assert_eq!(default_ids(&suite.db).await, [INTERESTED]);
 }

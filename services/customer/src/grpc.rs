@@ -26,9 +26,10 @@ impl CustomerService for Customers {
         &self,
         request: Request<pb::CreateCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        let caller = Principal::of(&request)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         Ok(Response::new(
-            service::create(&self.pool, &caller, request.get_ref()).await?,
+            service::create(&self.pool, caller, request.get_ref()).await?,
         ))
     }
 
@@ -36,23 +37,23 @@ impl CustomerService for Customers {
         &self,
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        let caller = Principal::of(&request)?;
-        caller.require_sales_role()?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         let id = convert::id_field("id", &request.get_ref().id)?;
-        Ok(Response::new(service::get(&self.pool, &caller, id).await?))
+        Ok(Response::new(service::get(&self.pool, caller, id).await?))
     }
 
     async fn update_customer(
         &self,
         request: Request<pb::UpdateCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        let caller = Principal::of(&request)?;
-        caller.require_sales_role()?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         let body = request.get_ref();
         let (id, etag, patch) = convert::customer_patch(body)?;
         let retry = Retry::new("UpdateCustomer", &body.request_id, body);
         Ok(Response::new(
-            service::update(&self.pool, &caller, retry, id, etag.as_deref(), patch).await?,
+            service::update(&self.pool, caller, retry, id, etag.as_deref(), patch).await?,
         ))
     }
 
@@ -60,9 +61,10 @@ impl CustomerService for Customers {
         &self,
         request: Request<pb::ListCustomersRequest>,
     ) -> Result<Response<pb::ListCustomersResponse>, Status> {
-        let caller = Principal::of(&request)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         Ok(Response::new(
-            service::list(&self.pool, &caller, request.get_ref()).await?,
+            service::list(&self.pool, caller, request.get_ref()).await?,
         ))
     }
 
@@ -70,15 +72,15 @@ impl CustomerService for Customers {
         &self,
         request: Request<pb::DeleteCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
-        let caller = Principal::of(&request)?;
-        caller.require_sales_role()?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         let body = request.get_ref();
         let id = convert::id_field("id", &body.id)?;
         let etag = (!body.etag.is_empty()).then_some(body.etag.as_str());
         parse_request_id(&body.request_id)?;
         let retry = Retry::new("DeleteCustomer", &body.request_id, body);
         Ok(Response::new(
-            service::delete(&self.pool, &caller, retry, id, etag).await?,
+            service::delete(&self.pool, caller, retry, id, etag).await?,
         ))
     }
 }

@@ -3,7 +3,7 @@
 
 use salesopp_kit::error::{ApiError, ApiResult, Reason, violated_constraint};
 use salesopp_kit::idempotency::{Claim, Retry};
-use salesopp_kit::{Principal, Role, paging, people};
+use salesopp_kit::{Principal, Role, Sales, paging, people};
 use salesopp_proto::customer::v1 as pb;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -53,10 +53,10 @@ async fn check_owner(tx: &mut PgConnection, caller: &Principal, owner_id: &str) 
 
 pub async fn create(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Sales<'_>,
     request: &pb::CreateCustomerRequest,
 ) -> ApiResult<pb::Customer> {
-    caller.require_sales_role()?;
+    let caller: &Principal = &caller;
     let (fields, owner) = convert::new_customer(request)?;
     let retry = Retry::new("CreateCustomer", &request.request_id, request);
     let mut tx = pool.begin().await?;
@@ -76,8 +76,7 @@ pub async fn create(
     Ok(response)
 }
 
-pub async fn get(pool: &PgPool, caller: &Principal, id: Uuid) -> ApiResult<pb::Customer> {
-    caller.require_sales_role()?;
+pub async fn get(pool: &PgPool, _caller: Sales<'_>, id: Uuid) -> ApiResult<pb::Customer> {
     let row = store::get(pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found(RESOURCE, id.to_string()))?;
@@ -86,13 +85,13 @@ pub async fn get(pool: &PgPool, caller: &Principal, id: Uuid) -> ApiResult<pb::C
 
 pub async fn update(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Sales<'_>,
     retry: Retry<'_, pb::UpdateCustomerRequest>,
     id: Uuid,
     etag: Option<&str>,
     patch: CustomerPatch,
 ) -> ApiResult<pb::Customer> {
-    caller.require_sales_role()?;
+    let caller: &Principal = &caller;
     let mut tx = pool.begin().await?;
     if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
         return Ok(first);
@@ -152,12 +151,12 @@ async fn may_archive(tx: &mut PgConnection, caller: &Principal, owner_id: &str) 
 
 pub async fn delete(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Sales<'_>,
     retry: Retry<'_, pb::DeleteCustomerRequest>,
     id: Uuid,
     etag: Option<&str>,
 ) -> ApiResult<pb::Customer> {
-    caller.require_sales_role()?;
+    let caller: &Principal = &caller;
     let mut tx = pool.begin().await?;
     if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
         return Ok(first);
@@ -256,10 +255,9 @@ fn list_filter(request: &pb::ListCustomersRequest) -> ApiResult<ListFilter> {
 
 pub async fn list(
     pool: &PgPool,
-    caller: &Principal,
+    _caller: Sales<'_>,
     request: &pb::ListCustomersRequest,
 ) -> ApiResult<pb::ListCustomersResponse> {
-    caller.require_sales_role()?;
     let page_size = paging::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let filter = list_filter(request)?;
     let fingerprint = paging::fingerprint(&("customers", &filter));

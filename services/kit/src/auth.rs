@@ -6,7 +6,6 @@
 //! keys, chosen by the token's `kid`. Accepted algorithms are pinned to the key type, `exp`
 //! is required, `nbf`, issuer and audience are checked, with a small clock-skew allowance.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,87 +13,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+pub use crate::identity::{Principal, Role};
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const CLOCK_SKEW_SECONDS: u64 = 30;
-
-/// A sales role, from the token's `roles` claim (R12).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    SalesRep,
-    SalesManager,
-    SalesAdmin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::SalesRep => "sales_rep",
-            Role::SalesManager => "sales_manager",
-            Role::SalesAdmin => "sales_admin",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "sales_rep" => Some(Role::SalesRep),
-            "sales_manager" => Some(Role::SalesManager),
-            "sales_admin" => Some(Role::SalesAdmin),
-            _ => None,
-        }
-    }
-}
-
-/// The authenticated caller of one call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub id: String,
-    pub display_name: String,
-    pub team: String,
-    pub roles: BTreeSet<Role>,
-}
-
-impl Principal {
-    pub fn has_role(&self, role: Role) -> bool {
-        self.roles.contains(&role)
-    }
-
-    pub fn has_sales_role(&self) -> bool {
-        !self.roles.is_empty()
-    }
-
-    /// Any sales role: what reading the suite's shared data takes (R12).
-    pub fn require_sales_role(&self) -> Result<(), ApiError> {
-        if self.has_sales_role() {
-            Ok(())
-        } else {
-            Err(ApiError::role_required(
-                "the caller has no sales role (sales_rep, sales_manager or sales_admin)",
-            ))
-        }
-    }
-
-    pub fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.has_role(role) {
-            Ok(())
-        } else {
-            Err(ApiError::role_required(format!(
-                "this call requires the {} role",
-                role.as_str()
-            )))
-        }
-    }
-
-    /// The principal the auth layer attached to `request`. A handler reached without one
-    /// was mounted without the auth layer: refuse rather than act anonymously.
-    pub fn of<T>(request: &tonic::Request<T>) -> Result<Principal, ApiError> {
-        request
-            .extensions()
-            .get::<Principal>()
-            .cloned()
-            .ok_or_else(|| ApiError::token_missing("missing bearer token"))
-    }
-}
 
 /// The claims salesopp reads and mints.
 #[derive(Debug, Clone, Serialize, Deserialize)]

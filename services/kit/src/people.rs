@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgConnection;
 
-use crate::auth::Principal;
+use crate::identity::Principal;
 
 /// Makes sure `principal` is recorded, in the caller's write transaction, so the rows that
 /// name them (owners, actors) always resolve. It inserts only a missing row and never touches

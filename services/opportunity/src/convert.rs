@@ -5,27 +5,28 @@ use chrono::{Datelike as _, NaiveDate};
 use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, update_paths};
 use salesopp_kit::idempotency;
 use salesopp_kit::time::timestamp;
+use salesopp_kit::{OpportunityState, StatusKind};
 use salesopp_proto::common::v1 as common;
 use salesopp_proto::opportunity::v1 as pb;
-use salesopp_proto::statusconfig::v1::StatusKind;
+use salesopp_proto::statusconfig::v1 as spb;
 use uuid::Uuid;
 
 use crate::domain::{self, Money};
 use crate::store::{OpportunityRow, SalespersonRow, StatusChangeRow};
 
-pub fn kind_to_proto(kind: &str) -> StatusKind {
+pub fn kind_to_proto(kind: StatusKind) -> spb::StatusKind {
     match kind {
-        "WON" => StatusKind::Won,
-        "LOST" => StatusKind::Lost,
-        _ => StatusKind::Open,
+        StatusKind::Open => spb::StatusKind::Open,
+        StatusKind::Won => spb::StatusKind::Won,
+        StatusKind::Lost => spb::StatusKind::Lost,
     }
 }
 
-pub fn state_to_proto(state: &str) -> pb::OpportunityState {
+pub fn state_to_proto(state: OpportunityState) -> pb::OpportunityState {
     match state {
-        "WON" => pb::OpportunityState::Won,
-        "LOST" => pb::OpportunityState::Lost,
-        _ => pb::OpportunityState::Open,
+        OpportunityState::Open => pb::OpportunityState::Open,
+        OpportunityState::Won => pb::OpportunityState::Won,
+        OpportunityState::Lost => pb::OpportunityState::Lost,
     }
 }
 
@@ -56,7 +57,7 @@ pub fn opportunity_to_proto(row: &OpportunityRow) -> pb::Opportunity {
         status_id: row.status_id.to_string(),
         status_name: row.status_name.clone(),
         probability: i32::from(row.probability),
-        state: state_to_proto(&row.state).into(),
+        state: state_to_proto(row.state).into(),
         lost_reason: row.lost_reason.clone().unwrap_or_default(),
         next_step: row.next_step.clone().unwrap_or_default(),
         close_time: row.close_time.map(timestamp),
@@ -86,7 +87,7 @@ pub fn status_change_to_proto(row: &StatusChangeRow) -> pb::StatusChange {
         (Some(id), Some(name), Some(kind), Some(probability)) => Some(pb::StatusSnapshot {
             id: id.to_string(),
             display_name: name.clone(),
-            kind: kind_to_proto(kind).into(),
+            kind: kind_to_proto(*kind).into(),
             probability: i32::from(probability),
         }),
         _ => None,
@@ -98,7 +99,7 @@ pub fn status_change_to_proto(row: &StatusChangeRow) -> pb::StatusChange {
         to_status: Some(pb::StatusSnapshot {
             id: row.to_status_id.to_string(),
             display_name: row.to_display_name.clone(),
-            kind: kind_to_proto(&row.to_kind).into(),
+            kind: kind_to_proto(row.to_kind).into(),
             probability: i32::from(row.to_probability),
         }),
         changed_by: Some(common::Actor {

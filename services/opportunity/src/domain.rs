@@ -2,7 +2,8 @@
 //! texts; and the visibility rule of R12 as data the queries render into SQL.
 
 use chrono::NaiveDate;
-use salesopp_kit::{Principal, Role};
+use salesopp_kit::error::{ApiError, ApiResult};
+use salesopp_kit::{Role, Sales, StatusKind};
 
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_NEXT_STEP_CHARS: usize = 1000;
@@ -145,6 +146,18 @@ pub fn text(raw: &str, max: usize) -> Result<Option<String>, String> {
     Ok(Some(text.to_owned()))
 }
 
+/// R8: a lost reason is accepted only with the LOST status, the one the opportunity moves
+/// to or, when its status does not change, the one it is in. `field` names the request field.
+pub fn check_lost_reason(field: &str, kind: StatusKind, given: bool) -> ApiResult<()> {
+    if given && !kind.takes_lost_reason() {
+        return Err(ApiError::invalid(
+            field,
+            "a lost reason is accepted only with the LOST status (the one the opportunity is in or moves to)",
+        ));
+    }
+    Ok(())
+}
+
 /// Required title: trimmed, 1..=200 characters, one line.
 pub fn title(raw: &str) -> Result<String, String> {
     let title = raw.trim();
@@ -172,21 +185,20 @@ pub enum Visibility {
 }
 
 impl Visibility {
-    /// `None` for a caller with no sales role.
-    pub fn of(caller: &Principal) -> Option<Visibility> {
+    /// What a caller with a sales role sees: an admin everything, a manager with a team
+    /// that team (and their own), everyone else their own.
+    pub fn of(caller: Sales<'_>) -> Visibility {
         if caller.has_role(Role::SalesAdmin) {
-            Some(Visibility::All)
+            Visibility::All
         } else if caller.has_role(Role::SalesManager) && !caller.team.is_empty() {
-            Some(Visibility::Team {
+            Visibility::Team {
                 me: caller.id.clone(),
                 team: caller.team.clone(),
-            })
-        } else if caller.has_sales_role() {
-            Some(Visibility::Own {
-                me: caller.id.clone(),
-            })
+            }
         } else {
-            None
+            Visibility::Own {
+                me: caller.id.clone(),
+            }
         }
     }
 

@@ -32,9 +32,10 @@ impl OpportunityService for Opportunities {
         &self,
         request: Request<pb::CreateOpportunityRequest>,
     ) -> Result<Response<pb::Opportunity>, Status> {
-        let caller = Principal::of(&request)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         Ok(Response::new(
-            service::create(&self.pool, &caller, request.get_ref()).await?,
+            service::create(&self.pool, caller, request.get_ref()).await?,
         ))
     }
 
@@ -42,19 +43,20 @@ impl OpportunityService for Opportunities {
         &self,
         request: Request<pb::GetOpportunityRequest>,
     ) -> Result<Response<pb::Opportunity>, Status> {
-        let caller = Principal::of(&request)?;
-        caller.require_sales_role()?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         let id = convert::id_field("id", &request.get_ref().id, "the opportunity's id")?;
-        Ok(Response::new(service::get(&self.pool, &caller, id).await?))
+        Ok(Response::new(service::get(&self.pool, caller, id).await?))
     }
 
     async fn update_opportunity(
         &self,
         request: Request<pb::UpdateOpportunityRequest>,
     ) -> Result<Response<pb::Opportunity>, Status> {
-        let caller = Principal::of(&request)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         Ok(Response::new(
-            service::update(&self.pool, &caller, request.get_ref()).await?,
+            service::update(&self.pool, caller, request.get_ref()).await?,
         ))
     }
 
@@ -62,9 +64,10 @@ impl OpportunityService for Opportunities {
         &self,
         request: Request<pb::ChangeOpportunityStatusRequest>,
     ) -> Result<Response<pb::ChangeOpportunityStatusResponse>, Status> {
-        let caller = Principal::of(&request)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         Ok(Response::new(
-            service::change_status(&self.pool, &caller, request.get_ref()).await?,
+            service::change_status(&self.pool, caller, request.get_ref()).await?,
         ))
     }
 
@@ -72,9 +75,10 @@ impl OpportunityService for Opportunities {
         &self,
         request: Request<pb::ListOpportunitiesRequest>,
     ) -> Result<Response<pb::ListOpportunitiesResponse>, Status> {
-        let caller = Principal::of(&request)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         Ok(Response::new(
-            service::list(&self.pool, &caller, request.get_ref()).await?,
+            service::list(&self.pool, caller, request.get_ref()).await?,
         ))
     }
 
@@ -82,9 +86,10 @@ impl OpportunityService for Opportunities {
         &self,
         request: Request<pb::ListStatusHistoryRequest>,
     ) -> Result<Response<pb::ListStatusHistoryResponse>, Status> {
-        let caller = Principal::of(&request)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         Ok(Response::new(
-            service::history(&self.pool, &caller, request.get_ref()).await?,
+            service::history(&self.pool, caller, request.get_ref()).await?,
         ))
     }
 
@@ -92,9 +97,10 @@ impl OpportunityService for Opportunities {
         &self,
         request: Request<pb::GetPipelineSummaryRequest>,
     ) -> Result<Response<pb::GetPipelineSummaryResponse>, Status> {
-        let caller = Principal::of(&request)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         Ok(Response::new(
-            service::pipeline(&self.pool, &caller, request.get_ref()).await?,
+            service::pipeline(&self.pool, caller, request.get_ref()).await?,
         ))
     }
 
@@ -102,9 +108,10 @@ impl OpportunityService for Opportunities {
         &self,
         request: Request<pb::ListSalespeopleRequest>,
     ) -> Result<Response<pb::ListSalespeopleResponse>, Status> {
-        let caller = Principal::of(&request)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         Ok(Response::new(
-            service::salespeople(&self.pool, &caller, request.get_ref()).await?,
+            service::salespeople(&self.pool, caller, request.get_ref()).await?,
         ))
     }
 
@@ -114,10 +121,9 @@ impl OpportunityService for Opportunities {
         &self,
         request: Request<pb::WatchOpportunityEventsRequest>,
     ) -> Result<Response<Self::WatchOpportunityEventsStream>, Status> {
-        let caller = Principal::of(&request)?;
-        let visibility = crate::domain::Visibility::of(&caller).ok_or_else(|| {
-            salesopp_kit::error::ApiError::role_required("the caller has no sales role")
-        })?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
+        let visibility = crate::domain::Visibility::of(caller);
         let watch = crate::events::watch_request(visibility, request.get_ref())?;
         let receiver = self.feed.open(&caller.id, watch).await?;
         Ok(Response::new(Box::pin(

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, Reason};
 use salesopp_kit::idempotency::{self, Claim};
-use salesopp_kit::{Principal, paging, people};
+use salesopp_kit::{OpportunityState, Principal, Sales, paging, people};
 use salesopp_proto::common::v1 as common;
 use salesopp_proto::opportunity::v1 as pb;
 use sqlx::{PgConnection, PgPool};
@@ -24,14 +24,6 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
 
 const RESOURCE: &str = "opportunity";
-
-fn visibility(caller: &Principal) -> ApiResult<Visibility> {
-    Visibility::of(caller).ok_or_else(|| {
-        ApiError::role_required(
-            "the caller has no sales role (sales_rep, sales_manager or sales_admin)",
-        )
-    })
-}
 
 /// AIP-211: a caller who may not see an opportunity learns nothing of it, not even whether
 /// it exists; only an admin (who sees everything) is told NOT_FOUND.
@@ -101,10 +93,11 @@ async fn check_owner(
 
 pub async fn create(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Sales<'_>,
     request: &pb::CreateOpportunityRequest,
 ) -> ApiResult<pb::Opportunity> {
-    let visibility = visibility(caller)?;
+    let visibility = Visibility::of(caller);
+    let caller: &Principal = &caller;
     let input = convert::new_opportunity(request)?;
     let mut tx = pool.begin().await?;
     const METHOD: &str = "CreateOpportunity";
@@ -120,12 +113,11 @@ pub async fn create(
         Some(id) => target_status(&mut tx, "opportunity.status_id", id).await?,
         None => store::share_default_status(&mut tx).await?,
     };
-    if input.lost_reason.is_some() && status.kind != "LOST" {
-        return Err(ApiError::invalid(
-            "opportunity.lost_reason",
-            "a lost reason is accepted only with the LOST status",
-        ));
-    }
+    domain::check_lost_reason(
+        "opportunity.lost_reason",
+        status.kind,
+        input.lost_reason.is_some(),
+    )?;
     // R1: an existing customer, not archived.
     match store::share_customer(&mut tx, input.customer_id).await? {
         None => {
@@ -209,18 +201,19 @@ pub async fn create(
     Ok(response)
 }
 
-pub async fn get(pool: &PgPool, caller: &Principal, id: Uuid) -> ApiResult<pb::Opportunity> {
-    let visibility = visibility(caller)?;
+pub async fn get(pool: &PgPool, caller: Sales<'_>, id: Uuid) -> ApiResult<pb::Opportunity> {
+    let visibility = Visibility::of(caller);
     let row = visible(&visibility, id, store::get(pool, id).await?)?;
     Ok(opportunity_to_proto(&row))
 }
 
 pub async fn update(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Sales<'_>,
     request: &pb::UpdateOpportunityRequest,
 ) -> ApiResult<pb::Opportunity> {
-    let visibility = visibility(caller)?;
+    let visibility = Visibility::of(caller);
+    let caller: &Principal = &caller;
     let input = convert::update_input(request)?;
     let mut tx = pool.begin().await?;
     const METHOD: &str = "UpdateOpportunity";
@@ -252,15 +245,12 @@ pub async fn update(
     let before = opportunity_to_proto(&current);
     let moving = target.as_ref().filter(|t| t.id != current.status_id);
     // A lost reason belongs to the LOST status: the one moved to, or else the current one.
-    let lost_kind = moving.map_or(current.state.as_str(), |t| t.kind.as_str());
-    if let Some(Some(_)) = &patch.lost_reason
-        && lost_kind != "LOST"
-    {
-        return Err(ApiError::invalid(
-            "opportunity.lost_reason",
-            "a lost reason is accepted only while the opportunity is, or moves to, the LOST status",
-        ));
-    }
+    let lost_kind = moving.map_or(current.state.kind(), |t| t.kind);
+    domain::check_lost_reason(
+        "opportunity.lost_reason",
+        lost_kind,
+        matches!(patch.lost_reason, Some(Some(_))),
+    )?;
     if let Some(owner_id) = &patch.owner_id
         && *owner_id != current.owner_id
     {
@@ -356,10 +346,11 @@ pub async fn update(
 
 pub async fn change_status(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Sales<'_>,
     request: &pb::ChangeOpportunityStatusRequest,
 ) -> ApiResult<pb::ChangeOpportunityStatusResponse> {
-    let visibility = visibility(caller)?;
+    let visibility = Visibility::of(caller);
+    let caller: &Principal = &caller;
     let input = convert::change_input(request)?;
     let mut tx = pool.begin().await?;
     const METHOD: &str = "ChangeOpportunityStatus";
@@ -371,12 +362,7 @@ pub async fn change_status(
     }
     people::record(&mut tx, caller).await?;
     let target = target_status(&mut tx, "status_id", input.status_id).await?;
-    if input.lost_reason.is_some() && target.kind != "LOST" {
-        return Err(ApiError::invalid(
-            "lost_reason",
-            "a lost reason is accepted only with the LOST status",
-        ));
-    }
+    domain::check_lost_reason("lost_reason", target.kind, input.lost_reason.is_some())?;
     let current = visible(
         &visibility,
         input.opportunity_id,
@@ -432,17 +418,17 @@ fn close_range(
     (from, to)
 }
 
-fn states(violations: &mut FieldViolations, raw: &[i32]) -> Vec<String> {
+fn states(violations: &mut FieldViolations, raw: &[i32]) -> Vec<OpportunityState> {
     let mut states = Vec::new();
     for (index, state) in raw.iter().enumerate() {
         match pb::OpportunityState::try_from(*state) {
-            Ok(pb::OpportunityState::Open) => states.push("OPEN".to_owned()),
-            Ok(pb::OpportunityState::Won) => states.push("WON".to_owned()),
-            Ok(pb::OpportunityState::Lost) => states.push("LOST".to_owned()),
+            Ok(pb::OpportunityState::Open) => states.push(OpportunityState::Open),
+            Ok(pb::OpportunityState::Won) => states.push(OpportunityState::Won),
+            Ok(pb::OpportunityState::Lost) => states.push(OpportunityState::Lost),
             _ => violations.add(format!("states[{index}]"), "must be OPEN, WON or LOST"),
         }
     }
-    states.sort();
+    states.sort_by_key(|state| state.as_str());
     states.dedup();
     states
 }
@@ -532,10 +518,11 @@ fn list_filter(
 
 pub async fn list(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Sales<'_>,
     request: &pb::ListOpportunitiesRequest,
 ) -> ApiResult<pb::ListOpportunitiesResponse> {
-    let visibility = visibility(caller)?;
+    let visibility = Visibility::of(caller);
+    let caller: &Principal = &caller;
     let page_size = paging::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let (filter, order) = list_filter(request)?;
     let fingerprint = paging::fingerprint(&("opportunities", &caller.id, &filter, order));
@@ -579,10 +566,10 @@ pub async fn list(
 
 pub async fn history(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Sales<'_>,
     request: &pb::ListStatusHistoryRequest,
 ) -> ApiResult<pb::ListStatusHistoryResponse> {
-    let visibility = visibility(caller)?;
+    let visibility = Visibility::of(caller);
     let id = convert::id_field(
         "opportunity_id",
         &request.opportunity_id,
@@ -645,20 +632,24 @@ fn currency_total(row: &store::PipelineRow) -> ApiResult<pb::CurrencyTotal> {
 }
 
 /// Adds `total` to `totals` under its state (open, won or lost apart).
-fn add_to_state(totals: &mut pb::PipelineTotals, state: Option<&str>, total: pb::CurrencyTotal) {
+fn add_to_state(
+    totals: &mut pb::PipelineTotals,
+    state: Option<OpportunityState>,
+    total: pb::CurrencyTotal,
+) {
     match state {
-        Some("WON") => totals.won.push(total),
-        Some("LOST") => totals.lost.push(total),
-        _ => totals.open.push(total),
+        Some(OpportunityState::Won) => totals.won.push(total),
+        Some(OpportunityState::Lost) => totals.lost.push(total),
+        Some(OpportunityState::Open) | None => totals.open.push(total),
     }
 }
 
 pub async fn pipeline(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Sales<'_>,
     request: &pb::GetPipelineSummaryRequest,
 ) -> ApiResult<pb::GetPipelineSummaryResponse> {
-    let visibility = visibility(caller)?;
+    let visibility = Visibility::of(caller);
     let mut violations = FieldViolations::new();
     let owner_ids = owner_ids(&mut violations, &request.owner_ids);
     let states = states(&mut violations, &request.states);
@@ -719,10 +710,10 @@ pub async fn pipeline(
                     });
                 }
                 if let Some(totals) = by_owner.last_mut().and_then(|o| o.totals.as_mut()) {
-                    add_to_state(totals, row.state.as_deref(), currency_total);
+                    add_to_state(totals, row.state, currency_total);
                 }
             }
-            PipelineGroup::State => add_to_state(&mut total, row.state.as_deref(), currency_total),
+            PipelineGroup::State => add_to_state(&mut total, row.state, currency_total),
         }
     }
     let by_status = statuses
@@ -733,7 +724,7 @@ pub async fn pipeline(
                 status_display_name: name.clone(),
                 position: *position,
                 probability: i32::from(*probability),
-                kind: convert::kind_to_proto(kind).into(),
+                kind: convert::kind_to_proto(*kind).into(),
                 totals: per_status.remove(id).unwrap_or_default(),
             },
         )
@@ -748,10 +739,9 @@ pub async fn pipeline(
 
 pub async fn salespeople(
     pool: &PgPool,
-    caller: &Principal,
+    _caller: Sales<'_>,
     request: &pb::ListSalespeopleRequest,
 ) -> ApiResult<pb::ListSalespeopleResponse> {
-    caller.require_sales_role()?;
     let mut violations = FieldViolations::new();
     let page_size = paging::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let query = request.query.trim();

@@ -94,7 +94,7 @@ fn current_status(row: &OpportunityRow) -> StatusInfo {
     StatusInfo {
         id: row.status_id,
         display_name: row.status_name.clone(),
-        kind: row.state.clone(),
+        kind: row.state.kind(),
         probability: row.probability,
         archived: false,
     }
@@ -122,12 +122,7 @@ pub async fn change_status(
     if current.status_id == change.to.id {
         return Ok(None);
     }
-    if change.lost_reason.is_some() && change.to.kind != "LOST" {
-        return Err(ApiError::invalid(
-            "lost_reason",
-            "a lost reason is accepted only with the LOST status",
-        ));
-    }
+    crate::domain::check_lost_reason("lost_reason", change.to.kind, change.lost_reason.is_some())?;
     let time = store::clock(tx).await?;
     let from = current_status(current);
     let amount = current.money();

@@ -8,6 +8,7 @@ use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use salesopp_kit::error::{ApiError, ApiResult, Reason};
+use salesopp_kit::{OpportunityState, StatusKind};
 
 use crate::domain::{Money, Visibility};
 
@@ -24,7 +25,7 @@ pub struct OpportunityRow {
     pub status_id: Uuid,
     pub status_name: String,
     pub probability: i16,
-    pub state: String,
+    pub state: OpportunityState,
     pub lost_reason: Option<String>,
     pub next_step: Option<String>,
     pub close_time: Option<DateTime<Utc>>,
@@ -110,7 +111,7 @@ pub async fn lock_in_status(
 pub struct StatusInfo {
     pub id: Uuid,
     pub display_name: String,
-    pub kind: String,
+    pub kind: StatusKind,
     pub probability: i16,
     pub archived: bool,
 }
@@ -201,7 +202,7 @@ pub async fn insert(tx: &mut PgConnection, new: &NewOpportunity<'_>) -> Result<(
     .bind(new.amount.map(Money::decimal))
     .bind(new.expected_close_date)
     .bind(new.status.id)
-    .bind(&new.status.kind)
+    .bind(new.status.kind)
     .bind(new.lost_reason)
     .bind(new.next_step)
     .bind(new.time)
@@ -271,7 +272,7 @@ pub async fn move_to_status(
     )
     .bind(id)
     .bind(status.id)
-    .bind(&status.kind)
+    .bind(status.kind)
     .bind(lost_reason)
     .bind(time)
     .bind(actor_id)
@@ -287,11 +288,11 @@ pub struct StatusChangeRow {
     pub sequence: i32,
     pub from_status_id: Option<Uuid>,
     pub from_display_name: Option<String>,
-    pub from_kind: Option<String>,
+    pub from_kind: Option<StatusKind>,
     pub from_probability: Option<i16>,
     pub to_status_id: Uuid,
     pub to_display_name: String,
-    pub to_kind: String,
+    pub to_kind: StatusKind,
     pub to_probability: i16,
     pub changed_by_id: String,
     pub changed_by_name: String,
@@ -352,11 +353,11 @@ pub async fn append_status_change(
     .bind(change.opportunity_id)
     .bind(from.map(|s| s.id))
     .bind(from.map(|s| s.display_name.as_str()))
-    .bind(from.map(|s| s.kind.as_str()))
+    .bind(from.map(|s| s.kind))
     .bind(from.map(|s| s.probability))
     .bind(change.to.id)
     .bind(&change.to.display_name)
-    .bind(&change.to.kind)
+    .bind(change.to.kind)
     .bind(change.to.probability)
     .bind(change.actor_id)
     .bind(change.actor_name)
@@ -438,7 +439,7 @@ pub struct OpportunityFilter {
     pub team: Option<String>,
     pub customer_id: Option<Uuid>,
     pub status_ids: Vec<Uuid>,
-    pub states: Vec<String>,
+    pub states: Vec<OpportunityState>,
     pub close_from: Option<NaiveDate>,
     pub close_to: Option<NaiveDate>,
     /// A `LIKE` pattern ([`salesopp_kit::text::like_substring`]); Postgres lowercases it.
@@ -613,7 +614,7 @@ pub struct PipelineRow {
     pub owner_id: Option<String>,
     pub owner_name: Option<String>,
     pub status_id: Option<Uuid>,
-    pub state: Option<String>,
+    pub state: Option<OpportunityState>,
     pub currency_code: Option<String>,
     pub count: i64,
     pub total: Option<String>,
@@ -686,7 +687,7 @@ pub async fn pipeline<'e>(
 /// The live statuses in pipeline order, for the summary's rows.
 pub async fn live_statuses<'e>(
     db: impl PgExecutor<'e>,
-) -> Result<Vec<(Uuid, String, i32, i16, String)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, String, i32, i16, StatusKind)>, sqlx::Error> {
     sqlx::query_as(
         "select id, display_name, position, probability, kind::text from opportunity_statuses
          where not archived order by position",

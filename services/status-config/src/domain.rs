@@ -3,41 +3,7 @@
 
 use std::collections::BTreeMap;
 
-/// A status's kind (R2, R3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StatusKind {
-    Open,
-    Won,
-    Lost,
-}
-
-impl StatusKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StatusKind::Open => "OPEN",
-            StatusKind::Won => "WON",
-            StatusKind::Lost => "LOST",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "OPEN" => Some(StatusKind::Open),
-            "WON" => Some(StatusKind::Won),
-            "LOST" => Some(StatusKind::Lost),
-            _ => None,
-        }
-    }
-
-    /// R3: the probability a closing status is fixed at.
-    pub fn fixed_probability(self) -> Option<u8> {
-        match self {
-            StatusKind::Open => None,
-            StatusKind::Won => Some(100),
-            StatusKind::Lost => Some(0),
-        }
-    }
-}
+pub use salesopp_kit::StatusKind;
 
 /// Longest display or localized name.
 pub const MAX_NAME_CHARS: usize = 100;

@@ -30,9 +30,10 @@ impl StatusConfigService for StatusConfig {
         &self,
         request: Request<pb::ListStatusesRequest>,
     ) -> Result<Response<pb::ListStatusesResponse>, Status> {
-        let caller = Principal::of(&request)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         Ok(Response::new(
-            service::list(&self.pool, &caller, request.get_ref()).await?,
+            service::list(&self.pool, caller, request.get_ref()).await?,
         ))
     }
 
@@ -40,20 +41,20 @@ impl StatusConfigService for StatusConfig {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::OpportunityStatus>, Status> {
-        let caller = Principal::of(&request)?;
-        // Who may call comes before what the request holds, as in every call.
-        caller.require_sales_role()?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.sales()?;
         let id = convert::id_field("id", &request.get_ref().id)?;
-        Ok(Response::new(service::get(&self.pool, &caller, id).await?))
+        Ok(Response::new(service::get(&self.pool, caller, id).await?))
     }
 
     async fn create_status(
         &self,
         request: Request<pb::CreateStatusRequest>,
     ) -> Result<Response<pb::OpportunityStatus>, Status> {
-        let caller = Principal::of(&request)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.admin()?;
         Ok(Response::new(
-            service::create(&self.pool, &caller, request.get_ref()).await?,
+            service::create(&self.pool, caller, request.get_ref()).await?,
         ))
     }
 
@@ -61,13 +62,13 @@ impl StatusConfigService for StatusConfig {
         &self,
         request: Request<pb::UpdateStatusRequest>,
     ) -> Result<Response<pb::OpportunityStatus>, Status> {
-        let caller = Principal::of(&request)?;
-        caller.require(salesopp_kit::Role::SalesAdmin)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.admin()?;
         let body = request.get_ref();
         let (id, etag, patch) = convert::status_patch(body)?;
         let retry = Retry::new("UpdateStatus", &body.request_id, body);
         Ok(Response::new(
-            service::update(&self.pool, &caller, retry, id, etag.as_deref(), patch).await?,
+            service::update(&self.pool, caller, retry, id, etag.as_deref(), patch).await?,
         ))
     }
 
@@ -75,8 +76,8 @@ impl StatusConfigService for StatusConfig {
         &self,
         request: Request<pb::DeleteStatusRequest>,
     ) -> Result<Response<pb::DeleteStatusResponse>, Status> {
-        let caller = Principal::of(&request)?;
-        caller.require(salesopp_kit::Role::SalesAdmin)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.admin()?;
         let body = request.get_ref();
         let id = convert::id_field("id", &body.id)?;
         let replacement = match body.replacement_status_id.as_str() {
@@ -87,7 +88,7 @@ impl StatusConfigService for StatusConfig {
         let retry = Retry::new("DeleteStatus", &body.request_id, body);
         let etag = optional(&body.etag);
         Ok(Response::new(
-            service::delete(&self.pool, &caller, retry, id, replacement, etag).await?,
+            service::delete(&self.pool, caller, retry, id, replacement, etag).await?,
         ))
     }
 
@@ -95,14 +96,14 @@ impl StatusConfigService for StatusConfig {
         &self,
         request: Request<pb::SetDefaultStatusRequest>,
     ) -> Result<Response<pb::OpportunityStatus>, Status> {
-        let caller = Principal::of(&request)?;
-        caller.require(salesopp_kit::Role::SalesAdmin)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.admin()?;
         let body = request.get_ref();
         let id = convert::id_field("id", &body.id)?;
         parse_request_id(&body.request_id)?;
         let retry = Retry::new("SetDefaultStatus", &body.request_id, body);
         Ok(Response::new(
-            service::set_default(&self.pool, &caller, retry, id, optional(&body.etag)).await?,
+            service::set_default(&self.pool, caller, retry, id, optional(&body.etag)).await?,
         ))
     }
 
@@ -110,13 +111,13 @@ impl StatusConfigService for StatusConfig {
         &self,
         request: Request<pb::ReorderStatusesRequest>,
     ) -> Result<Response<pb::ReorderStatusesResponse>, Status> {
-        let caller = Principal::of(&request)?;
-        caller.require(salesopp_kit::Role::SalesAdmin)?;
+        let principal = Principal::of(&request)?;
+        let caller = principal.admin()?;
         let body = request.get_ref();
         let ids = convert::reorder_ids(body)?;
         let retry = Retry::new("ReorderStatuses", &body.request_id, body);
         Ok(Response::new(
-            service::reorder(&self.pool, &caller, retry, &ids).await?,
+            service::reorder(&self.pool, caller, retry, &ids).await?,
         ))
     }
 }

@@ -5,7 +5,7 @@
 use salesopp_kit::error::{ApiError, ApiResult, Reason, violated_constraint};
 use salesopp_kit::idempotency::{self, Claim, Retry};
 use salesopp_kit::paging;
-use salesopp_kit::{Principal, Role};
+use salesopp_kit::{Admin, Principal, Sales};
 use salesopp_proto::statusconfig::v1 as pb;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -48,10 +48,9 @@ fn check_etag(row: &StatusRow, etag: Option<&str>) -> ApiResult<()> {
 
 pub async fn list(
     pool: &PgPool,
-    caller: &Principal,
+    _caller: Sales<'_>,
     request: &pb::ListStatusesRequest,
 ) -> ApiResult<pb::ListStatusesResponse> {
-    caller.require_sales_role()?;
     let page_size = paging::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let fingerprint = paging::fingerprint(&("statuses", request.show_archived));
     let after: Option<i32> = paging::decode(&request.page_token, &fingerprint)?;
@@ -71,8 +70,7 @@ pub async fn list(
     })
 }
 
-pub async fn get(pool: &PgPool, caller: &Principal, id: Uuid) -> ApiResult<pb::OpportunityStatus> {
-    caller.require_sales_role()?;
+pub async fn get(pool: &PgPool, _caller: Sales<'_>, id: Uuid) -> ApiResult<pb::OpportunityStatus> {
     let row = store::get(pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found(RESOURCE, id.to_string()))?;
@@ -81,10 +79,10 @@ pub async fn get(pool: &PgPool, caller: &Principal, id: Uuid) -> ApiResult<pb::O
 
 pub async fn create(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Admin<'_>,
     request: &pb::CreateStatusRequest,
 ) -> ApiResult<pb::OpportunityStatus> {
-    caller.require(Role::SalesAdmin)?;
+    let caller: &Principal = &caller;
     let status = convert::new_status(request)?;
     let request_id = (!request.request_id.is_empty()).then_some(request.request_id.as_str());
     let mut tx = pool.begin().await?;
@@ -121,13 +119,13 @@ pub async fn create(
 
 pub async fn update(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Admin<'_>,
     retry: Retry<'_, pb::UpdateStatusRequest>,
     id: Uuid,
     etag: Option<&str>,
     patch: StatusPatch,
 ) -> ApiResult<pb::OpportunityStatus> {
-    caller.require(Role::SalesAdmin)?;
+    let caller: &Principal = &caller;
     let mut tx = pool.begin().await?;
     if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
         return Ok(first);
@@ -165,12 +163,12 @@ pub async fn update(
 
 pub async fn set_default(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Admin<'_>,
     retry: Retry<'_, pb::SetDefaultStatusRequest>,
     id: Uuid,
     etag: Option<&str>,
 ) -> ApiResult<pb::OpportunityStatus> {
-    caller.require(Role::SalesAdmin)?;
+    let caller: &Principal = &caller;
     let mut tx = pool.begin().await?;
     if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
         return Ok(first);
@@ -205,13 +203,13 @@ pub async fn set_default(
 
 pub async fn delete(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Admin<'_>,
     retry: Retry<'_, pb::DeleteStatusRequest>,
     id: Uuid,
     replacement: Option<Uuid>,
     etag: Option<&str>,
 ) -> ApiResult<pb::DeleteStatusResponse> {
-    caller.require(Role::SalesAdmin)?;
+    let caller: &Principal = &caller;
     let mut tx = pool.begin().await?;
     if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
         return Ok(first);
@@ -302,11 +300,11 @@ pub async fn delete(
 
 pub async fn reorder(
     pool: &PgPool,
-    caller: &Principal,
+    caller: Admin<'_>,
     retry: Retry<'_, pb::ReorderStatusesRequest>,
     ids: &[Uuid],
 ) -> ApiResult<pb::ReorderStatusesResponse> {
-    caller.require(Role::SalesAdmin)?;
+    let caller: &Principal = &caller;
     let mut tx = pool.begin().await?;
     if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
         return Ok(first);

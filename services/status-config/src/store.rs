@@ -17,7 +17,7 @@ pub struct StatusRow {
     pub display_name: String,
     pub localized_names: Json<BTreeMap<String, String>>,
     pub probability: i16,
-    pub kind: String,
+    pub kind: StatusKind,
     pub position: i32,
     pub is_default: bool,
     pub archived: bool,
@@ -28,8 +28,7 @@ pub struct StatusRow {
 
 impl StatusRow {
     pub fn kind(&self) -> StatusKind {
-        // The column is the `status_kind` enum: no other value can be read.
-        StatusKind::parse(&self.kind).unwrap_or(StatusKind::Open)
+        self.kind
     }
 
     pub fn etag(&self) -> String {
