@@ -37,6 +37,7 @@ async fn a_callers_writes_do_not_queue_on_their_salesperson_row() {
         display_name: "Somchai Rep (renamed)".into(),
         team: "north".into(),
         roles: [Role::SalesRep].into(),
+        recorded: false,
     };
     let mut held = suite.db.begin().await.expect("begin");
     people::record(&mut held, &rep)

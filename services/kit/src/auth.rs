@@ -330,6 +330,7 @@ impl Authenticator {
             id: claims.sub,
             team: claims.team.trim().to_owned(),
             roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+            recorded: false,
         })
     }
 
@@ -437,12 +438,12 @@ where
             let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
             match authenticator.authenticate_refreshing(&metadata).await {
                 Err(error) => Ok(tonic::Status::from(error).into_http()),
-                Ok(principal) => {
+                Ok(mut principal) => {
                     // Only salespeople are recorded: a caller without a sales role is refused
                     // by every call anyway.
                     if let Some(recorder) = recorder.as_ref().filter(|_| principal.has_sales_role())
                     {
-                        recorder.remember(&principal).await;
+                        principal.recorded = recorder.remember(&principal).await;
                     }
                     request.extensions_mut().insert(principal);
                     inner.call(request).await

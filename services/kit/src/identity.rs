@@ -40,6 +40,10 @@ pub struct Principal {
     pub display_name: String,
     pub team: String,
     pub roles: BTreeSet<Role>,
+    /// Set by the auth layer when this caller's salesperson row is known to exist in the
+    /// service's database (its recorder wrote or remembers it): a write then needs no
+    /// statement of its own to make sure of it ([`crate::people::record`]).
+    pub recorded: bool,
 }
 
 impl Principal {

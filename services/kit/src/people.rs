@@ -17,7 +17,13 @@ use crate::identity::Principal;
 /// ... WHERE` would lock it even when its WHERE is false), so one caller's concurrent writes
 /// (an ERP's service account, an import) never queue on their own salesperson row. Names,
 /// teams, roles and `last_seen_time` are kept up to date by [`Recorder`], outside writes.
+///
+/// A caller the auth layer has confirmed as recorded (`principal.recorded`) costs no
+/// statement at all: their row exists and rows of salespeople are never deleted.
 pub async fn record(tx: &mut PgConnection, principal: &Principal) -> Result<(), sqlx::Error> {
+    if principal.recorded {
+        return Ok(());
+    }
     let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
     sqlx::query(
         "insert into salespeople (id, display_name, team, roles) values ($1, $2, $3, $4)
@@ -85,7 +91,8 @@ impl Recorder {
         }
     }
 
-    pub async fn remember(&self, principal: &Principal) {
+    /// Records `principal` when needed; whether their row is now known to exist.
+    pub async fn remember(&self, principal: &Principal) -> bool {
         let known = self
             .seen
             .lock()
@@ -96,7 +103,7 @@ impl Recorder {
             })
             .unwrap_or(false);
         if known {
-            return;
+            return true;
         }
         match upsert(&self.pool, principal).await {
             Ok(()) => {
@@ -106,9 +113,13 @@ impl Recorder {
                     }
                     seen.insert(principal.id.clone(), (principal.clone(), Instant::now()));
                 }
+                true
             }
             // The call itself will meet the same database problem and answer for it.
-            Err(error) => tracing::warn!(%error, "could not record the caller"),
+            Err(error) => {
+                tracing::warn!(%error, "could not record the caller");
+                false
+            }
         }
     }
 }

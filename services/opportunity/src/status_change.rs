@@ -123,18 +123,11 @@ pub async fn change_status(
         return Ok(None);
     }
     crate::domain::check_lost_reason("lost_reason", change.to.kind, change.lost_reason.is_some())?;
-    let time = store::clock(tx).await?;
     let from = current_status(current);
     let amount = current.money();
-    store::move_to_status(
-        tx,
-        current.id,
-        change.to,
-        change.lost_reason,
-        &actor.id,
-        time,
-    )
-    .await?;
+    let moved =
+        store::move_to_status(tx, current.id, change.to, change.lost_reason, &actor.id).await?;
+    let time = moved.time;
     let entry = store::append_status_change(
         tx,
         &NewStatusChange {
@@ -151,9 +144,22 @@ pub async fn change_status(
         },
     )
     .await?;
-    let mut after = store::get(&mut *tx, current.id)
-        .await?
-        .ok_or_else(|| ApiError::internal("opportunity vanished under its lock"))?;
+    // The row after the move: the locked `current` with what the move changed (its owner,
+    // customer and other fields are untouched, so no second read of the row).
+    let mut after = OpportunityRow {
+        status_id: change.to.id,
+        status_name: change.to.display_name.clone(),
+        probability: change.to.probability,
+        state: change.to.kind.state(),
+        lost_reason: moved.lost_reason,
+        close_time: moved.close_time,
+        status_change_time: time,
+        revision: moved.revision,
+        update_time: time,
+        updated_by: actor.id.clone(),
+        updated_by_name: moved.updated_by_name,
+        ..current.clone()
+    };
     after.version = append_event(
         tx,
         STATUS_CHANGED,

@@ -249,36 +249,48 @@ pub async fn update_fields(
     Ok(())
 }
 
-/// Moves the opportunity to `status` at `time` (R8): closes it on WON/LOST, reopens it on
-/// OPEN, keeps the lost reason only in LOST.
+/// What a move to another status changed, as the moving statement returns it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Moved {
+    /// The moment of the move (the statement's clock): its history entry and event time.
+    pub time: DateTime<Utc>,
+    pub close_time: Option<DateTime<Utc>>,
+    pub lost_reason: Option<String>,
+    pub revision: i64,
+    pub updated_by_name: String,
+}
+
+/// Moves the opportunity to `status` now (R8): closes it on WON/LOST, reopens it on OPEN,
+/// keeps the lost reason only in LOST. One statement reads the clock, writes the row and
+/// returns what changed, so the caller needs no second read of the row.
 pub async fn move_to_status(
     tx: &mut PgConnection,
     id: Uuid,
     status: &StatusInfo,
     lost_reason: Option<&str>,
     actor_id: &str,
-    time: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "update opportunities
+) -> Result<Moved, sqlx::Error> {
+    sqlx::query_as(
+        "update opportunities o
          set status_id = $2, state = $3::status_kind,
              close_time = case when $3 = 'OPEN' then null
-                               when state = 'OPEN' or state::text <> $3 then $5
-                               else close_time end,
+                               when o.state = 'OPEN' or o.state::text <> $3 then t.now
+                               else o.close_time end,
              lost_reason = case when $3 = 'LOST' then $4 else null end,
-             status_change_time = $5, updated_by = $6,
-             revision = revision + 1, update_time = $5
-         where id = $1",
+             status_change_time = t.now, updated_by = $5,
+             revision = o.revision + 1, update_time = t.now
+         from (select clock_timestamp() as now) t
+         where o.id = $1
+         returning t.now as time, o.close_time, o.lost_reason, o.revision,
+                   (select display_name from salespeople where id = $5) as updated_by_name",
     )
     .bind(id)
     .bind(status.id)
     .bind(status.kind)
     .bind(lost_reason)
-    .bind(time)
     .bind(actor_id)
-    .execute(tx)
-    .await?;
-    Ok(())
+    .fetch_one(tx)
+    .await
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
