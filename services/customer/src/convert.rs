@@ -2,6 +2,7 @@
 //! is reported as a field violation naming the request's field path.
 
 use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, update_paths};
+use salesopp_kit::ids;
 use salesopp_kit::time::timestamp;
 use salesopp_proto::common::v1::Actor;
 use salesopp_proto::customer::v1 as pb;
@@ -34,24 +35,6 @@ pub fn customer_to_proto(row: &CustomerRow) -> pb::Customer {
             display_name: row.updated_by_name.clone(),
         }),
     }
-}
-
-pub fn id_field(field: &str, raw: &str) -> ApiResult<Uuid> {
-    if raw.is_empty() {
-        return Err(ApiError::invalid(field, "required: a customer id (UUID)"));
-    }
-    Uuid::parse_str(raw).map_err(|_| ApiError::invalid(field, format!("{raw:?} is not a UUID")))
-}
-
-fn owner(raw: &str) -> Result<Option<String>, String> {
-    let owner = raw.trim();
-    if owner.is_empty() {
-        return Ok(None);
-    }
-    if owner.len() > 200 || owner.chars().any(char::is_control) {
-        return Err("must be a salesperson id (a token `sub`), at most 200 characters".into());
-    }
-    Ok(Some(owner.to_owned()))
 }
 
 /// CreateCustomer: the validated fields and the owner (`None`: the caller).
@@ -101,7 +84,7 @@ pub fn new_customer(
             .flatten(),
     };
     let owner = violations
-        .check("customer.owner_id", owner(&customer.owner_id))
+        .check("customer.owner_id", ids::owner(&customer.owner_id))
         .flatten();
     violations.into_result()?;
     Ok((fields, owner))
@@ -127,7 +110,7 @@ pub fn customer_patch(
     };
     let mut violations = FieldViolations::new();
     salesopp_kit::idempotency::request_id(&mut violations, "request_id", &request.request_id);
-    let id = match id_field("customer.id", &customer.id) {
+    let id = match ids::uuid_field("customer.id", &customer.id, "a customer id") {
         Ok(id) => Some(id),
         Err(error) => {
             for v in error.field_violations() {
@@ -186,7 +169,7 @@ pub fn customer_patch(
                     domain::text(&customer.address, domain::MAX_ADDRESS_CHARS, true),
                 )
             }
-            "owner_id" => match owner(&customer.owner_id) {
+            "owner_id" => match ids::owner(&customer.owner_id) {
                 Ok(Some(owner)) => patch.owner_id = Some(owner),
                 Ok(None) => violations.add(
                     "customer.owner_id",

@@ -39,7 +39,7 @@ impl CustomerService for Customers {
     ) -> Result<Response<pb::Customer>, Status> {
         let principal = Principal::of(&request)?;
         let caller = principal.sales()?;
-        let id = convert::id_field("id", &request.get_ref().id)?;
+        let id = salesopp_kit::ids::uuid_field("id", &request.get_ref().id, "a customer id")?;
         Ok(Response::new(service::get(&self.pool, caller, id).await?))
     }
 
@@ -75,7 +75,7 @@ impl CustomerService for Customers {
         let principal = Principal::of(&request)?;
         let caller = principal.sales()?;
         let body = request.get_ref();
-        let id = convert::id_field("id", &body.id)?;
+        let id = salesopp_kit::ids::uuid_field("id", &body.id, "a customer id")?;
         let etag = (!body.etag.is_empty()).then_some(body.etag.as_str());
         parse_request_id(&body.request_id)?;
         let retry = Retry::new("DeleteCustomer", &body.request_id, body);

@@ -36,13 +36,10 @@ fn invalid(field: &str, description: impl Into<String>) -> Status {
     Status::from(salesopp_kit::ApiError::invalid(field, description))
 }
 
-fn uuid_field(field: &str, raw: &str) -> Result<String, Status> {
-    if raw.is_empty() {
-        return Err(invalid(field, "required (UUID)"));
-    }
-    uuid::Uuid::parse_str(raw)
+fn uuid_field(field: &str, raw: &str, what: &str) -> Result<String, Status> {
+    salesopp_kit::ids::uuid_field(field, raw, what)
         .map(|id| id.to_string())
-        .map_err(|_| invalid(field, format!("{raw:?} is not a UUID")))
+        .map_err(Status::from)
 }
 
 fn page_size(field: &str, raw: i32, default: i32) -> Result<i32, Status> {
@@ -77,7 +74,11 @@ impl Clients {
         forward: &Forward,
         request: pb::GetOpportunityWithHistoryRequest,
     ) -> Result<pb::GetOpportunityWithHistoryResponse, Status> {
-        let id = uuid_field("opportunity_id", &request.opportunity_id)?;
+        let id = uuid_field(
+            "opportunity_id",
+            &request.opportunity_id,
+            "the opportunity's id",
+        )?;
         let history_page_size = page_size(
             "history_page_size",
             request.history_page_size,
@@ -137,7 +138,7 @@ impl Clients {
         forward: &Forward,
         request: pb::GetCustomerOverviewRequest,
     ) -> Result<pb::GetCustomerOverviewResponse, Status> {
-        let id = uuid_field("customer_id", &request.customer_id)?;
+        let id = uuid_field("customer_id", &request.customer_id, "the customer's id")?;
         let page_size = page_size("page_size", request.page_size, DEFAULT_PAGE_SIZE)?;
         let get = async {
             self.customers

@@ -8,6 +8,7 @@ pub mod db;
 pub mod error;
 pub mod idempotency;
 pub mod identity;
+pub mod ids;
 pub mod metrics;
 pub mod paging;
 pub mod people;

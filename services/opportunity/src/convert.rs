@@ -4,6 +4,7 @@
 use chrono::{Datelike as _, NaiveDate};
 use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, update_paths};
 use salesopp_kit::idempotency;
+use salesopp_kit::ids;
 use salesopp_kit::time::timestamp;
 use salesopp_kit::{OpportunityState, StatusKind};
 use salesopp_proto::common::v1 as common;
@@ -133,17 +134,6 @@ pub fn salesperson_to_proto(row: &SalespersonRow) -> pb::Salesperson {
     }
 }
 
-pub fn parse_uuid(raw: &str, what: &str) -> Result<Uuid, String> {
-    if raw.is_empty() {
-        return Err(format!("required: {what} (UUID)"));
-    }
-    Uuid::parse_str(raw).map_err(|_| format!("{raw:?} is not a UUID"))
-}
-
-pub fn id_field(field: &str, raw: &str, what: &str) -> ApiResult<Uuid> {
-    parse_uuid(raw, what).map_err(|why| ApiError::invalid(field, why))
-}
-
 /// An optional amount: `None` when absent (not known yet) or invalid (a violation each).
 fn money(
     violations: &mut FieldViolations,
@@ -169,17 +159,6 @@ pub fn date(
 ) -> Option<NaiveDate> {
     let date = date?;
     violations.check(field, domain::date(date.year, date.month, date.day))
-}
-
-fn owner(raw: &str) -> Result<Option<String>, String> {
-    let owner = raw.trim();
-    if owner.is_empty() {
-        return Ok(None);
-    }
-    if owner.len() > 200 || owner.chars().any(char::is_control) {
-        return Err("must be a salesperson id (a token `sub`), at most 200 characters".into());
-    }
-    Ok(Some(owner.to_owned()))
 }
 
 /// A validated CreateOpportunity.
@@ -209,10 +188,10 @@ pub fn new_opportunity(request: &pb::CreateOpportunityRequest) -> ApiResult<NewO
     };
     let customer_id = violations.check(
         "opportunity.customer_id",
-        parse_uuid(&o.customer_id, "the customer's id"),
+        ids::parse_uuid(&o.customer_id, "the customer's id"),
     );
     let owner_id = violations
-        .check("opportunity.owner_id", owner(&o.owner_id))
+        .check("opportunity.owner_id", ids::owner(&o.owner_id))
         .flatten();
     let title = violations.check("opportunity.title", domain::title(&o.title));
     let amount = money(&mut violations, "opportunity.amount", o.amount.as_ref());
@@ -223,7 +202,7 @@ pub fn new_opportunity(request: &pb::CreateOpportunityRequest) -> ApiResult<NewO
     );
     let status_id = match o.status_id.as_str() {
         "" => None,
-        raw => violations.check("opportunity.status_id", parse_uuid(raw, "a status id")),
+        raw => violations.check("opportunity.status_id", ids::parse_uuid(raw, "a status id")),
     };
     let lost_reason = violations
         .check(
@@ -295,7 +274,10 @@ pub fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateI
         return Err(ApiError::invalid("opportunity", "required"));
     };
     let mut violations = FieldViolations::new();
-    let id = violations.check("opportunity.id", parse_uuid(&o.id, "the opportunity's id"));
+    let id = violations.check(
+        "opportunity.id",
+        ids::parse_uuid(&o.id, "the opportunity's id"),
+    );
     let note = violations
         .check("note", domain::text(&request.note, domain::MAX_NOTE_CHARS))
         .flatten();
@@ -338,7 +320,7 @@ pub fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateI
                     domain::text(&o.next_step, domain::MAX_NEXT_STEP_CHARS),
                 )
             }
-            "owner_id" => match owner(&o.owner_id) {
+            "owner_id" => match ids::owner(&o.owner_id) {
                 Ok(Some(owner)) => patch.owner_id = Some(owner),
                 Ok(None) => violations.add(
                     "opportunity.owner_id",
@@ -349,7 +331,7 @@ pub fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateI
             "status_id" => {
                 patch.status_id = violations.check(
                     "opportunity.status_id",
-                    parse_uuid(&o.status_id, "a status id"),
+                    ids::parse_uuid(&o.status_id, "a status id"),
                 )
             }
             "lost_reason" => {
@@ -391,11 +373,11 @@ pub fn change_input(request: &pb::ChangeOpportunityStatusRequest) -> ApiResult<C
     let request_id = idempotency::request_id(&mut violations, "request_id", &request.request_id);
     let opportunity_id = violations.check(
         "opportunity_id",
-        parse_uuid(&request.opportunity_id, "the opportunity's id"),
+        ids::parse_uuid(&request.opportunity_id, "the opportunity's id"),
     );
     let status_id = violations.check(
         "status_id",
-        parse_uuid(&request.status_id, "the status to move to"),
+        ids::parse_uuid(&request.status_id, "the status to move to"),
     );
     let note = violations
         .check("note", domain::text(&request.note, domain::MAX_NOTE_CHARS))

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::events::Feed;
-use crate::{convert, service};
+use crate::service;
 
 #[derive(Debug, Clone)]
 pub struct Opportunities {
@@ -45,7 +45,8 @@ impl OpportunityService for Opportunities {
     ) -> Result<Response<pb::Opportunity>, Status> {
         let principal = Principal::of(&request)?;
         let caller = principal.sales()?;
-        let id = convert::id_field("id", &request.get_ref().id, "the opportunity's id")?;
+        let id =
+            salesopp_kit::ids::uuid_field("id", &request.get_ref().id, "the opportunity's id")?;
         Ok(Response::new(service::get(&self.pool, caller, id).await?))
     }
 

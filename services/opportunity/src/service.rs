@@ -451,7 +451,7 @@ fn optional_uuid(violations: &mut FieldViolations, field: &str, raw: &str) -> Op
     if raw.is_empty() {
         None
     } else {
-        violations.check(field, convert::parse_uuid(raw, "an id"))
+        violations.check(field, salesopp_kit::ids::parse_uuid(raw, "an id"))
     }
 }
 
@@ -465,7 +465,7 @@ fn list_filter(
     for (index, raw) in request.status_ids.iter().enumerate() {
         if let Some(id) = violations.check(
             &format!("status_ids[{index}]"),
-            convert::parse_uuid(raw, "a status id"),
+            salesopp_kit::ids::parse_uuid(raw, "a status id"),
         ) {
             status_ids.push(id);
         }
@@ -570,7 +570,7 @@ pub async fn history(
     request: &pb::ListStatusHistoryRequest,
 ) -> ApiResult<pb::ListStatusHistoryResponse> {
     let visibility = Visibility::of(caller);
-    let id = convert::id_field(
+    let id = salesopp_kit::ids::uuid_field(
         "opportunity_id",
         &request.opportunity_id,
         "the opportunity's id",

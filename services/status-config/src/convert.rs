@@ -2,6 +2,7 @@
 //! and every problem is reported as a field violation naming the request's field path.
 
 use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, update_paths};
+use salesopp_kit::ids;
 use salesopp_kit::time::timestamp;
 use salesopp_proto::statusconfig::v1 as pb;
 use uuid::Uuid;
@@ -33,18 +34,6 @@ pub fn status_to_proto(row: &StatusRow) -> pb::OpportunityStatus {
         create_time: Some(timestamp(row.create_time)),
         update_time: Some(timestamp(row.update_time)),
     }
-}
-
-/// A UUID field; `required` says whether empty is a violation.
-pub fn parse_id(raw: &str) -> Result<Uuid, String> {
-    if raw.is_empty() {
-        return Err("required: a status id (UUID)".into());
-    }
-    Uuid::parse_str(raw).map_err(|_| format!("{raw:?} is not a UUID"))
-}
-
-pub fn id_field(field: &str, raw: &str) -> ApiResult<Uuid> {
-    parse_id(raw).map_err(|why| ApiError::invalid(field, why))
 }
 
 fn names(
@@ -115,7 +104,7 @@ pub fn status_patch(
     let Some(status) = &request.status else {
         return Err(ApiError::invalid("status", "required"));
     };
-    let id = violations.check("status.id", parse_id(&status.id));
+    let id = violations.check("status.id", ids::parse_uuid(&status.id, "a status id"));
     salesopp_kit::idempotency::request_id(&mut violations, "request_id", &request.request_id);
     let paths = update_paths(
         request.update_mask.as_ref(),
@@ -173,7 +162,10 @@ pub fn reorder_ids(request: &pb::ReorderStatusesRequest) -> ApiResult<Vec<Uuid>>
         );
     }
     for (index, raw) in request.status_ids.iter().enumerate() {
-        if let Some(id) = violations.check(&format!("status_ids[{index}]"), parse_id(raw)) {
+        if let Some(id) = violations.check(
+            &format!("status_ids[{index}]"),
+            ids::parse_uuid(raw, "a status id"),
+        ) {
             if ids.contains(&id) {
                 violations.add(
                     format!("status_ids[{index}]"),

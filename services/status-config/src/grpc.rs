@@ -43,7 +43,7 @@ impl StatusConfigService for StatusConfig {
     ) -> Result<Response<pb::OpportunityStatus>, Status> {
         let principal = Principal::of(&request)?;
         let caller = principal.sales()?;
-        let id = convert::id_field("id", &request.get_ref().id)?;
+        let id = salesopp_kit::ids::uuid_field("id", &request.get_ref().id, "a status id")?;
         Ok(Response::new(service::get(&self.pool, caller, id).await?))
     }
 
@@ -79,10 +79,14 @@ impl StatusConfigService for StatusConfig {
         let principal = Principal::of(&request)?;
         let caller = principal.admin()?;
         let body = request.get_ref();
-        let id = convert::id_field("id", &body.id)?;
+        let id = salesopp_kit::ids::uuid_field("id", &body.id, "a status id")?;
         let replacement = match body.replacement_status_id.as_str() {
             "" => None,
-            raw => Some(convert::id_field("replacement_status_id", raw)?),
+            raw => Some(salesopp_kit::ids::uuid_field(
+                "replacement_status_id",
+                raw,
+                "a status id",
+            )?),
         };
         parse_request_id(&body.request_id)?;
         let retry = Retry::new("DeleteStatus", &body.request_id, body);
@@ -99,7 +103,7 @@ impl StatusConfigService for StatusConfig {
         let principal = Principal::of(&request)?;
         let caller = principal.admin()?;
         let body = request.get_ref();
-        let id = convert::id_field("id", &body.id)?;
+        let id = salesopp_kit::ids::uuid_field("id", &body.id, "a status id")?;
         parse_request_id(&body.request_id)?;
         let retry = Retry::new("SetDefaultStatus", &body.request_id, body);
         Ok(Response::new(
