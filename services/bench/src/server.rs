@@ -6,8 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -26,8 +24,6 @@ pub struct Suite {
     pub tokens: TokenMinter,
     child: Option<Child>,
     pid: Option<u32>,
-    /// Highest VmRSS seen by [`Suite::sample_memory`], in KiB.
-    peak_rss_kib: Arc<AtomicU64>,
 }
 
 /// The memory of the served process, in KiB.
@@ -136,7 +132,6 @@ impl Suite {
             tokens,
             child: Some(child),
             pid,
-            peak_rss_kib: Arc::default(),
         };
         suite.wait_ready(Duration::from_secs(60)).await?;
         Ok(suite)
@@ -150,7 +145,6 @@ impl Suite {
                 .context("--url needs the suite's SALESOPP_AUTH_HS256_SECRET to mint tokens")?,
             child: None,
             pid: None,
-            peak_rss_kib: Arc::default(),
         };
         suite.wait_ready(Duration::from_secs(10)).await?;
         Ok(suite)
@@ -197,30 +191,6 @@ impl Suite {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
-    }
-
-    /// The served process's memory now, and the highest resident set sampled so far.
-    pub fn sample_memory(&self) -> Option<Memory> {
-        let memory = memory_of(self.pid?)?;
-        self.peak_rss_kib
-            .fetch_max(memory.rss_kib, Ordering::Relaxed);
-        Some(memory)
-    }
-
-    /// Samples memory every `every` until the returned handle is dropped (aborted), so peaks
-    /// between workloads are not missed.
-    pub fn sampler(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        let suite = self.clone();
-        tokio::spawn(async move {
-            loop {
-                suite.sample_memory();
-                tokio::time::sleep(every).await;
-            }
-        })
-    }
-
-    pub fn peak_rss_kib(&self) -> u64 {
-        self.peak_rss_kib.load(Ordering::Relaxed)
     }
 
     /// Stops a child server with SIGTERM (graceful: in-flight calls finish), then SIGKILL
