@@ -485,3 +485,84 @@ pub fn mint_hs256(secret: &[u8], request: &TokenRequest) -> anyhow::Result<Strin
         &EncodingKey::from_secret(secret),
     )?)
 }
+
+/// Mints development tokens the way a suite configured with the same [`AuthArgs`] verifies
+/// them: signed with `SALESOPP_AUTH_HS256_SECRET`, carrying `SALESOPP_AUTH_ISSUER` as `iss`
+/// and `SALESOPP_AUTH_AUDIENCE` as `aud` when they are set. Used by `salesopp token`,
+/// `salesopp demo` and `salesopp bench`.
+#[derive(Clone)]
+pub struct TokenMinter {
+    secret: String,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for TokenMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenMinter")
+            .field("secret", &"(redacted)")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+impl TokenMinter {
+    /// The minter for a suite served with `auth`. Refuses what such a suite would refuse
+    /// to start with or could not verify: no HS256 secret, a secret under 16 bytes, or a
+    /// JWKS (tokens then come from the identity provider, not from here).
+    pub fn new(auth: &crate::config::AuthArgs) -> anyhow::Result<TokenMinter> {
+        anyhow::ensure!(
+            auth.auth_jwks.is_none(),
+            "SALESOPP_AUTH_JWKS is set: a suite verifying with a JWKS accepts only its identity \
+             provider's tokens; development tokens need SALESOPP_AUTH_HS256_SECRET instead"
+        );
+        let secret = auth.auth_hs256_secret.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "SALESOPP_AUTH_HS256_SECRET (--auth-hs256-secret) is required to mint tokens"
+            )
+        })?;
+        anyhow::ensure!(
+            secret.len() >= 16,
+            "SALESOPP_AUTH_HS256_SECRET must be at least 16 bytes"
+        );
+        Ok(TokenMinter {
+            secret,
+            issuer: auth.auth_issuer.clone(),
+            audience: auth.auth_audience.clone(),
+        })
+    }
+
+    /// The `iss` claim the tokens carry, if any.
+    pub fn issuer(&self) -> Option<&str> {
+        self.issuer.as_deref()
+    }
+
+    /// The `aud` claim the tokens carry, if any.
+    pub fn audience(&self) -> Option<&str> {
+        self.audience.as_deref()
+    }
+
+    /// A token for `sub` valid `ttl_seconds`, with the suite's issuer and audience.
+    pub fn mint(
+        &self,
+        sub: &str,
+        name: &str,
+        team: &str,
+        roles: &[String],
+        ttl_seconds: u64,
+    ) -> anyhow::Result<String> {
+        mint_hs256(
+            self.secret.as_bytes(),
+            &TokenRequest {
+                sub: sub.to_owned(),
+                name: name.to_owned(),
+                team: team.to_owned(),
+                roles: roles.to_vec(),
+                ttl_seconds,
+                issuer: self.issuer.clone(),
+                audience: self.audience.clone(),
+            },
+        )
+    }
+}

@@ -1,6 +1,7 @@
 //! `salesopp`: serve one service or all of them, apply the schema, relay the events, play
-//! the demo, mint a development token. `demo` and `token` read the same settings as `serve`
-//! (the kit's [`AuthArgs`] and [`ListenArgs`]), so they reach and satisfy the suite it serves.
+//! the demo, mint a development token, benchmark the suite (`bench`). `demo` and `token`
+//! read the same settings as `serve` (the kit's [`AuthArgs`] and [`ListenArgs`]), so they
+//! reach and satisfy the suite it serves.
 
 use std::time::Duration;
 
@@ -175,6 +176,10 @@ enum Command {
         #[command(flatten)]
         auth: AuthArgs,
     },
+    /// Seed a database at scale by bulk load, serve the suite on it, drive every workload
+    /// over gRPC and measure it beside pgbench running the same SQL (and a minimal
+    /// reference) on the same data; writes report.json, report.md and report.svg.
+    Bench(Box<salesopp_bench::BenchArgs>),
 }
 
 #[tokio::main]
@@ -291,6 +296,10 @@ async fn main() -> anyhow::Result<()> {
                 version = salesopp_kit::db::required_schema_version(),
                 "schema up to date"
             );
+            Ok(())
+        }
+        Command::Bench(args) => {
+            salesopp_bench::run(*args).await?;
             Ok(())
         }
         Command::Token {

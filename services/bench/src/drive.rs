@@ -1,0 +1,688 @@
+//! The workloads: N tasks calling the suite over real gRPC (a connection each, like N
+//! clients) for a warmup, then for the measured duration. Every call's latency goes into an
+//! HDR histogram; failures are counted by gRPC code. Writes carry a fresh `request_id` (the
+//! idempotency record is part of the work measured), and each change task moves only the
+//! opportunities it alone was given, so no two tasks wait on one row: what is measured is
+//! the suite's own cost, not contention the benchmark made up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use salesopp_kit::auth::TokenMinter;
+use salesopp_proto::common::v1 as common;
+use salesopp_proto::customer::v1 as customer_pb;
+use salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient;
+use salesopp_proto::gateway::v1 as gateway_pb;
+use salesopp_proto::gateway::v1::gateway_service_client::GatewayServiceClient;
+use salesopp_proto::opportunity::v1 as pb;
+use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
+use sqlx::PgPool;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+use crate::scheme::{self, Status};
+
+/// What a benchmark run can drive.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// ChangeOpportunityStatus by one caller (an admin service account, like an ERP).
+    ChangeStatus,
+    /// ChangeOpportunityStatus by distinct salespeople, each on opportunities they own.
+    ChangeStatusCallers,
+    /// CreateOpportunity by distinct salespeople.
+    Create,
+    /// GetOpportunity of random opportunities (admin).
+    Get,
+    /// ListOpportunities of the caller's own opportunities (first page of 50).
+    ListByOwner,
+    /// GetPipelineSummary of a team, as its manager.
+    PipelineTeam,
+    /// GetPipelineSummary of everything, as the admin.
+    PipelineAdmin,
+    /// ListCustomers substring search, Thai and Latin terms.
+    SearchCustomers,
+    /// The gateway's GetOpportunityWithHistory (admin).
+    GatewayHistory,
+    /// 70% reads and 30% writes by distinct salespeople, with event watchers attached.
+    Mix,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 10] = [
+        Workload::ChangeStatus,
+        Workload::ChangeStatusCallers,
+        Workload::Create,
+        Workload::Get,
+        Workload::ListByOwner,
+        Workload::PipelineTeam,
+        Workload::PipelineAdmin,
+        Workload::SearchCustomers,
+        Workload::GatewayHistory,
+        Workload::Mix,
+    ];
+
+    /// Its name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::ChangeStatus => "change-status",
+            Workload::ChangeStatusCallers => "change-status-callers",
+            Workload::Create => "create",
+            Workload::Get => "get",
+            Workload::ListByOwner => "list-by-owner",
+            Workload::PipelineTeam => "pipeline-team",
+            Workload::PipelineAdmin => "pipeline-admin",
+            Workload::SearchCustomers => "search-customers",
+            Workload::GatewayHistory => "gateway-history",
+            Workload::Mix => "mix",
+        }
+    }
+
+    /// The call it makes, as a reader of the report knows it.
+    pub fn call(self) -> &'static str {
+        match self {
+            Workload::ChangeStatus => "ChangeOpportunityStatus, 1 caller",
+            Workload::ChangeStatusCallers => "ChangeOpportunityStatus, distinct callers",
+            Workload::Create => "CreateOpportunity",
+            Workload::Get => "GetOpportunity",
+            Workload::ListByOwner => "ListOpportunities by owner",
+            Workload::PipelineTeam => "GetPipelineSummary, team manager",
+            Workload::PipelineAdmin => "GetPipelineSummary, admin",
+            Workload::SearchCustomers => "ListCustomers search (Thai, Latin)",
+            Workload::GatewayHistory => "gateway GetOpportunityWithHistory",
+            Workload::Mix => "mix 70% reads / 30% writes + 3 watchers",
+        }
+    }
+}
+
+/// Everything the workloads need to know about the suite and its data.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub url: String,
+    pub tokens: TokenMinter,
+    /// The benchmark database: where tasks find the opportunities they may change.
+    pub db: PgPool,
+    pub statuses: Vec<Status>,
+    pub scale: u64,
+    pub customers: u64,
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+/// Latency summary in milliseconds.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Latency {
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// From a histogram of microseconds.
+    pub fn of(histogram: &Histogram<u64>) -> Latency {
+        if histogram.is_empty() {
+            return Latency::default();
+        }
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Latency {
+            mean_ms: histogram.mean() / 1000.0,
+            p50_ms: ms(histogram.value_at_quantile(0.50)),
+            p95_ms: ms(histogram.value_at_quantile(0.95)),
+            p99_ms: ms(histogram.value_at_quantile(0.99)),
+            max_ms: ms(histogram.max()),
+        }
+    }
+}
+
+/// How quickly events reached the watchers during the mix.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Delivery {
+    pub watchers: usize,
+    /// Events received, summed over the watchers.
+    pub events: u64,
+    /// From the event's occur time (the database clock inside its transaction, just before
+    /// commit) to its receipt by a watcher.
+    pub lag: Latency,
+}
+
+/// What one workload measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Measured {
+    pub workload: Workload,
+    pub call: &'static str,
+    pub concurrency: usize,
+    pub seconds: f64,
+    /// Successful calls in the measured window.
+    pub calls: u64,
+    pub per_second: f64,
+    pub latency: Latency,
+    /// Failed calls in the measured window, by gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    /// The served process's peak resident set while this workload ran (KiB), when known.
+    pub peak_rss_kib: Option<u64>,
+    pub delivery: Option<Delivery>,
+}
+
+/// `message` with the bearer token.
+pub fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse::<MetadataValue<Ascii>>() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 10 min, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
+        Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits are valid"))
+    })
+}
+
+/// One task's clients, identity and state.
+struct Worker {
+    opportunities: OpportunityServiceClient<Channel>,
+    customers: CustomerServiceClient<Channel>,
+    gateway: GatewayServiceClient<Channel>,
+    bearer: MetadataValue<Ascii>,
+    caller_id: String,
+    /// The opportunities this task alone changes (id, current status), and reads in the mix.
+    owned: Vec<(Uuid, Uuid)>,
+    rng: fastrand::Rng,
+}
+
+/// One call's result: success, or the code of the failure.
+type Outcome = Result<(), tonic::Code>;
+
+impl Worker {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.bearer.clone());
+        request
+    }
+
+    fn random_opportunity(&mut self, scale: u64) -> String {
+        scheme::opportunity_id(self.rng.u64(1..=scale)).to_string()
+    }
+
+    async fn change(&mut self, statuses: &[Status]) -> Outcome {
+        if self.owned.is_empty() {
+            return Err(tonic::Code::FailedPrecondition);
+        }
+        let at = self.rng.usize(..self.owned.len());
+        let (id, current) = self.owned[at];
+        let to = scheme::next_status(statuses, current).id;
+        let response = self
+            .opportunities
+            .change_opportunity_status(self.request(pb::ChangeOpportunityStatusRequest {
+                opportunity_id: id.to_string(),
+                status_id: to.to_string(),
+                request_id: Uuid::new_v4().to_string(),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|s| s.code())?;
+        let now = response
+            .into_inner()
+            .opportunity
+            .and_then(|o| Uuid::parse_str(&o.status_id).ok())
+            .unwrap_or(to);
+        self.owned[at].1 = now;
+        Ok(())
+    }
+
+    async fn create(&mut self, customers: u64) -> Outcome {
+        let customer = scheme::customer_id(self.rng.u64(1..=customers));
+        let units = self.rng.i64(1_000..5_000_000);
+        self.opportunities
+            .create_opportunity(self.request(pb::CreateOpportunityRequest {
+                opportunity: Some(pb::Opportunity {
+                    customer_id: customer.to_string(),
+                    title: format!("Bench deal {units}"),
+                    amount: Some(common::Money {
+                        currency_code: "THB".to_owned(),
+                        units,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                request_id: Uuid::new_v4().to_string(),
+                note: String::new(),
+            }))
+            .await
+            .map(drop)
+            .map_err(|s| s.code())
+    }
+
+    async fn get(&mut self, id: String) -> Outcome {
+        self.opportunities
+            .get_opportunity(self.request(pb::GetOpportunityRequest { id }))
+            .await
+            .map(drop)
+            .map_err(|s| s.code())
+    }
+
+    async fn list_own(&mut self) -> Outcome {
+        self.opportunities
+            .list_opportunities(self.request(pb::ListOpportunitiesRequest {
+                owner_ids: vec![self.caller_id.clone()],
+                ..Default::default()
+            }))
+            .await
+            .map(drop)
+            .map_err(|s| s.code())
+    }
+
+    async fn pipeline(&mut self) -> Outcome {
+        self.opportunities
+            .get_pipeline_summary(self.request(pb::GetPipelineSummaryRequest::default()))
+            .await
+            .map(drop)
+            .map_err(|s| s.code())
+    }
+
+    async fn search(&mut self) -> Outcome {
+        let term = scheme::SEARCH_TERMS[self.rng.usize(..scheme::SEARCH_TERMS.len())];
+        self.customers
+            .list_customers(self.request(customer_pb::ListCustomersRequest {
+                query: term.to_owned(),
+                ..Default::default()
+            }))
+            .await
+            .map(drop)
+            .map_err(|s| s.code())
+    }
+
+    async fn with_history(&mut self, id: String) -> Outcome {
+        self.gateway
+            .get_opportunity_with_history(self.request(
+                gateway_pb::GetOpportunityWithHistoryRequest {
+                    opportunity_id: id,
+                    history_page_size: 0,
+                },
+            ))
+            .await
+            .map(drop)
+            .map_err(|s| s.code())
+    }
+
+    fn own_opportunity(&mut self, scale: u64) -> String {
+        if self.owned.is_empty() {
+            return self.random_opportunity(scale);
+        }
+        self.owned[self.rng.usize(..self.owned.len())].0.to_string()
+    }
+
+    /// One call of `workload`.
+    async fn call(&mut self, workload: Workload, context: &Context) -> Outcome {
+        match workload {
+            Workload::ChangeStatus | Workload::ChangeStatusCallers => {
+                self.change(&context.statuses).await
+            }
+            Workload::Create => self.create(context.customers).await,
+            Workload::Get => {
+                let id = self.random_opportunity(context.scale);
+                self.get(id).await
+            }
+            Workload::ListByOwner => self.list_own().await,
+            Workload::PipelineTeam | Workload::PipelineAdmin => self.pipeline().await,
+            Workload::SearchCustomers => self.search().await,
+            Workload::GatewayHistory => {
+                let id = self.random_opportunity(context.scale);
+                self.with_history(id).await
+            }
+            Workload::Mix => match self.rng.u32(0..100) {
+                0..25 => {
+                    let id = self.own_opportunity(context.scale);
+                    self.get(id).await
+                }
+                25..45 => self.list_own().await,
+                45..60 => self.search().await,
+                60..70 => {
+                    let id = self.own_opportunity(context.scale);
+                    self.with_history(id).await
+                }
+                70..90 => self.change(&context.statuses).await,
+                _ => self.create(context.customers).await,
+            },
+        }
+    }
+}
+
+/// Who task `task` of `tasks` calls as in `workload`, and which opportunities it owns.
+async fn worker(
+    context: &Context,
+    workload: Workload,
+    task: usize,
+    tasks: usize,
+) -> anyhow::Result<Worker> {
+    let reps = scheme::reps();
+    let team = 1 + (task as u32 % scheme::TEAMS);
+    let per_caller = matches!(
+        workload,
+        Workload::ChangeStatusCallers
+            | Workload::Create
+            | Workload::ListByOwner
+            | Workload::SearchCustomers
+            | Workload::Mix
+    );
+    let (caller_id, name, team_name, role) = if per_caller {
+        let rep = &reps[task % reps.len()];
+        (
+            rep.id.clone(),
+            rep.name.clone(),
+            rep.team.clone(),
+            "sales_rep",
+        )
+    } else if workload == Workload::PipelineTeam {
+        let manager = scheme::manager_of_team(team);
+        (manager.id, manager.name, manager.team, "sales_manager")
+    } else {
+        (
+            scheme::ADMIN_ID.to_owned(),
+            scheme::ADMIN_NAME.to_owned(),
+            String::new(),
+            "sales_admin",
+        )
+    };
+    let token =
+        context
+            .tokens
+            .mint(&caller_id, &name, &team_name, &[role.to_owned()], 24 * 3600)?;
+    let bearer: MetadataValue<Ascii> = format!("Bearer {token}").parse()?;
+    let owned = match workload {
+        // One caller: task t changes the opportunities numbered t mod tasks (a sample).
+        Workload::ChangeStatus => {
+            let (task, tasks) = (task as u64, tasks as u64);
+            let numbered = context.scale.saturating_sub(task).div_ceil(tasks);
+            let mut rng = fastrand::Rng::with_seed(task);
+            let mut ids: Vec<Uuid> = (0..numbered.min(2_000))
+                .map(|_| scheme::opportunity_id(1 + task + tasks * rng.u64(0..numbered)))
+                .collect();
+            ids.sort();
+            ids.dedup();
+            current_statuses(&context.db, &ids).await?
+        }
+        // Per caller: the caller's own, split between the tasks that share the caller.
+        Workload::ChangeStatusCallers | Workload::Mix => {
+            let sharing = tasks.div_ceil(reps.len()).max(1);
+            let slot = task / reps.len();
+            let all: Vec<(Uuid, Uuid)> = sqlx::query_as(
+                "select id, status_id from opportunities where owner_id = $1 order by id",
+            )
+            .bind(&caller_id)
+            .fetch_all(&context.db)
+            .await?;
+            all.into_iter()
+                .enumerate()
+                .filter(|(n, _)| n % sharing == slot)
+                .map(|(_, row)| row)
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    let channel = Endpoint::from_shared(context.url.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(Worker {
+        opportunities: OpportunityServiceClient::new(channel.clone()),
+        customers: CustomerServiceClient::new(channel.clone()),
+        gateway: GatewayServiceClient::new(channel),
+        bearer,
+        caller_id,
+        owned,
+        rng: fastrand::Rng::with_seed(0x5eed ^ task as u64),
+    })
+}
+
+async fn current_statuses(db: &PgPool, ids: &[Uuid]) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
+    Ok(
+        sqlx::query_as("select id, status_id from opportunities where id = any($1) order by id")
+            .bind(ids)
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// What one task saw in the measured window.
+struct TaskResult {
+    latencies: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Runs `workload` with `context.concurrency` tasks: warmup, then the measured duration.
+/// `sample_memory` is called every 200 ms while it runs and returns the server's RSS (KiB).
+pub async fn run(
+    context: &Arc<Context>,
+    workload: Workload,
+    sample_memory: impl Fn() -> Option<u64> + Send + Sync + 'static,
+) -> anyhow::Result<Measured> {
+    let tasks = context.concurrency.max(1);
+    let mut workers = Vec::with_capacity(tasks);
+    for task in 0..tasks {
+        workers.push(worker(context, workload, task, tasks).await?);
+    }
+    let started = Instant::now();
+    let measure_from = started + context.warmup;
+    let end = measure_from + context.duration;
+    let done = Arc::new(AtomicU64::new(0));
+
+    let watchers = if workload == Workload::Mix {
+        start_watchers(context, 3, SystemTime::now() + context.warmup).await?
+    } else {
+        Vec::new()
+    };
+
+    let bar = ProgressBar::new((context.warmup + context.duration).as_secs().max(1));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} s {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(workload.name());
+    let ticker = {
+        let bar = bar.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(rss) = sample_memory() {
+                    peak = peak.max(rss);
+                }
+                bar.set_position(started.elapsed().as_secs());
+                bar.set_message(format!("{} calls", done.load(Ordering::Relaxed)));
+                if Instant::now() >= end {
+                    return peak;
+                }
+            }
+        })
+    };
+
+    let mut handles = Vec::with_capacity(tasks);
+    for mut worker in workers {
+        let context = context.clone();
+        let done = done.clone();
+        handles.push(tokio::spawn(async move {
+            let mut result = TaskResult {
+                latencies: histogram(),
+                errors: BTreeMap::new(),
+            };
+            loop {
+                let start = Instant::now();
+                if start >= end {
+                    return result;
+                }
+                let outcome = worker.call(workload, &context).await;
+                let finished = Instant::now();
+                done.fetch_add(1, Ordering::Relaxed);
+                if start < measure_from || finished > end {
+                    continue;
+                }
+                match outcome {
+                    Ok(()) => {
+                        let micros = (finished - start).as_micros().max(1) as u64;
+                        let _ = result.latencies.record(micros);
+                    }
+                    Err(code) => *result.errors.entry(format!("{code:?}")).or_default() += 1,
+                }
+            }
+        }));
+    }
+    let mut latencies = histogram();
+    let mut errors = BTreeMap::new();
+    for handle in handles {
+        let result = handle.await?;
+        latencies.add(&result.latencies)?;
+        for (code, count) in result.errors {
+            *errors.entry(code).or_default() += count;
+        }
+    }
+    let peak = ticker.await.unwrap_or(0);
+    bar.finish_and_clear();
+
+    let delivery = if watchers.is_empty() {
+        None
+    } else {
+        // Events committed at the very end get a moment to arrive.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut lag = histogram();
+        let mut events = 0;
+        let count = watchers.len();
+        for watcher in watchers {
+            watcher.handle.abort();
+            let seen = watcher
+                .lag
+                .lock()
+                .map(|h| h.clone())
+                .unwrap_or_else(|_| histogram());
+            events += seen.len();
+            lag.add(&seen)?;
+        }
+        Some(Delivery {
+            watchers: count,
+            events,
+            lag: Latency::of(&lag),
+        })
+    };
+    let seconds = context.duration.as_secs_f64();
+    Ok(Measured {
+        workload,
+        call: workload.call(),
+        concurrency: tasks,
+        seconds,
+        calls: latencies.len(),
+        per_second: latencies.len() as f64 / seconds.max(f64::EPSILON),
+        latency: Latency::of(&latencies),
+        errors,
+        peak_rss_kib: (peak > 0).then_some(peak),
+        delivery,
+    })
+}
+
+/// An event watcher: its task and the lags it measured (µs).
+struct Watcher {
+    handle: tokio::task::JoinHandle<()>,
+    lag: Arc<std::sync::Mutex<Histogram<u64>>>,
+}
+
+/// Starts `count` admin watchers at the newest event, each recording the lag of events that
+/// occurred after `count_from` (the warmup's end).
+async fn start_watchers(
+    context: &Context,
+    count: usize,
+    count_from: SystemTime,
+) -> anyhow::Result<Vec<Watcher>> {
+    let newest: i64 = sqlx::query_scalar("select coalesce(max(seq), 0) from opportunity_events")
+        .fetch_one(&context.db)
+        .await?;
+    let cursor = salesopp_outbox::cursor(newest);
+    let token = context.tokens.mint(
+        scheme::ADMIN_ID,
+        scheme::ADMIN_NAME,
+        "",
+        &["sales_admin".to_owned()],
+        24 * 3600,
+    )?;
+    let mut watchers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let client = OpportunityServiceClient::connect(context.url.clone()).await?;
+        let lag = Arc::new(std::sync::Mutex::new(histogram()));
+        let handle = tokio::spawn(watch(
+            client,
+            token.clone(),
+            cursor.clone(),
+            count_from,
+            lag.clone(),
+        ));
+        watchers.push(Watcher { handle, lag });
+    }
+    Ok(watchers)
+}
+
+/// One watcher: follows WatchOpportunityEvents from `cursor` and records, for each event
+/// that occurred after `count_from`, the time from its occurrence to its receipt. Kept to
+/// this one function so a change of the stream's message (an `event`/`heartbeat` oneof)
+/// is adapted here alone.
+async fn watch(
+    mut client: OpportunityServiceClient<Channel>,
+    token: String,
+    cursor: String,
+    count_from: SystemTime,
+    lag: Arc<std::sync::Mutex<Histogram<u64>>>,
+) {
+    let request = authed(
+        &token,
+        pb::WatchOpportunityEventsRequest {
+            start: Some(pb::watch_opportunity_events_request::Start::AfterCursor(cursor)),
+            ..Default::default()
+        },
+    );
+    let Ok(response) = client.watch_opportunity_events(request).await else {
+        return;
+    };
+    let mut stream = response.into_inner();
+    while let Ok(Some(message)) = stream.message().await {
+        let received = SystemTime::now();
+        let Some(pb::watch_opportunity_events_response::Kind::Event(event)) = message.kind else {
+            continue; // a heartbeat
+        };
+        let Some(occurred) = event.occur_time.and_then(|t| SystemTime::try_from(t).ok()) else {
+            continue;
+        };
+        if occurred < count_from {
+            continue;
+        }
+        let micros = received
+            .duration_since(occurred)
+            .unwrap_or_default()
+            .as_micros()
+            .max(1) as u64;
+        if let Ok(mut lag) = lag.lock() {
+            let _ = lag.record(micros);
+        }
+    }
+}
+
+/// `calls` calls of `workload`, one at a time, by one task (for counting statements).
+pub async fn sequential(context: &Context, workload: Workload, calls: u64) -> anyhow::Result<()> {
+    let mut worker = worker(context, workload, 0, 1).await?;
+    for _ in 0..calls {
+        let _ = worker.call(workload, context).await;
+    }
+    Ok(())
+}
