@@ -410,7 +410,7 @@ async fn two_relays_one_publishes_the_other_takes_over_when_it_is_killed() {
     let nats = NatsServer::start_new().await;
     let config = config("pair");
     let command = relay_command(&suite, &nats, &config);
-    let mut relays = vec![command.spawn("relay-a"), command.spawn("relay-b")];
+    let mut relays = [command.spawn("relay-a"), command.spawn("relay-b")];
     write_events(&suite, 2, 25).await;
     assert_every_event_once_in_order(&nats, &config.stream, &suite.db).await;
     let published = count(&nats, &config.stream).await as f64;
@@ -445,6 +445,13 @@ async fn two_relays_one_publishes_the_other_takes_over_when_it_is_killed() {
         relays[standby].health("salesopp.relay.active").await,
         Some(NOT_SERVING)
     );
+    wait_until("the active relay reports no lag", || async {
+        relays[active]
+            .metric("salesopp_event_relay_lag_events")
+            .await
+            == Some(0.0)
+    })
+    .await;
 
     // The active one dies holding its lease: the standby takes over once it runs out.
     relays[active].kill().await;
@@ -593,4 +600,54 @@ async fn relay_run_stops_at_shutdown_and_releases_its_lease() {
     assert_eq!(holder, relay.lease().holder);
     running.stop().await;
     assert_eq!(lease_holder(&suite.db, &config.name).await, None);
+}
+
+/// The lease: one holder at a time; only the holder records progress (fencing); released,
+/// it goes to the next one at once.
+#[tokio::test]
+async fn only_the_lease_holder_records_progress() {
+    let suite = TestSuite::spawn().await;
+    let name = "test-fencing";
+    sqlx::query("insert into event_relay_offsets (relay_name) values ($1)")
+        .bind(name)
+        .execute(&suite.db)
+        .await
+        .expect("offset row");
+    let lease_config = LeaseConfig {
+        ttl: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let first = salesopp_relay::Lease::new(suite.db.clone(), name, lease_config);
+    let second = salesopp_relay::Lease::new(suite.db.clone(), name, lease_config);
+    assert!(first.acquire().await.expect("acquire").is_some());
+    assert!(first.acquire().await.expect("renew").is_some(), "renewed");
+    assert!(second.acquire().await.expect("acquire").is_none(), "held");
+    assert!(!second.record(7).await.expect("record"), "fenced");
+    assert!(first.record(5).await.expect("record"));
+    let offset = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select last_event_id from event_relay_offsets where relay_name = $1",
+        )
+        .bind(name)
+        .fetch_one(&suite.db)
+        .await
+        .expect("offset")
+    };
+    assert_eq!(offset().await, 5);
+    assert!(first.release().await.expect("release"));
+    assert!(second.acquire().await.expect("take over").is_some());
+    assert!(
+        !first.record(9).await.expect("record"),
+        "the old holder is fenced"
+    );
+    assert!(second.record(6).await.expect("record"));
+    assert_eq!(offset().await, 6);
+    assert!(first.acquire().await.expect("acquire").is_none());
+    let epoch: i64 =
+        sqlx::query_scalar("select epoch from event_relay_leases where relay_name = $1")
+            .bind(name)
+            .fetch_one(&suite.db)
+            .await
+            .expect("epoch");
+    assert_eq!(epoch, 2, "one change of holder");
 }
