@@ -295,7 +295,7 @@ impl Drop for RemoveIfPanicking {
 }
 
 /// A port nobody listens on now (bound, then released for the server to take).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("pick a free port")

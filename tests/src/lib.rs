@@ -8,7 +8,9 @@
 
 pub mod cluster;
 pub mod fixtures;
+pub mod nats;
 pub mod relay;
+pub mod relay_process;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -83,6 +85,21 @@ impl TestDatabase {
             .expect("migrate the test database");
         pool.close().await;
         database
+    }
+
+    /// A URL of this database for a child process: the admin URL (`DATABASE_URL`) with its
+    /// database name replaced (for a database made through it, not in a private cluster).
+    pub fn url(&self) -> String {
+        let admin = admin_url();
+        let (base, query) = admin.split_once('?').unwrap_or((admin.as_str(), ""));
+        let (scheme, rest) = base.split_once("://").unwrap_or(("postgres", base));
+        let server = rest.split_once('/').map_or(rest, |(server, _)| server);
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        format!("{scheme}://{server}/{}{query}", self.name)
     }
 
     pub async fn pool(&self) -> PgPool {

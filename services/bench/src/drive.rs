@@ -648,7 +648,9 @@ async fn watch(
     let request = authed(
         &token,
         pb::WatchOpportunityEventsRequest {
-            start: Some(pb::watch_opportunity_events_request::Start::AfterCursor(cursor)),
+            start: Some(pb::watch_opportunity_events_request::Start::AfterCursor(
+                cursor,
+            )),
             ..Default::default()
         },
     );

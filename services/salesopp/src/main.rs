@@ -58,6 +58,152 @@ struct EventArgs {
     event_retention: Duration,
 }
 
+/// `salesopp relay`'s settings.
+#[derive(clap::Args, Debug)]
+struct RelayArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// NATS server URL (the relay starts and waits while it is unreachable).
+    #[arg(
+        long,
+        env = "SALESOPP_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
+    /// JetStream stream (created, or its subjects and limits updated, when the relay becomes active).
+    #[arg(
+        long,
+        env = "SALESOPP_NATS_STREAM",
+        default_value = "SALESOPP_OPPORTUNITY_EVENTS"
+    )]
+    stream: String,
+    /// Subject prefix: messages go to <prefix>.created, <prefix>.updated, <prefix>.status_changed.
+    #[arg(
+        long,
+        env = "SALESOPP_NATS_SUBJECT_PREFIX",
+        default_value = "salesopp.opportunity"
+    )]
+    subject_prefix: String,
+    /// How long the stream keeps a message (e.g. 30d, 12h; 0s: no limit).
+    #[arg(long, env = "SALESOPP_NATS_STREAM_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
+    stream_max_age: Duration,
+    /// How many bytes the stream keeps, the oldest messages dropped first (0: no limit).
+    #[arg(long, env = "SALESOPP_NATS_STREAM_MAX_BYTES", default_value_t = 0)]
+    stream_max_bytes: u64,
+    /// How long JetStream recognises a re-sent event by its Nats-Msg-Id (at most the max age).
+    #[arg(long, env = "SALESOPP_NATS_DUPLICATE_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    duplicate_window: Duration,
+    /// Copies of the stream in a NATS cluster.
+    #[arg(long, env = "SALESOPP_NATS_STREAM_REPLICAS", default_value_t = 1)]
+    stream_replicas: usize,
+    /// The name this relay's lease and progress are recorded under.
+    #[arg(long, env = "SALESOPP_RELAY_NAME", default_value = "nats")]
+    name: String,
+    /// How long the active relay's lease lasts unrenewed (renewed every quarter of it): a
+    /// standby takes over within this plus a second of the active one dying.
+    #[arg(long, env = "SALESOPP_RELAY_LEASE_TTL", default_value = "8s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
+    /// grpc.health.v1 listen address (not SALESOPP_LISTEN, so that a relay can run beside
+    /// `serve` on one machine).
+    #[arg(long, env = "SALESOPP_RELAY_LISTEN", default_value = "127.0.0.1:50052")]
+    listen: std::net::SocketAddr,
+    /// Prometheus `/metrics` listen address (plain HTTP); not served when unset.
+    #[arg(long, env = "SALESOPP_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Seconds the relay may take to stop after SIGTERM/SIGINT (it finishes the publish in
+    /// flight, records its progress and releases its lease).
+    #[arg(long, env = "SALESOPP_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    shutdown_grace_seconds: u64,
+    /// Seconds to wait for the database at start-up.
+    #[arg(long, env = "SALESOPP_STARTUP_TIMEOUT_SECONDS", default_value_t = 60)]
+    startup_timeout_seconds: u64,
+}
+
+impl RelayArgs {
+    fn config(&self) -> anyhow::Result<salesopp_relay::RelayConfig> {
+        anyhow::ensure!(
+            self.lease_ttl >= Duration::from_secs(2),
+            "SALESOPP_RELAY_LEASE_TTL must be at least 2s"
+        );
+        anyhow::ensure!(
+            self.stream_max_age.is_zero() || self.duplicate_window <= self.stream_max_age,
+            "SALESOPP_NATS_DUPLICATE_WINDOW must not exceed SALESOPP_NATS_STREAM_MAX_AGE"
+        );
+        Ok(salesopp_relay::RelayConfig {
+            name: self.name.clone(),
+            stream: self.stream.clone(),
+            subject_prefix: self.subject_prefix.clone(),
+            limits: salesopp_relay::StreamLimits {
+                max_age: self.stream_max_age,
+                max_bytes: match self.stream_max_bytes {
+                    0 => -1,
+                    bytes => i64::try_from(bytes).unwrap_or(i64::MAX),
+                },
+                duplicate_window: self.duplicate_window,
+                replicas: self.stream_replicas.max(1),
+            },
+            lease: salesopp_relay::LeaseConfig {
+                ttl: self.lease_ttl,
+                renew_interval: self.lease_ttl / 4,
+                standby_poll: Duration::from_secs(1).min(self.lease_ttl / 4),
+            },
+            ..Default::default()
+        })
+    }
+}
+
+/// `salesopp relay`: waits for the schema, then relays until SIGTERM/SIGINT, serving health
+/// (and metrics) meanwhile.
+async fn relay(args: RelayArgs) -> anyhow::Result<()> {
+    salesopp_kit::telemetry::init();
+    let config = args.config()?;
+    let pool = salesopp_kit::db::connect_lazy(
+        &args.database.database_url,
+        args.database.db_max_connections.max(4),
+    )?;
+    salesopp::wait_for_schema(&pool, Duration::from_secs(args.startup_timeout_seconds)).await?;
+    let health_listener = tokio::net::TcpListener::bind(args.listen).await?;
+    if let Some(addr) = args.metrics_listen {
+        let metrics_listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "serving /metrics");
+        tokio::spawn(salesopp_kit::metrics::serve(
+            metrics_listener,
+            Some(pool.clone()),
+        ));
+    }
+    let client = salesopp_relay::connect(&args.nats_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {}: {e}", args.nats_url))?;
+    let relay = salesopp_relay::Relay::new(pool, client, config);
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let health = tokio::spawn(salesopp_relay::health::serve(
+        health_listener,
+        relay.status(),
+        async move {
+            let _ = stopped_rx.await;
+        },
+    ));
+    let (signal_tx, signal_rx) = tokio::sync::oneshot::channel::<()>();
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    let run = relay.run(async {
+        let _ = signal_rx.await;
+    });
+    tokio::pin!(run);
+    tokio::select! {
+        () = &mut run => {}
+        () = salesopp_kit::serve::shutdown_signal() => {
+            let _ = signal_tx.send(());
+            if tokio::time::timeout(grace, &mut run).await.is_err() {
+                tracing::warn!(?grace, "the relay did not stop within the grace period: exiting");
+            }
+        }
+    }
+    let _ = stopped_tx.send(());
+    let _ = health.await;
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
 /// The token settings as `demo` and `token` use them: those of the suite they call.
 const SECRET_HELP: &str = "The suite's HS256 secret: the tokens are signed with it";
 const ISSUER_HELP: &str = "The `iss` claim the suite requires: put into the tokens";
@@ -93,36 +239,10 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
-    /// Publish the opportunity event outbox to NATS JetStream (at-least-once, ordered,
-    /// de-duplicated by event id).
-    Relay {
-        #[command(flatten)]
-        database: DatabaseArgs,
-        /// NATS server URL.
-        #[arg(
-            long,
-            env = "SALESOPP_NATS_URL",
-            default_value = "nats://127.0.0.1:4222"
-        )]
-        nats_url: String,
-        /// JetStream stream (created when missing).
-        #[arg(
-            long,
-            env = "SALESOPP_NATS_STREAM",
-            default_value = "SALESOPP_OPPORTUNITY_EVENTS"
-        )]
-        stream: String,
-        /// Subject prefix: messages go to <prefix>.<TYPE>.<opportunity id>.
-        #[arg(
-            long,
-            env = "SALESOPP_NATS_SUBJECT_PREFIX",
-            default_value = "salesopp.opportunity.events"
-        )]
-        subject_prefix: String,
-        /// The name this relay's progress is recorded under.
-        #[arg(long, env = "SALESOPP_RELAY_NAME", default_value = "nats")]
-        name: String,
-    },
+    /// Publish the opportunity event outbox to NATS JetStream: one active relay across
+    /// replicas (a lease in Postgres, the others stand by), in order, de-duplicated by
+    /// event id, with CloudEvents headers; serves grpc.health.v1 for probes.
+    Relay(RelayArgs),
     /// Play the seed's story against a running suite, through its public calls. Played
     /// again, it finds the story recorded and adds nothing.
     // The listen settings other than the address mean nothing here: hidden. The flags of
@@ -247,37 +367,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Relay {
-            database,
-            nats_url,
-            stream,
-            subject_prefix,
-            name,
-        } => {
-            salesopp_kit::telemetry::init();
-            let pool = salesopp_kit::db::connect_lazy(&database.database_url, 2)?;
-            salesopp::wait_for_schema(&pool, Duration::from_secs(60)).await?;
-            let client = async_nats::connect(&nats_url)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {nats_url}: {e}"))?;
-            let relay = salesopp_relay::Relay::new(
-                pool,
-                client,
-                salesopp_relay::RelayConfig {
-                    name,
-                    stream,
-                    subject_prefix,
-                    ..Default::default()
-                },
-            )
-            .await?;
-            tracing::info!(
-                offset = relay.offset().await?,
-                "relaying events to NATS JetStream"
-            );
-            relay.run(salesopp_kit::serve::shutdown_signal()).await;
-            Ok(())
-        }
+        Command::Relay(args) => relay(args).await,
         Command::Demo { url, listen, auth } => {
             let url = salesopp::demo::suite_url(url.as_deref(), listen.listen);
             let story = salesopp::demo::play(&url, &TokenMinter::new(&auth)?).await?;
