@@ -18,7 +18,7 @@ use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfig
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::forward::{Forward, Part, downstream};
+use crate::forward::{Forward, Part, leg};
 
 pub const DEFAULT_PAGE_SIZE: i32 = 50;
 pub const MAX_PAGE_SIZE: i32 = 500;
@@ -59,14 +59,14 @@ impl Clients {
             page_size: 500,
             ..Default::default()
         };
-        Ok(self
-            .statuses
-            .clone()
-            .list_statuses(forward.request(request))
-            .await
-            .map_err(downstream(Part::StatusConfig))?
-            .into_inner()
-            .statuses)
+        Ok(leg(
+            Part::StatusConfig,
+            self.statuses
+                .clone()
+                .list_statuses(forward.request(request)),
+        )
+        .await?
+        .statuses)
     }
 
     pub async fn opportunity_with_history(
@@ -85,40 +85,40 @@ impl Clients {
             DEFAULT_PAGE_SIZE,
         )?;
         let get = async {
-            self.opportunities
-                .clone()
-                .get_opportunity(
+            leg(
+                Part::Opportunity,
+                self.opportunities.clone().get_opportunity(
                     forward.request(opportunity::GetOpportunityRequest { id: id.clone() }),
-                )
-                .await
-                .map_err(downstream(Part::Opportunity))
-                .map(tonic::Response::into_inner)
+                ),
+            )
+            .await
         };
         let history = async {
-            self.opportunities
-                .clone()
-                .list_status_history(forward.request(opportunity::ListStatusHistoryRequest {
-                    opportunity_id: id.clone(),
-                    page_size: history_page_size,
-                    page_token: String::new(),
-                    newest_first: false,
-                }))
-                .await
-                .map_err(downstream(Part::Opportunity))
-                .map(tonic::Response::into_inner)
+            leg(
+                Part::Opportunity,
+                self.opportunities
+                    .clone()
+                    .list_status_history(forward.request(opportunity::ListStatusHistoryRequest {
+                        opportunity_id: id.clone(),
+                        page_size: history_page_size,
+                        page_token: String::new(),
+                        newest_first: false,
+                    })),
+            )
+            .await
         };
         // The customer needs the opportunity's customer_id: it follows the first round.
         let (opportunity, history, statuses) =
             tokio::try_join!(get, history, self.live_statuses(forward))?;
-        let customer = self
-            .customers
-            .clone()
-            .get_customer(forward.request(customer::GetCustomerRequest {
-                id: opportunity.customer_id.clone(),
-            }))
-            .await
-            .map_err(downstream(Part::Customer))?
-            .into_inner();
+        let customer = leg(
+            Part::Customer,
+            self.customers
+                .clone()
+                .get_customer(forward.request(customer::GetCustomerRequest {
+                    id: opportunity.customer_id.clone(),
+                })),
+        )
+        .await?;
         let current_status = statuses
             .iter()
             .find(|s| s.id == opportunity.status_id)
@@ -141,36 +141,41 @@ impl Clients {
         let id = uuid_field("customer_id", &request.customer_id, "the customer's id")?;
         let page_size = page_size("page_size", request.page_size, DEFAULT_PAGE_SIZE)?;
         let get = async {
-            self.customers
-                .clone()
-                .get_customer(forward.request(customer::GetCustomerRequest { id: id.clone() }))
-                .await
-                .map_err(downstream(Part::Customer))
-                .map(tonic::Response::into_inner)
+            leg(
+                Part::Customer,
+                self.customers
+                    .clone()
+                    .get_customer(forward.request(customer::GetCustomerRequest { id: id.clone() })),
+            )
+            .await
         };
         let list = async {
-            self.opportunities
-                .clone()
-                .list_opportunities(forward.request(opportunity::ListOpportunitiesRequest {
-                    customer_id: id.clone(),
-                    page_size,
-                    page_token: request.page_token.clone(),
-                    ..Default::default()
-                }))
-                .await
-                .map_err(downstream(Part::Opportunity))
-                .map(tonic::Response::into_inner)
+            leg(
+                Part::Opportunity,
+                self.opportunities
+                    .clone()
+                    .list_opportunities(forward.request(opportunity::ListOpportunitiesRequest {
+                        customer_id: id.clone(),
+                        page_size,
+                        page_token: request.page_token.clone(),
+                        ..Default::default()
+                    })),
+            )
+            .await
         };
         let summary = async {
-            self.opportunities
-                .clone()
-                .get_pipeline_summary(forward.request(opportunity::GetPipelineSummaryRequest {
-                    customer_id: id.clone(),
-                    ..Default::default()
-                }))
-                .await
-                .map_err(downstream(Part::Opportunity))
-                .map(tonic::Response::into_inner)
+            leg(
+                Part::Opportunity,
+                self.opportunities
+                    .clone()
+                    .get_pipeline_summary(forward.request(
+                        opportunity::GetPipelineSummaryRequest {
+                            customer_id: id.clone(),
+                            ..Default::default()
+                        },
+                    )),
+            )
+            .await
         };
         let (customer, list, statuses, summary) =
             tokio::try_join!(get, list, self.live_statuses(forward), summary)?;
@@ -207,29 +212,33 @@ impl Clients {
             DEFAULT_PER_STAGE,
         )?;
         let people = async {
-            self.opportunities
-                .clone()
-                .list_salespeople(forward.request(opportunity::ListSalespeopleRequest {
-                    ids: vec![salesperson_id.clone()],
-                    page_size: 1,
-                    ..Default::default()
-                }))
-                .await
-                .map_err(downstream(Part::Opportunity))
-                .map(tonic::Response::into_inner)
+            leg(
+                Part::Opportunity,
+                self.opportunities.clone().list_salespeople(forward.request(
+                    opportunity::ListSalespeopleRequest {
+                        ids: vec![salesperson_id.clone()],
+                        page_size: 1,
+                        ..Default::default()
+                    },
+                )),
+            )
+            .await
         };
         let summary = async {
-            self.opportunities
-                .clone()
-                .get_pipeline_summary(forward.request(opportunity::GetPipelineSummaryRequest {
-                    owner_ids: vec![salesperson_id.clone()],
-                    expected_close_date_from: request.expected_close_date_from,
-                    expected_close_date_to: request.expected_close_date_to,
-                    ..Default::default()
-                }))
-                .await
-                .map_err(downstream(Part::Opportunity))
-                .map(tonic::Response::into_inner)
+            leg(
+                Part::Opportunity,
+                self.opportunities
+                    .clone()
+                    .get_pipeline_summary(forward.request(
+                        opportunity::GetPipelineSummaryRequest {
+                            owner_ids: vec![salesperson_id.clone()],
+                            expected_close_date_from: request.expected_close_date_from,
+                            expected_close_date_to: request.expected_close_date_to,
+                            ..Default::default()
+                        },
+                    )),
+            )
+            .await
         };
         // One page per stage, all at once: the number of calls follows the number of
         // statuses, never the number of opportunities.
@@ -248,11 +257,11 @@ impl Clients {
                     ..Default::default()
                 };
                 async move {
-                    client
-                        .list_opportunities(forward.request(request))
-                        .await
-                        .map_err(downstream(Part::Opportunity))
-                        .map(tonic::Response::into_inner)
+                    leg(
+                        Part::Opportunity,
+                        client.list_opportunities(forward.request(request)),
+                    )
+                    .await
                 }
             }))
             .await?;
@@ -329,11 +338,11 @@ impl Clients {
                     ..Default::default()
                 };
                 async move {
-                    client
-                        .list_customers(forward.request(request))
-                        .await
-                        .map_err(downstream(Part::Customer))
-                        .map(tonic::Response::into_inner)
+                    leg(
+                        Part::Customer,
+                        client.list_customers(forward.request(request)),
+                    )
+                    .await
                 }
             }))
             .await?;

@@ -114,6 +114,17 @@ pub fn downstream(part: Part) -> impl Fn(Status) -> Status {
     }
 }
 
+/// One downstream call of a combined call: its answer's message, or its failure as
+/// [`downstream`] maps it for `part`.
+pub async fn leg<T>(
+    part: Part,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    call.await
+        .map(tonic::Response::into_inner)
+        .map_err(downstream(part))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
