@@ -243,20 +243,15 @@ impl World {
         after_cursor: &str,
         types: &[i32],
     ) -> Result<Watcher, Status> {
-        self.opps
-            .clone()
-            .watch_opportunity_events(authed(
-                token,
-                pb::WatchOpportunityEventsRequest {
-                    start: Some(Start::AfterCursor(after_cursor.to_owned())),
-                    types: types.to_vec(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .map(|response| Watcher {
-                stream: response.into_inner(),
-            })
+        self.try_watch_with(
+            token,
+            pb::WatchOpportunityEventsRequest {
+                start: Some(Start::AfterCursor(after_cursor.to_owned())),
+                types: types.to_vec(),
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     async fn watch(&self, token: &str, after_cursor: &str, types: &[i32]) -> Watcher {

@@ -137,19 +137,11 @@ const NEXT_STATUS: &str = "coalesce(
         (select s.id from opportunity_statuses s
          where s.kind = 'OPEN' and not s.archived order by s.position limit 1))";
 
-/// services/opportunity/src/store.rs `select_opportunity!`, with its `where o.id = $1`.
-const GET: &str =
-    "select o.id, o.customer_id, o.owner_id, ow.team as owner_team, o.title, o.currency_code,
-        o.amount::text as amount, o.expected_close_date, o.status_id,
-        s.display_name as status_name, s.probability, o.state::text as state,
-        o.lost_reason, o.next_step, o.close_time, o.status_change_time, o.revision, o.version,
-        o.create_time, o.update_time, o.created_by, cb.display_name as created_by_name,
-        o.updated_by, ub.display_name as updated_by_name
- from opportunities o
- join salespeople ow on ow.id = o.owner_id
- join opportunity_statuses s on s.id = o.status_id
- join salespeople cb on cb.id = o.created_by
- join salespeople ub on ub.id = o.updated_by where o.id = ";
+/// GetOpportunity's own SELECT, taken from the opportunity crate so it cannot drift, up to
+/// its `where o.id = ` (the script appends the opportunity).
+fn get_sql() -> &'static str {
+    salesopp_opportunity::store::GET_SQL.trim_end_matches("$1")
+}
 
 /// Picks this client's opportunity: numbered `client_id` modulo the clients.
 const PICK_OWN: &str = "\\set k random(0, (:scale - 1 - :client_id) / :nclients)
@@ -165,6 +157,7 @@ impl Script {
         let response = hex(&inputs.stored_response);
         // The request hash is a SHA-256: 32 bytes.
         let hash = hex(&[0xab; 32]);
+        let get = get_sql();
         let history_columns = "id, opportunity_id, sequence, from_status_id, from_display_name, \
             from_kind::text as from_kind, from_probability, to_status_id, to_display_name, \
             to_kind::text as to_kind, to_probability, changed_by_id, changed_by_name, change_time, \
@@ -172,7 +165,7 @@ impl Script {
             (extract(epoch from time_in_previous_status) * 1000000)::bigint as micros_in_previous_status, \
             lost_reason, request_id";
         match self {
-            Script::GetAsIssued => format!("\\set n random(1, :scale)\n{GET}{OPPORTUNITY};\n"),
+            Script::GetAsIssued => format!("\\set n random(1, :scale)\n{get}{OPPORTUNITY};\n"),
             Script::GetReference => {
                 format!("\\set n random(1, :scale)\nselect * from opportunities where id = {OPPORTUNITY};\n")
             }
@@ -193,7 +186,7 @@ select id, display_name, kind::text as kind, probability, archived
      where o.id = {OPPORTUNITY}) for share \\gset to_
 -- store::lock
 select id from opportunities where id = {OPPORTUNITY} for update;
-{GET}{OPPORTUNITY} \\gset cur_
+{get}{OPPORTUNITY} \\gset cur_
 -- store::move_to_status (reads the clock and returns what changed)
 update opportunities o
  set status_id = (:to_id)::uuid, state = (:to_kind)::text::status_kind,

@@ -68,14 +68,14 @@ macro_rules! select_opportunity {
     };
 }
 
+/// GetOpportunity's SELECT (the benchmark's pgbench script runs this same text).
+pub const GET_SQL: &str = concat!(select_opportunity!(), "where o.id = $1");
+
 pub async fn get<'e>(
     db: impl PgExecutor<'e>,
     id: Uuid,
 ) -> Result<Option<OpportunityRow>, sqlx::Error> {
-    sqlx::query_as(concat!(select_opportunity!(), "where o.id = $1"))
-        .bind(id)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(GET_SQL).bind(id).fetch_optional(db).await
 }
 
 /// Reads the opportunity and locks it for the rest of the transaction: every change to one
