@@ -8,8 +8,14 @@ use salesopp_proto::common::v1::Actor;
 use salesopp_proto::customer::v1 as pb;
 use uuid::Uuid;
 
+use salesopp_kit::idempotency::request_id;
+use salesopp_kit::{PageRequest, Retry};
+
+use crate::domain::input::{
+    CreateCustomer, DeleteCustomer, GetCustomer, ListCustomers, UpdateCustomer,
+};
 use crate::domain::{self, CustomerFields, CustomerPatch};
-use crate::store::CustomerRow;
+use crate::store::{CustomerRow, ListFilter, ListOrder};
 
 pub fn customer_to_proto(row: &CustomerRow) -> pb::Customer {
     pb::Customer {
@@ -38,7 +44,7 @@ pub fn customer_to_proto(row: &CustomerRow) -> pb::Customer {
 }
 
 /// CreateCustomer: the validated fields and the owner (`None`: the caller).
-pub fn new_customer(
+fn new_customer(
     request: &pb::CreateCustomerRequest,
 ) -> ApiResult<(CustomerFields, Option<String>)> {
     let mut violations = FieldViolations::new();
@@ -102,7 +108,7 @@ const MUTABLE_PATHS: [&str; 8] = [
 ];
 
 /// UpdateCustomer: the id, the etag precondition and the patch of the masked fields.
-pub fn customer_patch(
+fn customer_patch(
     request: &pb::UpdateCustomerRequest,
 ) -> ApiResult<(Uuid, Option<String>, CustomerPatch)> {
     let Some(customer) = &request.customer else {
@@ -193,4 +199,139 @@ pub fn customer_patch(
         etag,
         patch,
     ))
+}
+
+/// Page sizes of ListCustomers, and the longest search text.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 500;
+pub const MAX_QUERY_CHARS: usize = 200;
+
+fn optional(raw: &str) -> Option<String> {
+    (!raw.is_empty()).then(|| raw.to_owned())
+}
+
+impl TryFrom<&pb::GetCustomerRequest> for GetCustomer {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::GetCustomerRequest) -> ApiResult<Self> {
+        Ok(Self {
+            id: ids::uuid_field("id", &request.id, "a customer id")?,
+        })
+    }
+}
+
+impl TryFrom<&pb::CreateCustomerRequest> for CreateCustomer {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::CreateCustomerRequest) -> ApiResult<Self> {
+        let (fields, owner_id) = new_customer(request)?;
+        Ok(Self {
+            fields,
+            owner_id,
+            retry: Retry::of("CreateCustomer", optional(&request.request_id), request),
+        })
+    }
+}
+
+impl TryFrom<&pb::UpdateCustomerRequest> for UpdateCustomer {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::UpdateCustomerRequest) -> ApiResult<Self> {
+        let (id, etag, patch) = customer_patch(request)?;
+        Ok(Self {
+            id,
+            etag,
+            patch,
+            retry: Retry::of("UpdateCustomer", optional(&request.request_id), request),
+        })
+    }
+}
+
+impl TryFrom<&pb::DeleteCustomerRequest> for DeleteCustomer {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::DeleteCustomerRequest) -> ApiResult<Self> {
+        let mut violations = FieldViolations::new();
+        let id = violations.check("id", ids::parse_uuid(&request.id, "a customer id"));
+        let request_id = request_id(&mut violations, "request_id", &request.request_id);
+        violations.into_result()?;
+        Ok(Self {
+            id: id.ok_or_else(|| ApiError::internal("validated id missing"))?,
+            etag: optional(&request.etag),
+            retry: Retry::of("DeleteCustomer", request_id, request),
+        })
+    }
+}
+
+impl TryFrom<&pb::ListCustomersRequest> for ListCustomers<ListFilter> {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::ListCustomersRequest) -> ApiResult<Self> {
+        Ok(Self {
+            page: PageRequest::new(
+                request.page_size,
+                &request.page_token,
+                DEFAULT_PAGE_SIZE,
+                MAX_PAGE_SIZE,
+            )?,
+            filter: list_filter(request)?,
+        })
+    }
+}
+
+fn list_filter(request: &pb::ListCustomersRequest) -> ApiResult<ListFilter> {
+    let mut violations = FieldViolations::new();
+    let query = request.query.trim();
+    if query.chars().count() > MAX_QUERY_CHARS {
+        violations.add(
+            "query",
+            format!("must be at most {MAX_QUERY_CHARS} characters"),
+        );
+    }
+    if query.chars().any(char::is_control) {
+        violations.add("query", "must not contain control characters");
+    }
+    for (index, owner) in request.owner_ids.iter().enumerate() {
+        if owner.trim().is_empty() {
+            violations.add(format!("owner_ids[{index}]"), "must not be empty");
+        }
+    }
+    let mut ids = Vec::with_capacity(request.ids.len());
+    if request.ids.len() > MAX_PAGE_SIZE as usize {
+        violations.add("ids", format!("at most {MAX_PAGE_SIZE} ids"));
+    }
+    for (index, raw) in request.ids.iter().enumerate() {
+        match Uuid::parse_str(raw) {
+            Ok(id) => ids.push(id),
+            Err(_) => violations.add(format!("ids[{index}]"), format!("{raw:?} is not a UUID")),
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    let order = match request.order_by.trim() {
+        "" | "display_name" | "display_name asc" => Some(ListOrder::DisplayName),
+        "update_time desc" => Some(ListOrder::UpdateTimeDesc),
+        other => {
+            violations.add(
+                "order_by",
+                format!("{other:?} is not a supported order: use \"display_name\" or \"update_time desc\""),
+            );
+            None
+        }
+    };
+    violations.into_result()?;
+    let mut owner_ids: Vec<String> = request
+        .owner_ids
+        .iter()
+        .map(|o| o.trim().to_owned())
+        .collect();
+    owner_ids.sort();
+    owner_ids.dedup();
+    Ok(ListFilter {
+        pattern: (!query.is_empty()).then(|| domain::like_substring(query)),
+        owner_ids,
+        ids,
+        show_archived: request.show_archived,
+        order: order.unwrap_or(ListOrder::DisplayName),
+    })
 }

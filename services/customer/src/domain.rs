@@ -205,6 +205,46 @@ impl CustomerPatch {
 
 pub use salesopp_kit::text::like_substring;
 
+/// The decoded input of each call: what the service function works on, every field
+/// already validated (convert.rs).
+pub mod input {
+    use salesopp_kit::{PageRequest, Retry};
+    use uuid::Uuid;
+
+    use super::{CustomerFields, CustomerPatch};
+
+    pub struct GetCustomer {
+        pub id: Uuid,
+    }
+
+    pub struct CreateCustomer {
+        pub fields: CustomerFields,
+        /// `None`: the caller owns it.
+        pub owner_id: Option<String>,
+        pub retry: Retry,
+    }
+
+    pub struct UpdateCustomer {
+        pub id: Uuid,
+        pub etag: Option<String>,
+        pub patch: CustomerPatch,
+        pub retry: Retry,
+    }
+
+    pub struct DeleteCustomer {
+        pub id: Uuid,
+        pub etag: Option<String>,
+        pub retry: Retry,
+    }
+
+    /// The filters and order live in the store's terms (`ListFilter`), which the page token's
+    /// fingerprint covers.
+    pub struct ListCustomers<Filter> {
+        pub filter: Filter,
+        pub page: PageRequest,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

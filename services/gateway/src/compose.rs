@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use salesopp_kit::{Principal, Role};
+use salesopp_kit::{Principal, Visibility};
 use salesopp_proto::common::v1 as common;
 use salesopp_proto::customer::v1 as customer;
 use salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient;
@@ -275,12 +275,7 @@ impl Clients {
             ))
         })?;
         // R12: the board of someone the caller may not follow is refused, not shown empty.
-        let allowed = caller.has_role(Role::SalesAdmin)
-            || salesperson.id == caller.id
-            || (caller.has_role(Role::SalesManager)
-                && !caller.team.is_empty()
-                && salesperson.team == caller.team);
-        if !allowed {
+        if !Visibility::of(caller.sales()?).sees(&salesperson.id, &salesperson.team) {
             return Err(Status::from(salesopp_kit::ApiError::out_of_scope(
                 "the caller may not see this salesperson's pipeline",
             )));

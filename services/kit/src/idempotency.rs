@@ -7,9 +7,11 @@
 
 use prost::Message;
 use sha2::{Digest, Sha256};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::error::{ApiError, FieldViolations};
+use crate::identity::Principal;
+use crate::people;
 
 /// How long a request id is remembered.
 pub const RETENTION_HOURS: i64 = 24;
@@ -39,26 +41,77 @@ pub fn parse_request_id(raw: &str) -> Result<Option<String>, ApiError> {
     Ok(request_id)
 }
 
-pub enum Claim<R> {
+enum Claim<R> {
     /// First time: do the work, then [`complete`] in the same transaction.
     New,
     /// A retry: the first call's response.
     Replay(R),
 }
 
+/// What de-duplicates one write (R11): its method, the request's optional `request_id`, and
+/// a hash of the whole request (a reused id must come with the same request). Made while the
+/// request is decoded, so the service function needs nothing of the wire message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub method: &'static str,
+    pub request_id: Option<String>,
+    hash: Vec<u8>,
+}
+
+impl Retry {
+    /// For `request` of `method`, whose `request_id` is already validated.
+    pub fn of<Req: Message>(
+        method: &'static str,
+        request_id: Option<String>,
+        request: &Req,
+    ) -> Self {
+        Self {
+            method,
+            request_id,
+            hash: Sha256::digest(request.encode_to_vec()).to_vec(),
+        }
+    }
+
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+}
+
+/// One write (R11), the one way every service begins and ends one: a transaction that
+/// claims the request id (a retry answers the first response and does nothing), makes sure
+/// the caller's salesperson row exists ([`people::record`]), runs `work`, stores its
+/// response for retries and commits. An error anywhere rolls everything back.
+pub async fn write<Resp, Work>(
+    pool: &PgPool,
+    caller: &Principal,
+    retry: &Retry,
+    work: Work,
+) -> Result<Resp, ApiError>
+where
+    Resp: Message + Default,
+    Work: AsyncFnOnce(&mut PgConnection) -> Result<Resp, ApiError>,
+{
+    let mut tx = pool.begin().await?;
+    if let Claim::Replay(first) = claim(&mut tx, &caller.id, retry).await? {
+        return Ok(first);
+    }
+    people::record(&mut tx, caller).await?;
+    let response = work(&mut tx).await?;
+    complete(&mut tx, &caller.id, retry, &response).await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
 /// Claims `(caller, method, request_id)` inside `tx`, or returns the first call's response.
 /// A call without a request id is always new (it is not de-duplicated).
-pub async fn claim<Req: Message, Resp: Message + Default>(
+async fn claim<Resp: Message + Default>(
     tx: &mut PgConnection,
     caller: &str,
-    method: &str,
-    request_id: Option<&str>,
-    request: &Req,
+    retry: &Retry,
 ) -> Result<Claim<Resp>, ApiError> {
-    let Some(request_id) = request_id else {
+    let Some(request_id) = retry.request_id() else {
         return Ok(Claim::New);
     };
-    let hash = Sha256::digest(request.encode_to_vec()).to_vec();
     let claimed: Option<i32> = sqlx::query_scalar(
         "insert into idempotency_records (caller_id, method, request_id, request_hash, response)
          values ($1, $2, $3, $4, '')
@@ -68,9 +121,9 @@ pub async fn claim<Req: Message, Resp: Message + Default>(
          returning 1",
     )
     .bind(caller)
-    .bind(method)
+    .bind(retry.method)
     .bind(request_id)
-    .bind(&hash)
+    .bind(&retry.hash)
     .bind(RETENTION_HOURS as i32)
     .fetch_optional(&mut *tx)
     .await?;
@@ -82,11 +135,11 @@ pub async fn claim<Req: Message, Resp: Message + Default>(
          where caller_id = $1 and method = $2 and request_id = $3",
     )
     .bind(caller)
-    .bind(method)
+    .bind(retry.method)
     .bind(request_id)
     .fetch_one(&mut *tx)
     .await?;
-    if first_hash != hash {
+    if first_hash != retry.hash {
         return Err(ApiError::invalid(
             "request_id",
             "this request_id was already used for a different request",
@@ -98,14 +151,13 @@ pub async fn claim<Req: Message, Resp: Message + Default>(
 
 /// Stores the response of a claimed call, in the call's transaction (nothing without a
 /// request id).
-pub async fn complete<Resp: Message>(
+async fn complete<Resp: Message>(
     tx: &mut PgConnection,
     caller: &str,
-    method: &str,
-    request_id: Option<&str>,
+    retry: &Retry,
     response: &Resp,
 ) -> Result<(), ApiError> {
-    let Some(request_id) = request_id else {
+    let Some(request_id) = retry.request_id() else {
         return Ok(());
     };
     sqlx::query(
@@ -113,49 +165,10 @@ pub async fn complete<Resp: Message>(
          where caller_id = $1 and method = $2 and request_id = $3",
     )
     .bind(caller)
-    .bind(method)
+    .bind(retry.method)
     .bind(request_id)
     .bind(response.encode_to_vec())
     .execute(&mut *tx)
     .await?;
     Ok(())
-}
-
-/// What de-duplicates one write (R11): its method, the request's optional `request_id`, and
-/// the request itself (a reused id must come with the same request).
-#[derive(Debug, Clone, Copy)]
-pub struct Retry<'a, Req> {
-    pub method: &'static str,
-    pub request_id: Option<&'a str>,
-    pub request: &'a Req,
-}
-
-impl<'a, Req: Message> Retry<'a, Req> {
-    /// For `request`, whose `request_id` field is `raw` (already validated).
-    pub fn new(method: &'static str, raw: &'a str, request: &'a Req) -> Self {
-        Self {
-            method,
-            request_id: (!raw.is_empty()).then_some(raw),
-            request,
-        }
-    }
-
-    /// [`claim`] for `caller` in `tx`.
-    pub async fn claim<Resp: Message + Default>(
-        &self,
-        tx: &mut PgConnection,
-        caller: &crate::Principal,
-    ) -> Result<Claim<Resp>, ApiError> {
-        claim(tx, &caller.id, self.method, self.request_id, self.request).await
-    }
-
-    /// [`complete`] for `caller` in `tx`.
-    pub async fn complete<Resp: Message>(
-        &self,
-        tx: &mut PgConnection,
-        caller: &crate::Principal,
-        response: &Resp,
-    ) -> Result<(), ApiError> {
-        complete(tx, &caller.id, self.method, self.request_id, response).await
-    }
 }

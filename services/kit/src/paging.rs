@@ -61,3 +61,61 @@ pub fn page_size(requested: i32, default: u32, max: u32) -> Result<u32, ApiError
         n => Ok((n as u32).min(max)),
     }
 }
+
+/// What a list request asks of paging: its validated `page_size` and its raw `page_token`,
+/// decoded with the request and opened by the service against the query it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub size: u32,
+    pub token: String,
+}
+
+impl PageRequest {
+    /// `page_size` (0 for `default`, at most `max`) and `page_token` as the request has them.
+    pub fn new(size: i32, token: &str, default: u32, max: u32) -> Result<Self, ApiError> {
+        Ok(Self {
+            size: page_size(size, default, max)?,
+            token: token.to_owned(),
+        })
+    }
+
+    /// The page of the query identified by `filters`: where it starts (a token of another
+    /// query is refused), how many rows to fetch, and the next token once fetched.
+    pub fn open<K: DeserializeOwned>(&self, filters: &impl Serialize) -> Result<Page<K>, ApiError> {
+        let fingerprint = fingerprint(filters);
+        let after = decode(&self.token, &fingerprint)?;
+        Ok(Page {
+            size: self.size,
+            fingerprint,
+            after,
+        })
+    }
+}
+
+/// One page of a keyset list (AIP-158).
+#[derive(Debug)]
+pub struct Page<K> {
+    size: u32,
+    fingerprint: String,
+    /// The sort key of the last row of the previous page; `None` on the first page.
+    pub after: Option<K>,
+}
+
+impl<K: Serialize> Page<K> {
+    /// The rows to fetch: one more than the page, which tells whether another page follows.
+    pub fn limit(&self) -> i64 {
+        i64::from(self.size) + 1
+    }
+
+    /// Keeps the page's rows of `rows` (fetched with [`Page::limit`]) and returns the token
+    /// of the next page, made from the last row's `key`: empty when this page is the last.
+    pub fn next_token<T>(&self, rows: &mut Vec<T>, key: impl FnOnce(&T) -> K) -> String {
+        if rows.len() <= self.size as usize {
+            return String::new();
+        }
+        rows.truncate(self.size as usize);
+        rows.last()
+            .map(|last| encode(&self.fingerprint, &key(last)))
+            .unwrap_or_default()
+    }
+}

@@ -6,14 +6,14 @@ use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, update_paths};
 use salesopp_kit::idempotency;
 use salesopp_kit::ids;
 use salesopp_kit::time::timestamp;
-use salesopp_kit::{OpportunityState, StatusKind};
+use salesopp_kit::{OpportunityState, PageRequest, Retry, StatusKind};
 use salesopp_proto::common::v1 as common;
 use salesopp_proto::opportunity::v1 as pb;
 use salesopp_proto::statusconfig::v1 as spb;
 use uuid::Uuid;
 
 use crate::domain::{self, Money};
-use crate::store::{OpportunityRow, SalespersonRow, StatusChangeRow};
+use crate::store::{ListOrder, OpportunityFilter, OpportunityRow, SalespersonRow, StatusChangeRow};
 
 pub fn kind_to_proto(kind: StatusKind) -> spb::StatusKind {
     match kind {
@@ -173,10 +173,18 @@ pub struct NewOpportunityInput {
     pub lost_reason: Option<String>,
     pub next_step: Option<String>,
     pub note: String,
-    pub request_id: Option<String>,
+    pub retry: Retry,
 }
 
-pub fn new_opportunity(request: &pb::CreateOpportunityRequest) -> ApiResult<NewOpportunityInput> {
+impl TryFrom<&pb::CreateOpportunityRequest> for NewOpportunityInput {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::CreateOpportunityRequest) -> ApiResult<Self> {
+        new_opportunity(request)
+    }
+}
+
+fn new_opportunity(request: &pb::CreateOpportunityRequest) -> ApiResult<NewOpportunityInput> {
     let mut violations = FieldViolations::new();
     let request_id = idempotency::request_id(&mut violations, "request_id", &request.request_id);
     let note = violations
@@ -228,7 +236,7 @@ pub fn new_opportunity(request: &pb::CreateOpportunityRequest) -> ApiResult<NewO
             lost_reason,
             next_step,
             note: note.unwrap_or_default(),
-            request_id,
+            retry: Retry::of("CreateOpportunity", request_id, request),
         }),
         _ => Err(ApiError::internal(
             "validated opportunity without its values",
@@ -256,7 +264,7 @@ pub struct UpdateInput {
     pub etag: Option<String>,
     pub patch: OpportunityPatch,
     pub note: String,
-    pub request_id: Option<String>,
+    pub retry: Retry,
 }
 
 const MUTABLE_PATHS: [&str; 7] = [
@@ -269,7 +277,15 @@ const MUTABLE_PATHS: [&str; 7] = [
     "lost_reason",
 ];
 
-pub fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateInput> {
+impl TryFrom<&pb::UpdateOpportunityRequest> for UpdateInput {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::UpdateOpportunityRequest) -> ApiResult<Self> {
+        update_input(request)
+    }
+}
+
+fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateInput> {
     let Some(o) = &request.opportunity else {
         return Err(ApiError::invalid("opportunity", "required"));
     };
@@ -353,7 +369,7 @@ pub fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateI
         etag: (!o.etag.is_empty()).then(|| o.etag.clone()),
         patch,
         note: note.unwrap_or_default(),
-        request_id,
+        retry: Retry::of("UpdateOpportunity", request_id, request),
     })
 }
 
@@ -365,10 +381,18 @@ pub struct ChangeInput {
     pub note: String,
     pub lost_reason: Option<String>,
     pub etag: Option<String>,
-    pub request_id: Option<String>,
+    pub retry: Retry,
 }
 
-pub fn change_input(request: &pb::ChangeOpportunityStatusRequest) -> ApiResult<ChangeInput> {
+impl TryFrom<&pb::ChangeOpportunityStatusRequest> for ChangeInput {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::ChangeOpportunityStatusRequest) -> ApiResult<Self> {
+        change_input(request)
+    }
+}
+
+fn change_input(request: &pb::ChangeOpportunityStatusRequest) -> ApiResult<ChangeInput> {
     let mut violations = FieldViolations::new();
     let request_id = idempotency::request_id(&mut violations, "request_id", &request.request_id);
     let opportunity_id = violations.check(
@@ -396,8 +420,271 @@ pub fn change_input(request: &pb::ChangeOpportunityStatusRequest) -> ApiResult<C
             note: note.unwrap_or_default(),
             lost_reason,
             etag: (!request.etag.is_empty()).then(|| request.etag.clone()),
-            request_id,
+            retry: Retry::of("ChangeOpportunityStatus", request_id, request),
         }),
         _ => Err(ApiError::internal("validated change without its ids")),
+    }
+}
+
+fn close_range(
+    violations: &mut FieldViolations,
+    from: Option<&common::Date>,
+    to: Option<&common::Date>,
+) -> (Option<chrono::NaiveDate>, Option<chrono::NaiveDate>) {
+    let from = date(violations, "expected_close_date_from", from);
+    let to = date(violations, "expected_close_date_to", to);
+    if let (Some(from), Some(to)) = (from, to)
+        && from > to
+    {
+        violations.add(
+            "expected_close_date_to",
+            "must not be before expected_close_date_from",
+        );
+    }
+    (from, to)
+}
+
+fn states(violations: &mut FieldViolations, raw: &[i32]) -> Vec<OpportunityState> {
+    let mut states = Vec::new();
+    for (index, state) in raw.iter().enumerate() {
+        match pb::OpportunityState::try_from(*state) {
+            Ok(pb::OpportunityState::Open) => states.push(OpportunityState::Open),
+            Ok(pb::OpportunityState::Won) => states.push(OpportunityState::Won),
+            Ok(pb::OpportunityState::Lost) => states.push(OpportunityState::Lost),
+            _ => violations.add(format!("states[{index}]"), "must be OPEN, WON or LOST"),
+        }
+    }
+    states.sort_by_key(|state| state.as_str());
+    states.dedup();
+    states
+}
+
+fn owner_ids(violations: &mut FieldViolations, raw: &[String]) -> Vec<String> {
+    let mut owners = Vec::new();
+    for (index, owner) in raw.iter().enumerate() {
+        if owner.trim().is_empty() {
+            violations.add(format!("owner_ids[{index}]"), "must not be empty");
+        } else {
+            owners.push(owner.trim().to_owned());
+        }
+    }
+    owners.sort();
+    owners.dedup();
+    owners
+}
+
+fn optional_uuid(violations: &mut FieldViolations, field: &str, raw: &str) -> Option<Uuid> {
+    if raw.is_empty() {
+        None
+    } else {
+        violations.check(field, salesopp_kit::ids::parse_uuid(raw, "an id"))
+    }
+}
+
+fn list_filter(
+    request: &pb::ListOpportunitiesRequest,
+) -> ApiResult<(OpportunityFilter, ListOrder)> {
+    let mut violations = FieldViolations::new();
+    let owner_ids = owner_ids(&mut violations, &request.owner_ids);
+    let customer_id = optional_uuid(&mut violations, "customer_id", &request.customer_id);
+    let mut status_ids = Vec::new();
+    for (index, raw) in request.status_ids.iter().enumerate() {
+        if let Some(id) = violations.check(
+            &format!("status_ids[{index}]"),
+            salesopp_kit::ids::parse_uuid(raw, "a status id"),
+        ) {
+            status_ids.push(id);
+        }
+    }
+    status_ids.sort();
+    status_ids.dedup();
+    let states = states(&mut violations, &request.states);
+    let (close_from, close_to) = close_range(
+        &mut violations,
+        request.expected_close_date_from.as_ref(),
+        request.expected_close_date_to.as_ref(),
+    );
+    let query = request.query.trim();
+    if query.chars().count() > domain::MAX_QUERY_CHARS {
+        violations.add(
+            "query",
+            format!("must be at most {} characters", domain::MAX_QUERY_CHARS),
+        );
+    }
+    if query.chars().any(char::is_control) {
+        violations.add("query", "must not contain control characters");
+    }
+    let order = match request.order_by.trim() {
+        "" | "update_time desc" => ListOrder::UpdateTimeDesc,
+        "expected_close_date" | "expected_close_date asc" => ListOrder::ExpectedCloseDate,
+        "amount desc" => ListOrder::AmountDesc,
+        other => {
+            violations.add(
+                "order_by",
+                format!("{other:?} is not supported: use \"update_time desc\", \"expected_close_date\" or \"amount desc\""),
+            );
+            ListOrder::UpdateTimeDesc
+        }
+    };
+    violations.into_result()?;
+    Ok((
+        OpportunityFilter {
+            owner_ids,
+            team: None,
+            customer_id,
+            status_ids,
+            states,
+            close_from,
+            close_to,
+            pattern: (!query.is_empty()).then(|| domain::like_substring(query)),
+        },
+        order,
+    ))
+}
+
+/// Page sizes of the opportunity service's lists.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+fn page(size: i32, token: &str) -> ApiResult<PageRequest> {
+    PageRequest::new(size, token, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+}
+
+/// A validated GetOpportunity.
+#[derive(Debug, Clone)]
+pub struct GetInput {
+    pub id: Uuid,
+}
+
+impl TryFrom<&pb::GetOpportunityRequest> for GetInput {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::GetOpportunityRequest) -> ApiResult<Self> {
+        Ok(Self {
+            id: ids::uuid_field("id", &request.id, "the opportunity's id")?,
+        })
+    }
+}
+
+/// A validated ListOpportunities (R13).
+#[derive(Debug, Clone)]
+pub struct ListInput {
+    pub filter: OpportunityFilter,
+    pub order: ListOrder,
+    pub page: PageRequest,
+}
+
+impl TryFrom<&pb::ListOpportunitiesRequest> for ListInput {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::ListOpportunitiesRequest) -> ApiResult<Self> {
+        let page = page(request.page_size, &request.page_token)?;
+        let (filter, order) = list_filter(request)?;
+        Ok(Self {
+            filter,
+            order,
+            page,
+        })
+    }
+}
+
+/// A validated ListStatusHistory.
+#[derive(Debug, Clone)]
+pub struct HistoryInput {
+    pub opportunity_id: Uuid,
+    pub newest_first: bool,
+    pub page: PageRequest,
+}
+
+impl TryFrom<&pb::ListStatusHistoryRequest> for HistoryInput {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::ListStatusHistoryRequest) -> ApiResult<Self> {
+        Ok(Self {
+            opportunity_id: ids::uuid_field(
+                "opportunity_id",
+                &request.opportunity_id,
+                "the opportunity's id",
+            )?,
+            newest_first: request.newest_first,
+            page: page(request.page_size, &request.page_token)?,
+        })
+    }
+}
+
+/// A validated GetPipelineSummary (R14): the opportunities it sums.
+#[derive(Debug, Clone)]
+pub struct PipelineInput {
+    pub filter: OpportunityFilter,
+}
+
+impl TryFrom<&pb::GetPipelineSummaryRequest> for PipelineInput {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::GetPipelineSummaryRequest) -> ApiResult<Self> {
+        let mut violations = FieldViolations::new();
+        let owner_ids = owner_ids(&mut violations, &request.owner_ids);
+        let states = states(&mut violations, &request.states);
+        let (close_from, close_to) = close_range(
+            &mut violations,
+            request.expected_close_date_from.as_ref(),
+            request.expected_close_date_to.as_ref(),
+        );
+        let customer_id = optional_uuid(&mut violations, "customer_id", &request.customer_id);
+        let team = request.team.trim();
+        if team.chars().count() > 200 {
+            violations.add("team", "must be at most 200 characters");
+        }
+        violations.into_result()?;
+        Ok(Self {
+            filter: OpportunityFilter {
+                owner_ids,
+                team: (!team.is_empty()).then(|| team.to_owned()),
+                customer_id,
+                status_ids: Vec::new(),
+                states,
+                close_from,
+                close_to,
+                pattern: None,
+            },
+        })
+    }
+}
+
+/// A validated ListSalespeople.
+#[derive(Debug, Clone)]
+pub struct SalespeopleInput {
+    /// A `LIKE` pattern over names, lowercased by Postgres.
+    pub pattern: Option<String>,
+    pub team: Option<String>,
+    pub ids: Vec<String>,
+    pub page: PageRequest,
+}
+
+impl TryFrom<&pb::ListSalespeopleRequest> for SalespeopleInput {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::ListSalespeopleRequest) -> ApiResult<Self> {
+        let page = page(request.page_size, &request.page_token)?;
+        let mut violations = FieldViolations::new();
+        let query = request.query.trim();
+        if query.chars().count() > domain::MAX_QUERY_CHARS || query.chars().any(char::is_control) {
+            violations.add(
+                "query",
+                "must be at most 200 characters, with no control characters",
+            );
+        }
+        if request.ids.len() > MAX_PAGE_SIZE as usize {
+            violations.add("ids", format!("at most {MAX_PAGE_SIZE} ids"));
+        }
+        let ids = owner_ids(&mut violations, &request.ids);
+        violations.into_result()?;
+        let team = request.team.trim();
+        Ok(Self {
+            pattern: (!query.is_empty()).then(|| domain::like_substring(query)),
+            team: (!team.is_empty()).then(|| team.to_owned()),
+            ids,
+            page,
+        })
     }
 }

@@ -2,8 +2,8 @@
 //! texts; and the visibility rule of R12 as data the queries render into SQL.
 
 use chrono::NaiveDate;
+use salesopp_kit::StatusKind;
 use salesopp_kit::error::{ApiError, ApiResult};
-use salesopp_kit::{Role, Sales, StatusKind};
 
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_NEXT_STEP_CHARS: usize = 1000;
@@ -173,44 +173,7 @@ pub fn title(raw: &str) -> Result<String, String> {
     Ok(title.to_owned())
 }
 
-/// Who the caller may see and change (R12), rendered into SQL by the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Visibility {
-    /// `sales_admin`: every opportunity.
-    All,
-    /// `sales_manager`: their own and those of every salesperson of `team`.
-    Team { me: String, team: String },
-    /// `sales_rep`: their own.
-    Own { me: String },
-}
-
-impl Visibility {
-    /// What a caller with a sales role sees: an admin everything, a manager with a team
-    /// that team (and their own), everyone else their own.
-    pub fn of(caller: Sales<'_>) -> Visibility {
-        if caller.has_role(Role::SalesAdmin) {
-            Visibility::All
-        } else if caller.has_role(Role::SalesManager) && !caller.team.is_empty() {
-            Visibility::Team {
-                me: caller.id.clone(),
-                team: caller.team.clone(),
-            }
-        } else {
-            Visibility::Own {
-                me: caller.id.clone(),
-            }
-        }
-    }
-
-    /// Whether an opportunity owned by `owner_id` (of `owner_team`) is visible.
-    pub fn sees(&self, owner_id: &str, owner_team: &str) -> bool {
-        match self {
-            Visibility::All => true,
-            Visibility::Team { me, team } => owner_id == me || owner_team == team,
-            Visibility::Own { me } => owner_id == me,
-        }
-    }
-}
+pub use salesopp_kit::Visibility;
 
 pub use salesopp_kit::text::like_substring;
 

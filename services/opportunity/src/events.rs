@@ -25,8 +25,8 @@ use salesopp_proto::opportunity::v1 as pb;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 
-use crate::domain::Visibility;
 use crate::status_change::{CREATED, STATUS_CHANGED, UPDATED};
+use salesopp_kit::{Sales, Visibility};
 
 /// How streams behave.
 #[derive(Debug, Clone, Copy)]
@@ -61,10 +61,9 @@ pub enum Start {
     Time(DateTime<Utc>),
 }
 
-/// What a stream lets through: the caller's visibility (R12) and filters.
+/// What a stream asks for, beyond the caller's visibility (R12).
 #[derive(Debug, Clone)]
 pub struct Filter {
-    pub visibility: Visibility,
     /// Stored type names; empty means every type.
     pub types: Vec<&'static str>,
     pub owner_ids: HashSet<String>,
@@ -75,7 +74,7 @@ pub struct Filter {
 impl Filter {
     /// Whether `stored` goes out: its opportunity is visible to the caller before or after
     /// the change, and it passes every filter given (each on before or after the change).
-    pub fn matches(&self, stored: &StoredEvent) -> bool {
+    pub fn matches(&self, visibility: &Visibility, stored: &StoredEvent) -> bool {
         let Some(event) = &stored.event else {
             return false;
         };
@@ -90,7 +89,7 @@ impl Filter {
         let visible = owners
             .iter()
             .flatten()
-            .any(|(owner, team)| self.visibility.sees(owner, team.unwrap_or_default()));
+            .any(|(owner, team)| visibility.sees(owner, team.unwrap_or_default()));
         visible
             && (self.types.is_empty() || self.types.contains(&stored.event_type.as_str()))
             && (self.owner_ids.is_empty()
@@ -118,11 +117,16 @@ pub struct Watch {
     pub filter: Filter,
 }
 
+impl TryFrom<&pb::WatchOpportunityEventsRequest> for Watch {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::WatchOpportunityEventsRequest) -> ApiResult<Self> {
+        watch_request(request)
+    }
+}
+
 /// Reads the request: every malformed field is one violation.
-pub fn watch_request(
-    visibility: Visibility,
-    request: &pb::WatchOpportunityEventsRequest,
-) -> ApiResult<Watch> {
+fn watch_request(request: &pb::WatchOpportunityEventsRequest) -> ApiResult<Watch> {
     use pb::watch_opportunity_events_request::{Start as PbStart, StartPosition};
     let mut violations = FieldViolations::new();
     let start = match &request.start {
@@ -195,7 +199,6 @@ pub fn watch_request(
     Ok(Watch {
         start,
         filter: Filter {
-            visibility,
             types,
             owner_ids,
             customer_ids,
@@ -324,10 +327,11 @@ impl Feed {
     /// its own until the consumer goes away or the server stops.
     pub async fn open(
         &self,
-        caller: &str,
+        caller: Sales<'_>,
         watch: Watch,
     ) -> Result<mpsc::Receiver<Message>, Status> {
-        let slot = self.claim(caller)?;
+        let visibility = Visibility::of(caller);
+        let slot = self.claim(&caller.id)?;
         let after = self.resolve(watch.start).await?;
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let feed = self.clone();
@@ -335,6 +339,7 @@ impl Feed {
             let _slot = slot;
             let mut stream = Stream {
                 feed: &feed,
+                visibility: &visibility,
                 filter: &watch.filter,
                 sender: &sender,
                 after,
@@ -368,6 +373,7 @@ fn read_error(error: ReadError) -> Status {
 /// One stream's state while it runs.
 struct Stream<'a> {
     feed: &'a Feed,
+    visibility: &'a Visibility,
     filter: &'a Filter,
     sender: &'a mpsc::Sender<Message>,
     /// The position read through: every event up to it was sent or filtered out.
@@ -445,7 +451,7 @@ impl Stream<'_> {
                 continue;
             }
             self.after = stored.seq;
-            if !self.filter.matches(stored) {
+            if !self.filter.matches(self.visibility, stored) {
                 continue;
             }
             let Some(event) = stored.event.clone() else {
@@ -508,7 +514,7 @@ mod tests {
         bad.owner_ids = vec![String::new()];
         bad.customer_ids = vec!["x".into()];
         bad.status_ids = vec!["y".into()];
-        let error = watch_request(Visibility::All, &bad).unwrap_err();
+        let error = watch_request(&bad).unwrap_err();
         let fields: Vec<_> = error
             .field_violations()
             .iter()
@@ -530,7 +536,7 @@ mod tests {
     #[test]
     fn the_start_is_read_from_the_request() {
         use pb::watch_opportunity_events_request::{Start as S, StartPosition};
-        let start = |r| watch_request(Visibility::All, &r).unwrap().start;
+        let start = |r| watch_request(&r).unwrap().start;
         assert_eq!(start(Default::default()), Start::Oldest);
         assert_eq!(start(request(S::AfterCursor(String::new()))), Start::Oldest);
         assert_eq!(start(request(S::AfterCursor(cursor(7)))), Start::After(7));

@@ -1,8 +1,9 @@
-//! The tonic trait of OpportunityService: decode, call the service function, encode.
+//! The tonic trait of OpportunityService: each call is who may make it, its decoded input
+//! and the service function (`salesopp_kit::handle`).
 
 use std::pin::Pin;
 
-use salesopp_kit::Principal;
+use salesopp_kit::handle;
 use salesopp_proto::opportunity::v1 as pb;
 use salesopp_proto::opportunity::v1::opportunity_service_server::OpportunityService;
 use sqlx::PgPool;
@@ -32,88 +33,80 @@ impl OpportunityService for Opportunities {
         &self,
         request: Request<pb::CreateOpportunityRequest>,
     ) -> Result<Response<pb::Opportunity>, Status> {
-        let principal = Principal::of(&request)?;
-        let caller = principal.sales()?;
-        Ok(Response::new(
-            service::create(&self.pool, caller, request.get_ref()).await?,
-        ))
+        handle::sales(request, async |caller, input| {
+            service::create(&self.pool, caller, input).await
+        })
+        .await
     }
 
     async fn get_opportunity(
         &self,
         request: Request<pb::GetOpportunityRequest>,
     ) -> Result<Response<pb::Opportunity>, Status> {
-        let principal = Principal::of(&request)?;
-        let caller = principal.sales()?;
-        let id =
-            salesopp_kit::ids::uuid_field("id", &request.get_ref().id, "the opportunity's id")?;
-        Ok(Response::new(service::get(&self.pool, caller, id).await?))
+        handle::sales(request, async |caller, input| {
+            service::get(&self.pool, caller, input).await
+        })
+        .await
     }
 
     async fn update_opportunity(
         &self,
         request: Request<pb::UpdateOpportunityRequest>,
     ) -> Result<Response<pb::Opportunity>, Status> {
-        let principal = Principal::of(&request)?;
-        let caller = principal.sales()?;
-        Ok(Response::new(
-            service::update(&self.pool, caller, request.get_ref()).await?,
-        ))
+        handle::sales(request, async |caller, input| {
+            service::update(&self.pool, caller, input).await
+        })
+        .await
     }
 
     async fn change_opportunity_status(
         &self,
         request: Request<pb::ChangeOpportunityStatusRequest>,
     ) -> Result<Response<pb::ChangeOpportunityStatusResponse>, Status> {
-        let principal = Principal::of(&request)?;
-        let caller = principal.sales()?;
-        Ok(Response::new(
-            service::change_status(&self.pool, caller, request.get_ref()).await?,
-        ))
+        handle::sales(request, async |caller, input| {
+            service::change_status(&self.pool, caller, input).await
+        })
+        .await
     }
 
     async fn list_opportunities(
         &self,
         request: Request<pb::ListOpportunitiesRequest>,
     ) -> Result<Response<pb::ListOpportunitiesResponse>, Status> {
-        let principal = Principal::of(&request)?;
-        let caller = principal.sales()?;
-        Ok(Response::new(
-            service::list(&self.pool, caller, request.get_ref()).await?,
-        ))
+        handle::sales(request, async |caller, input| {
+            service::list(&self.pool, caller, input).await
+        })
+        .await
     }
 
     async fn list_status_history(
         &self,
         request: Request<pb::ListStatusHistoryRequest>,
     ) -> Result<Response<pb::ListStatusHistoryResponse>, Status> {
-        let principal = Principal::of(&request)?;
-        let caller = principal.sales()?;
-        Ok(Response::new(
-            service::history(&self.pool, caller, request.get_ref()).await?,
-        ))
+        handle::sales(request, async |caller, input| {
+            service::history(&self.pool, caller, input).await
+        })
+        .await
     }
 
     async fn get_pipeline_summary(
         &self,
         request: Request<pb::GetPipelineSummaryRequest>,
     ) -> Result<Response<pb::GetPipelineSummaryResponse>, Status> {
-        let principal = Principal::of(&request)?;
-        let caller = principal.sales()?;
-        Ok(Response::new(
-            service::pipeline(&self.pool, caller, request.get_ref()).await?,
-        ))
+        handle::sales(request, async |caller, input| {
+            service::pipeline(&self.pool, caller, input).await
+        })
+        .await
     }
 
     async fn list_salespeople(
         &self,
         request: Request<pb::ListSalespeopleRequest>,
     ) -> Result<Response<pb::ListSalespeopleResponse>, Status> {
-        let principal = Principal::of(&request)?;
-        let caller = principal.sales()?;
-        Ok(Response::new(
-            service::salespeople(&self.pool, caller, request.get_ref()).await?,
-        ))
+        handle::sales(request, async |caller, input| {
+            service::salespeople(&self.pool, caller, input).await
+        })
+        .await
     }
 
     type WatchOpportunityEventsStream = EventStream;
@@ -122,13 +115,12 @@ impl OpportunityService for Opportunities {
         &self,
         request: Request<pb::WatchOpportunityEventsRequest>,
     ) -> Result<Response<Self::WatchOpportunityEventsStream>, Status> {
-        let principal = Principal::of(&request)?;
-        let caller = principal.sales()?;
-        let visibility = crate::domain::Visibility::of(caller);
-        let watch = crate::events::watch_request(visibility, request.get_ref())?;
-        let receiver = self.feed.open(&caller.id, watch).await?;
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-        )))
+        handle::sales(request, async |caller, watch| {
+            let receiver = self.feed.open(caller, watch).await?;
+            let stream: EventStream =
+                Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver));
+            Ok::<_, Status>(stream)
+        })
+        .await
     }
 }

@@ -4,24 +4,22 @@
 
 use std::collections::BTreeMap;
 
-use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, Reason};
-use salesopp_kit::idempotency::{self, Claim};
-use salesopp_kit::{OpportunityState, Principal, Sales, paging, people};
-use salesopp_proto::common::v1 as common;
+use salesopp_kit::error::{ApiError, ApiResult, Reason};
+use salesopp_kit::idempotency::write;
+use salesopp_kit::{OpportunityState, Principal, Sales, people};
 use salesopp_proto::opportunity::v1 as pb;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::convert::{self, opportunity_to_proto, status_change_to_proto};
+use crate::convert::{
+    self, ChangeInput, GetInput, HistoryInput, ListInput, NewOpportunityInput, OpportunityPatch,
+    PipelineInput, SalespeopleInput, UpdateInput, opportunity_to_proto, status_change_to_proto,
+};
 use crate::domain::{self, Money, Visibility};
 use crate::status_change::{self, Change};
 use crate::store::{
-    self, ListAfter, ListOrder, NewStatusChange, OpportunityFilter, OpportunityRow, PipelineGroup,
-    StatusInfo,
+    self, ListAfter, ListOrder, NewStatusChange, OpportunityRow, PipelineGroup, StatusInfo,
 };
-
-pub const DEFAULT_PAGE_SIZE: u32 = 50;
-pub const MAX_PAGE_SIZE: u32 = 500;
 
 const RESOURCE: &str = "opportunity";
 
@@ -94,68 +92,70 @@ async fn check_owner(
 pub async fn create(
     pool: &PgPool,
     caller: Sales<'_>,
-    request: &pb::CreateOpportunityRequest,
+    input: NewOpportunityInput,
 ) -> ApiResult<pb::Opportunity> {
     let visibility = Visibility::of(caller);
     let caller: &Principal = &caller;
-    let input = convert::new_opportunity(request)?;
-    let mut tx = pool.begin().await?;
-    const METHOD: &str = "CreateOpportunity";
-    let request_id = input.request_id.as_deref();
-    if let Claim::Replay(first) =
-        idempotency::claim(&mut tx, &caller.id, METHOD, request_id, request).await?
-    {
-        return Ok(first);
-    }
-    people::record(&mut tx, caller).await?;
-    // R5: no status given means the default status.
-    let status = match input.status_id {
-        Some(id) => target_status(&mut tx, "opportunity.status_id", id).await?,
-        None => store::share_default_status(&mut tx).await?,
-    };
-    domain::check_lost_reason(
-        "opportunity.lost_reason",
-        status.kind,
-        input.lost_reason.is_some(),
-    )?;
-    // R1: an existing customer, not archived.
-    match store::share_customer(&mut tx, input.customer_id).await? {
-        None => {
-            return Err(ApiError::invalid(
-                "opportunity.customer_id",
-                format!("no customer has the id {}", input.customer_id),
-            ));
-        }
-        Some(true) => {
-            return Err(ApiError::failed_precondition(
-                Reason::CustomerArchived,
-                input.customer_id.to_string(),
-                "the customer is archived and takes no new opportunities (R1)",
-            ));
-        }
-        Some(false) => {}
-    }
-    let owner_id = input.owner_id.clone().unwrap_or_else(|| caller.id.clone());
-    check_owner(
-        &mut tx,
-        caller,
-        &visibility,
-        "opportunity.owner_id",
-        &owner_id,
-    )
+    let input = &input;
+    let response = write(pool, caller, &input.retry, async |tx| {
+        // R5: no status given means the default status.
+        let status = match input.status_id {
+            Some(id) => target_status(tx, "opportunity.status_id", id).await?,
+            None => store::share_default_status(tx).await?,
+        };
+        domain::check_lost_reason(
+            "opportunity.lost_reason",
+            status.kind,
+            input.lost_reason.is_some(),
+        )?;
+        check_customer(tx, input.customer_id).await?;
+        let owner_id = input.owner_id.as_deref().unwrap_or(&caller.id);
+        check_owner(tx, caller, &visibility, "opportunity.owner_id", owner_id).await?;
+        insert(tx, caller, input, &status, owner_id).await
+    })
     .await?;
-    let time = store::clock(&mut tx).await?;
+    tracing::info!(opportunity_id = %response.id, actor = %caller.id, "opportunity created");
+    Ok(response)
+}
+
+/// R1: an opportunity belongs to an existing customer that is not archived (held so it
+/// stays so until the commit).
+async fn check_customer(tx: &mut PgConnection, customer_id: Uuid) -> ApiResult<()> {
+    match store::share_customer(tx, customer_id).await? {
+        None => Err(ApiError::invalid(
+            "opportunity.customer_id",
+            format!("no customer has the id {customer_id}"),
+        )),
+        Some(true) => Err(ApiError::failed_precondition(
+            Reason::CustomerArchived,
+            customer_id.to_string(),
+            "the customer is archived and takes no new opportunities (R1)",
+        )),
+        Some(false) => Ok(()),
+    }
+}
+
+/// Writes a checked new opportunity, its first history entry (R9) and its CREATED event.
+async fn insert(
+    tx: &mut PgConnection,
+    caller: &Principal,
+    input: &NewOpportunityInput,
+    status: &StatusInfo,
+    owner_id: &str,
+) -> ApiResult<pb::Opportunity> {
+    let request_id = input.retry.request_id();
+    let time = store::clock(tx).await?;
     let id = Uuid::new_v4();
     store::insert(
-        &mut tx,
+        tx,
         &store::NewOpportunity {
             id,
             customer_id: input.customer_id,
-            owner_id: &owner_id,
+            owner_id,
             title: &input.title,
             amount: input.amount.as_ref(),
             expected_close_date: input.expected_close_date,
-            status: &status,
+            status,
             lost_reason: input.lost_reason.as_deref(),
             next_step: input.next_step.as_deref(),
             actor_id: &caller.id,
@@ -165,11 +165,11 @@ pub async fn create(
     .await?;
     // R9: the first status is the first history entry.
     let entry = store::append_status_change(
-        &mut tx,
+        tx,
         &NewStatusChange {
             opportunity_id: id,
             from: None,
-            to: &status,
+            to: status,
             actor_id: &caller.id,
             actor_name: &caller.display_name,
             time,
@@ -185,7 +185,7 @@ pub async fn create(
         .ok_or_else(|| ApiError::internal("created opportunity not readable"))?;
     let mut response = opportunity_to_proto(&row);
     response.version = status_change::append_event(
-        &mut tx,
+        tx,
         status_change::CREATED,
         caller,
         time,
@@ -195,80 +195,83 @@ pub async fn create(
         request_id,
     )
     .await?;
-    idempotency::complete(&mut tx, &caller.id, METHOD, request_id, &response).await?;
-    tx.commit().await?;
-    tracing::info!(opportunity_id = %id, actor = %caller.id, "opportunity created");
     Ok(response)
 }
 
-pub async fn get(pool: &PgPool, caller: Sales<'_>, id: Uuid) -> ApiResult<pb::Opportunity> {
+pub async fn get(pool: &PgPool, caller: Sales<'_>, input: GetInput) -> ApiResult<pb::Opportunity> {
     let visibility = Visibility::of(caller);
-    let row = visible(&visibility, id, store::get(pool, id).await?)?;
+    let row = visible(&visibility, input.id, store::get(pool, input.id).await?)?;
     Ok(opportunity_to_proto(&row))
+}
+
+/// R10: a stale etag precondition is refused.
+fn check_etag(current: &OpportunityRow, etag: Option<&String>) -> ApiResult<()> {
+    match etag {
+        Some(etag) if *etag != current.etag() => Err(ApiError::stale_etag(RESOURCE)),
+        _ => Ok(()),
+    }
 }
 
 pub async fn update(
     pool: &PgPool,
     caller: Sales<'_>,
-    request: &pb::UpdateOpportunityRequest,
+    input: UpdateInput,
 ) -> ApiResult<pb::Opportunity> {
     let visibility = Visibility::of(caller);
     let caller: &Principal = &caller;
-    let input = convert::update_input(request)?;
-    let mut tx = pool.begin().await?;
-    const METHOD: &str = "UpdateOpportunity";
-    if let Claim::Replay(first) = idempotency::claim(
-        &mut tx,
-        &caller.id,
-        METHOD,
-        input.request_id.as_deref(),
-        request,
-    )
-    .await?
-    {
-        return Ok(first);
-    }
-    people::record(&mut tx, caller).await?;
-    let patch = &input.patch;
-    let target = match patch.status_id {
-        Some(id) => Some(target_status(&mut tx, "opportunity.status_id", id).await?),
-        None => None,
-    };
-    let current = visible(&visibility, input.id, store::lock(&mut tx, input.id).await?)?;
-    if input
-        .etag
-        .as_ref()
-        .is_some_and(|etag| *etag != current.etag())
-    {
-        return Err(ApiError::stale_etag(RESOURCE));
-    }
-    let before = opportunity_to_proto(&current);
-    let moving = target.as_ref().filter(|t| t.id != current.status_id);
-    // A lost reason belongs to the LOST status: the one moved to, or else the current one.
-    let lost_kind = moving.map_or(current.state.kind(), |t| t.kind);
-    domain::check_lost_reason(
-        "opportunity.lost_reason",
-        lost_kind,
-        matches!(patch.lost_reason, Some(Some(_))),
-    )?;
-    if let Some(owner_id) = &patch.owner_id
-        && *owner_id != current.owner_id
-    {
-        check_owner(
-            &mut tx,
-            caller,
-            &visibility,
-            "opportunity.owner_id",
-            owner_id,
-        )
-        .await?;
-    }
-    let amount = patch.amount.clone().unwrap_or_else(|| current.money());
-    let amount = amount.as_ref();
+    let input = &input;
+    let response = write(pool, caller, &input.retry, async |tx| {
+        let patch = &input.patch;
+        let target = match patch.status_id {
+            Some(id) => Some(target_status(tx, "opportunity.status_id", id).await?),
+            None => None,
+        };
+        let current = visible(&visibility, input.id, store::lock(tx, input.id).await?)?;
+        check_etag(&current, input.etag.as_ref())?;
+        let moving = target.as_ref().filter(|t| t.id != current.status_id);
+        // R8: a lost reason belongs to the LOST status: the one moved to, or else the current.
+        let lost_kind = moving.map_or(current.state.kind(), |t| t.kind);
+        domain::check_lost_reason(
+            "opportunity.lost_reason",
+            lost_kind,
+            matches!(patch.lost_reason, Some(Some(_))),
+        )?;
+        if let Some(owner_id) = &patch.owner_id
+            && *owner_id != current.owner_id
+        {
+            check_owner(tx, caller, &visibility, "opportunity.owner_id", owner_id).await?;
+        }
+        let before = opportunity_to_proto(&current);
+        let fields_changed = update_fields(tx, caller, &current, patch, moving.is_some()).await?;
+        match moving {
+            Some(to) => move_in_update(tx, caller, input, &before, to).await,
+            None if fields_changed => record_update(tx, caller, input, before).await,
+            None => Ok(before),
+        }
+    })
+    .await?;
+    tracing::info!(opportunity_id = %input.id, actor = %caller.id, "opportunity updated");
+    Ok(response)
+}
+
+/// Writes the masked fields other than the status, when they change anything; whether they
+/// did. A lost reason given with a move is the move's (R8), not a field change.
+async fn update_fields(
+    tx: &mut PgConnection,
+    caller: &Principal,
+    current: &OpportunityRow,
+    patch: &OpportunityPatch,
+    moving: bool,
+) -> ApiResult<bool> {
+    let current_amount = current.money();
+    let amount = patch
+        .amount
+        .clone()
+        .unwrap_or_else(|| current_amount.clone());
     let fields = store::Fields {
         owner_id: patch.owner_id.as_deref().unwrap_or(&current.owner_id),
         title: patch.title.as_deref().unwrap_or(&current.title),
-        amount,
+        amount: amount.as_ref(),
         expected_close_date: patch
             .expected_close_date
             .unwrap_or(current.expected_close_date),
@@ -276,288 +279,151 @@ pub async fn update(
             Some(next_step) => next_step.as_deref(),
             None => current.next_step.as_deref(),
         },
-        lost_reason: match (&patch.lost_reason, moving) {
-            (Some(reason), None) => reason.as_deref(),
+        lost_reason: match &patch.lost_reason {
+            Some(reason) if !moving => reason.as_deref(),
             _ => current.lost_reason.as_deref(),
         },
     };
-    let fields_change = fields.owner_id != current.owner_id
+    let changed = fields.owner_id != current.owner_id
         || fields.title != current.title
-        || fields.amount != current.money().as_ref()
+        || fields.amount != current_amount.as_ref()
         || fields.expected_close_date != current.expected_close_date
         || fields.next_step != current.next_step.as_deref()
         || fields.lost_reason != current.lost_reason.as_deref();
-    if fields_change {
-        store::update_fields(&mut tx, current.id, &fields, &caller.id).await?;
+    if changed {
+        store::update_fields(tx, current.id, &fields, &caller.id).await?;
     }
-    let response = match moving {
-        Some(to) => {
-            let updated = store::lock(&mut tx, current.id)
-                .await?
-                .ok_or_else(|| ApiError::internal("opportunity vanished under its lock"))?;
-            let lost_reason = match &patch.lost_reason {
-                Some(reason) => reason.as_deref(),
-                None => None,
-            };
-            let change = Change {
-                to,
-                note: &input.note,
-                lost_reason,
-                request_id: input.request_id.as_deref(),
-            };
-            match status_change::change_status(&mut tx, &updated, &before, change, caller).await? {
-                Some((after, _)) => opportunity_to_proto(&after),
-                None => opportunity_to_proto(&updated),
-            }
-        }
-        None if fields_change => {
-            let after = store::get(&mut *tx, current.id)
-                .await?
-                .ok_or_else(|| ApiError::internal("opportunity vanished under its lock"))?;
-            let time = after.update_time;
-            let mut after = opportunity_to_proto(&after);
-            after.version = status_change::append_event(
-                &mut tx,
-                status_change::UPDATED,
-                caller,
-                time,
-                Some(before),
-                after.clone(),
-                None,
-                input.request_id.as_deref(),
-            )
-            .await?;
-            after
-        }
-        None => before,
+    Ok(changed)
+}
+
+/// R8: the status part of an update, by the one status-change implementation, on the row
+/// as the update's other fields left it; the event's `before` is the row as first read.
+async fn move_in_update(
+    tx: &mut PgConnection,
+    caller: &Principal,
+    input: &UpdateInput,
+    before: &pb::Opportunity,
+    to: &StatusInfo,
+) -> ApiResult<pb::Opportunity> {
+    let updated = store::lock(tx, input.id)
+        .await?
+        .ok_or_else(|| ApiError::internal("opportunity vanished under its lock"))?;
+    let change = Change {
+        to,
+        note: &input.note,
+        lost_reason: input.patch.lost_reason.as_ref().and_then(|r| r.as_deref()),
+        request_id: input.retry.request_id(),
     };
-    idempotency::complete(
-        &mut tx,
-        &caller.id,
-        METHOD,
-        input.request_id.as_deref(),
-        &response,
+    Ok(
+        match status_change::change_status(tx, &updated, before, change, caller).await? {
+            Some((after, _)) => opportunity_to_proto(&after),
+            None => opportunity_to_proto(&updated),
+        },
+    )
+}
+
+/// The UPDATED event of an update that changed fields but not the status.
+async fn record_update(
+    tx: &mut PgConnection,
+    caller: &Principal,
+    input: &UpdateInput,
+    before: pb::Opportunity,
+) -> ApiResult<pb::Opportunity> {
+    let after = store::get(&mut *tx, input.id)
+        .await?
+        .ok_or_else(|| ApiError::internal("opportunity vanished under its lock"))?;
+    let time = after.update_time;
+    let mut after = opportunity_to_proto(&after);
+    after.version = status_change::append_event(
+        tx,
+        status_change::UPDATED,
+        caller,
+        time,
+        Some(before),
+        after.clone(),
+        None,
+        input.retry.request_id(),
     )
     .await?;
-    tx.commit().await?;
-    tracing::info!(opportunity_id = %current.id, actor = %caller.id, "opportunity updated");
-    Ok(response)
+    Ok(after)
 }
 
 pub async fn change_status(
     pool: &PgPool,
     caller: Sales<'_>,
-    request: &pb::ChangeOpportunityStatusRequest,
+    input: ChangeInput,
 ) -> ApiResult<pb::ChangeOpportunityStatusResponse> {
     let visibility = Visibility::of(caller);
     let caller: &Principal = &caller;
-    let input = convert::change_input(request)?;
-    let mut tx = pool.begin().await?;
-    const METHOD: &str = "ChangeOpportunityStatus";
-    let request_id = input.request_id.as_deref();
-    if let Claim::Replay(first) =
-        idempotency::claim(&mut tx, &caller.id, METHOD, request_id, request).await?
-    {
-        return Ok(first);
-    }
-    people::record(&mut tx, caller).await?;
-    let target = target_status(&mut tx, "status_id", input.status_id).await?;
-    domain::check_lost_reason("lost_reason", target.kind, input.lost_reason.is_some())?;
-    let current = visible(
-        &visibility,
-        input.opportunity_id,
-        store::lock(&mut tx, input.opportunity_id).await?,
-    )?;
-    if input
-        .etag
-        .as_ref()
-        .is_some_and(|etag| *etag != current.etag())
-    {
-        return Err(ApiError::stale_etag(RESOURCE));
-    }
-    let before = opportunity_to_proto(&current);
-    let change = Change {
-        to: &target,
-        note: &input.note,
-        lost_reason: input.lost_reason.as_deref(),
-        request_id,
-    };
-    let response =
-        match status_change::change_status(&mut tx, &current, &before, change, caller).await? {
-            Some((after, entry)) => pb::ChangeOpportunityStatusResponse {
-                opportunity: Some(opportunity_to_proto(&after)),
-                status_change: Some(status_change_to_proto(&entry)),
-            },
-            // R8: moving to the status it already has records nothing.
-            None => pb::ChangeOpportunityStatusResponse {
-                opportunity: Some(before),
-                status_change: None,
-            },
+    let input = &input;
+    let response = write(pool, caller, &input.retry, async |tx| {
+        let target = target_status(tx, "status_id", input.status_id).await?;
+        domain::check_lost_reason("lost_reason", target.kind, input.lost_reason.is_some())?;
+        let current = visible(
+            &visibility,
+            input.opportunity_id,
+            store::lock(tx, input.opportunity_id).await?,
+        )?;
+        check_etag(&current, input.etag.as_ref())?;
+        let before = opportunity_to_proto(&current);
+        let change = Change {
+            to: &target,
+            note: &input.note,
+            lost_reason: input.lost_reason.as_deref(),
+            request_id: input.retry.request_id(),
         };
-    idempotency::complete(&mut tx, &caller.id, METHOD, request_id, &response).await?;
-    tx.commit().await?;
-    tracing::info!(opportunity_id = %current.id, actor = %caller.id, "opportunity status changed");
+        Ok(
+            match status_change::change_status(tx, &current, &before, change, caller).await? {
+                Some((after, entry)) => pb::ChangeOpportunityStatusResponse {
+                    opportunity: Some(opportunity_to_proto(&after)),
+                    status_change: Some(status_change_to_proto(&entry)),
+                },
+                // R8: moving to the status it already has records nothing.
+                None => pb::ChangeOpportunityStatusResponse {
+                    opportunity: Some(before),
+                    status_change: None,
+                },
+            },
+        )
+    })
+    .await?;
+    tracing::info!(opportunity_id = %input.opportunity_id, actor = %caller.id, "opportunity status changed");
     Ok(response)
-}
-
-fn close_range(
-    violations: &mut FieldViolations,
-    from: Option<&common::Date>,
-    to: Option<&common::Date>,
-) -> (Option<chrono::NaiveDate>, Option<chrono::NaiveDate>) {
-    let from = convert::date(violations, "expected_close_date_from", from);
-    let to = convert::date(violations, "expected_close_date_to", to);
-    if let (Some(from), Some(to)) = (from, to)
-        && from > to
-    {
-        violations.add(
-            "expected_close_date_to",
-            "must not be before expected_close_date_from",
-        );
-    }
-    (from, to)
-}
-
-fn states(violations: &mut FieldViolations, raw: &[i32]) -> Vec<OpportunityState> {
-    let mut states = Vec::new();
-    for (index, state) in raw.iter().enumerate() {
-        match pb::OpportunityState::try_from(*state) {
-            Ok(pb::OpportunityState::Open) => states.push(OpportunityState::Open),
-            Ok(pb::OpportunityState::Won) => states.push(OpportunityState::Won),
-            Ok(pb::OpportunityState::Lost) => states.push(OpportunityState::Lost),
-            _ => violations.add(format!("states[{index}]"), "must be OPEN, WON or LOST"),
-        }
-    }
-    states.sort_by_key(|state| state.as_str());
-    states.dedup();
-    states
-}
-
-fn owner_ids(violations: &mut FieldViolations, raw: &[String]) -> Vec<String> {
-    let mut owners = Vec::new();
-    for (index, owner) in raw.iter().enumerate() {
-        if owner.trim().is_empty() {
-            violations.add(format!("owner_ids[{index}]"), "must not be empty");
-        } else {
-            owners.push(owner.trim().to_owned());
-        }
-    }
-    owners.sort();
-    owners.dedup();
-    owners
-}
-
-fn optional_uuid(violations: &mut FieldViolations, field: &str, raw: &str) -> Option<Uuid> {
-    if raw.is_empty() {
-        None
-    } else {
-        violations.check(field, salesopp_kit::ids::parse_uuid(raw, "an id"))
-    }
-}
-
-fn list_filter(
-    request: &pb::ListOpportunitiesRequest,
-) -> ApiResult<(OpportunityFilter, ListOrder)> {
-    let mut violations = FieldViolations::new();
-    let owner_ids = owner_ids(&mut violations, &request.owner_ids);
-    let customer_id = optional_uuid(&mut violations, "customer_id", &request.customer_id);
-    let mut status_ids = Vec::new();
-    for (index, raw) in request.status_ids.iter().enumerate() {
-        if let Some(id) = violations.check(
-            &format!("status_ids[{index}]"),
-            salesopp_kit::ids::parse_uuid(raw, "a status id"),
-        ) {
-            status_ids.push(id);
-        }
-    }
-    status_ids.sort();
-    status_ids.dedup();
-    let states = states(&mut violations, &request.states);
-    let (close_from, close_to) = close_range(
-        &mut violations,
-        request.expected_close_date_from.as_ref(),
-        request.expected_close_date_to.as_ref(),
-    );
-    let query = request.query.trim();
-    if query.chars().count() > domain::MAX_QUERY_CHARS {
-        violations.add(
-            "query",
-            format!("must be at most {} characters", domain::MAX_QUERY_CHARS),
-        );
-    }
-    if query.chars().any(char::is_control) {
-        violations.add("query", "must not contain control characters");
-    }
-    let order = match request.order_by.trim() {
-        "" | "update_time desc" => ListOrder::UpdateTimeDesc,
-        "expected_close_date" | "expected_close_date asc" => ListOrder::ExpectedCloseDate,
-        "amount desc" => ListOrder::AmountDesc,
-        other => {
-            violations.add(
-                "order_by",
-                format!("{other:?} is not supported: use \"update_time desc\", \"expected_close_date\" or \"amount desc\""),
-            );
-            ListOrder::UpdateTimeDesc
-        }
-    };
-    violations.into_result()?;
-    Ok((
-        OpportunityFilter {
-            owner_ids,
-            team: None,
-            customer_id,
-            status_ids,
-            states,
-            close_from,
-            close_to,
-            pattern: (!query.is_empty()).then(|| domain::like_substring(query)),
-        },
-        order,
-    ))
 }
 
 pub async fn list(
     pool: &PgPool,
     caller: Sales<'_>,
-    request: &pb::ListOpportunitiesRequest,
+    input: ListInput,
 ) -> ApiResult<pb::ListOpportunitiesResponse> {
     let visibility = Visibility::of(caller);
-    let caller: &Principal = &caller;
-    let page_size = paging::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-    let (filter, order) = list_filter(request)?;
-    let fingerprint = paging::fingerprint(&("opportunities", &caller.id, &filter, order));
-    let after: Option<ListAfter> = paging::decode(&request.page_token, &fingerprint)?;
+    let ListInput {
+        filter,
+        order,
+        page,
+    } = input;
+    let page = page.open::<ListAfter>(&("opportunities", &caller.id, &filter, order))?;
     let mut rows = store::list(
         pool,
         &visibility,
         &filter,
         order,
-        after.as_ref(),
-        i64::from(page_size) + 1,
+        page.after.as_ref(),
+        page.limit(),
     )
     .await?;
-    let next_page_token = if rows.len() > page_size as usize {
-        rows.truncate(page_size as usize);
-        rows.last()
-            .map(|last| {
-                let key = match order {
-                    ListOrder::UpdateTimeDesc => ListAfter::UpdateTime(last.update_time, last.id),
-                    ListOrder::ExpectedCloseDate => ListAfter::CloseDate(
-                        last.expected_close_date
-                            .map_or_else(|| "infinity".to_owned(), |d| d.to_string()),
-                        last.id,
-                    ),
-                    ListOrder::AmountDesc => ListAfter::Amount(
-                        last.amount.clone().unwrap_or_else(|| "-1".to_owned()),
-                        last.id,
-                    ),
-                };
-                paging::encode(&fingerprint, &key)
-            })
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let next_page_token = page.next_token(&mut rows, |last| match order {
+        ListOrder::UpdateTimeDesc => ListAfter::UpdateTime(last.update_time, last.id),
+        ListOrder::ExpectedCloseDate => ListAfter::CloseDate(
+            last.expected_close_date
+                .map_or_else(|| "infinity".to_owned(), |d| d.to_string()),
+            last.id,
+        ),
+        ListOrder::AmountDesc => ListAfter::Amount(
+            last.amount.clone().unwrap_or_else(|| "-1".to_owned()),
+            last.id,
+        ),
+    });
     Ok(pb::ListOpportunitiesResponse {
         opportunities: rows.iter().map(opportunity_to_proto).collect(),
         next_page_token,
@@ -567,34 +433,16 @@ pub async fn list(
 pub async fn history(
     pool: &PgPool,
     caller: Sales<'_>,
-    request: &pb::ListStatusHistoryRequest,
+    input: HistoryInput,
 ) -> ApiResult<pb::ListStatusHistoryResponse> {
     let visibility = Visibility::of(caller);
-    let id = salesopp_kit::ids::uuid_field(
-        "opportunity_id",
-        &request.opportunity_id,
-        "the opportunity's id",
-    )?;
-    let page_size = paging::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-    let fingerprint = paging::fingerprint(&("history", id, request.newest_first));
-    let after: Option<i32> = paging::decode(&request.page_token, &fingerprint)?;
+    let id = input.opportunity_id;
+    let page = input
+        .page
+        .open::<i32>(&("history", id, input.newest_first))?;
     visible(&visibility, id, store::get(pool, id).await?)?;
-    let mut rows = store::history(
-        pool,
-        id,
-        request.newest_first,
-        after,
-        i64::from(page_size) + 1,
-    )
-    .await?;
-    let next_page_token = if rows.len() > page_size as usize {
-        rows.truncate(page_size as usize);
-        rows.last()
-            .map(|last| paging::encode(&fingerprint, &last.sequence))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let mut rows = store::history(pool, id, input.newest_first, page.after, page.limit()).await?;
+    let next_page_token = page.next_token(&mut rows, |last| last.sequence);
     Ok(pb::ListStatusHistoryResponse {
         status_changes: rows.iter().map(status_change_to_proto).collect(),
         next_page_token,
@@ -647,33 +495,10 @@ fn add_to_state(
 pub async fn pipeline(
     pool: &PgPool,
     caller: Sales<'_>,
-    request: &pb::GetPipelineSummaryRequest,
+    input: PipelineInput,
 ) -> ApiResult<pb::GetPipelineSummaryResponse> {
     let visibility = Visibility::of(caller);
-    let mut violations = FieldViolations::new();
-    let owner_ids = owner_ids(&mut violations, &request.owner_ids);
-    let states = states(&mut violations, &request.states);
-    let (close_from, close_to) = close_range(
-        &mut violations,
-        request.expected_close_date_from.as_ref(),
-        request.expected_close_date_to.as_ref(),
-    );
-    let customer_id = optional_uuid(&mut violations, "customer_id", &request.customer_id);
-    let team = request.team.trim();
-    if team.chars().count() > 200 {
-        violations.add("team", "must be at most 200 characters");
-    }
-    violations.into_result()?;
-    let filter = OpportunityFilter {
-        owner_ids,
-        team: (!team.is_empty()).then(|| team.to_owned()),
-        customer_id,
-        status_ids: Vec::new(),
-        states,
-        close_from,
-        close_to,
-        pattern: None,
-    };
+    let filter = input.filter;
     let rows = store::pipeline(pool, &visibility, &filter).await?;
     let statuses = store::live_statuses(pool).await?;
     let mut per_status: BTreeMap<Uuid, Vec<pb::CurrencyTotal>> = BTreeMap::new();
@@ -740,45 +565,25 @@ pub async fn pipeline(
 pub async fn salespeople(
     pool: &PgPool,
     _caller: Sales<'_>,
-    request: &pb::ListSalespeopleRequest,
+    input: SalespeopleInput,
 ) -> ApiResult<pb::ListSalespeopleResponse> {
-    let mut violations = FieldViolations::new();
-    let page_size = paging::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-    let query = request.query.trim();
-    if query.chars().count() > domain::MAX_QUERY_CHARS || query.chars().any(char::is_control) {
-        violations.add(
-            "query",
-            "must be at most 200 characters, with no control characters",
-        );
-    }
-    if request.ids.len() > MAX_PAGE_SIZE as usize {
-        violations.add("ids", format!("at most {MAX_PAGE_SIZE} ids"));
-    }
-    let ids = owner_ids(&mut violations, &request.ids);
-    violations.into_result()?;
-    let pattern = (!query.is_empty()).then(|| domain::like_substring(query));
-    let team = request.team.trim();
-    let team = (!team.is_empty()).then_some(team);
-    let fingerprint = paging::fingerprint(&("salespeople", &pattern, team, &ids));
-    let after: Option<(String, String)> = paging::decode(&request.page_token, &fingerprint)?;
+    let team = input.team.as_deref();
+    let page =
+        input
+            .page
+            .open::<(String, String)>(&("salespeople", &input.pattern, team, &input.ids))?;
     let mut rows: Vec<store::SalespersonRow> = store::salespeople_query(
-        pattern.as_deref(),
+        input.pattern.as_deref(),
         team,
-        &ids,
-        after.as_ref(),
-        i64::from(page_size) + 1,
+        &input.ids,
+        page.after.as_ref(),
+        page.limit(),
     )
     .build_query_as()
     .fetch_all(pool)
     .await?;
-    let next_page_token = if rows.len() > page_size as usize {
-        rows.truncate(page_size as usize);
-        rows.last()
-            .map(|last| paging::encode(&fingerprint, &(last.sort_name.clone(), last.id.clone())))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let next_page_token =
+        page.next_token(&mut rows, |last| (last.sort_name.clone(), last.id.clone()));
     Ok(pb::ListSalespeopleResponse {
         salespeople: rows.iter().map(convert::salesperson_to_proto).collect(),
         next_page_token,

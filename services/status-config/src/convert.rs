@@ -7,6 +7,13 @@ use salesopp_kit::time::timestamp;
 use salesopp_proto::statusconfig::v1 as pb;
 use uuid::Uuid;
 
+use salesopp_kit::idempotency::request_id;
+use salesopp_kit::{PageRequest, Retry};
+
+use crate::domain::input::{
+    CreateStatus, DeleteStatus, GetStatus, ListStatuses, ReorderStatuses, SetDefaultStatus,
+    UpdateStatus,
+};
 use crate::domain::{
     LocalizedNames, NewStatus, StatusKind, StatusName, StatusPatch, open_probability,
 };
@@ -53,7 +60,7 @@ fn names(
 }
 
 /// CreateStatus: only OPEN statuses can be created (R3).
-pub fn new_status(request: &pb::CreateStatusRequest) -> ApiResult<NewStatus> {
+fn new_status(request: &pb::CreateStatusRequest) -> ApiResult<NewStatus> {
     let mut violations = FieldViolations::new();
     salesopp_kit::idempotency::request_id(&mut violations, "request_id", &request.request_id);
     let Some(status) = &request.status else {
@@ -97,7 +104,7 @@ pub fn new_status(request: &pb::CreateStatusRequest) -> ApiResult<NewStatus> {
 const MUTABLE_PATHS: [&str; 3] = ["display_name", "localized_names", "probability"];
 
 /// UpdateStatus: the status id, the etag precondition, and the patch of the masked fields.
-pub fn status_patch(
+fn status_patch(
     request: &pb::UpdateStatusRequest,
 ) -> ApiResult<(Uuid, Option<String>, StatusPatch)> {
     let mut violations = FieldViolations::new();
@@ -151,7 +158,7 @@ pub fn status_patch(
 }
 
 /// ReorderStatuses: the ids, each a UUID, none twice.
-pub fn reorder_ids(request: &pb::ReorderStatusesRequest) -> ApiResult<Vec<Uuid>> {
+fn reorder_ids(request: &pb::ReorderStatusesRequest) -> ApiResult<Vec<Uuid>> {
     let mut violations = FieldViolations::new();
     let mut ids = Vec::with_capacity(request.status_ids.len());
     salesopp_kit::idempotency::request_id(&mut violations, "request_id", &request.request_id);
@@ -177,4 +184,111 @@ pub fn reorder_ids(request: &pb::ReorderStatusesRequest) -> ApiResult<Vec<Uuid>>
     }
     violations.into_result()?;
     Ok(ids)
+}
+
+/// Page sizes of ListStatuses.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+fn optional(etag: &str) -> Option<String> {
+    (!etag.is_empty()).then(|| etag.to_owned())
+}
+
+impl TryFrom<&pb::ListStatusesRequest> for ListStatuses {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::ListStatusesRequest) -> ApiResult<Self> {
+        Ok(Self {
+            show_archived: request.show_archived,
+            page: PageRequest::new(
+                request.page_size,
+                &request.page_token,
+                DEFAULT_PAGE_SIZE,
+                MAX_PAGE_SIZE,
+            )?,
+        })
+    }
+}
+
+impl TryFrom<&pb::GetStatusRequest> for GetStatus {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::GetStatusRequest) -> ApiResult<Self> {
+        Ok(Self {
+            id: ids::uuid_field("id", &request.id, "a status id")?,
+        })
+    }
+}
+
+impl TryFrom<&pb::CreateStatusRequest> for CreateStatus {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::CreateStatusRequest) -> ApiResult<Self> {
+        Ok(Self {
+            status: new_status(request)?,
+            retry: Retry::of("CreateStatus", optional(&request.request_id), request),
+        })
+    }
+}
+
+impl TryFrom<&pb::UpdateStatusRequest> for UpdateStatus {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::UpdateStatusRequest) -> ApiResult<Self> {
+        let (id, etag, patch) = status_patch(request)?;
+        Ok(Self {
+            id,
+            etag,
+            patch,
+            retry: Retry::of("UpdateStatus", optional(&request.request_id), request),
+        })
+    }
+}
+
+impl TryFrom<&pb::DeleteStatusRequest> for DeleteStatus {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::DeleteStatusRequest) -> ApiResult<Self> {
+        let mut violations = FieldViolations::new();
+        let id = violations.check("id", ids::parse_uuid(&request.id, "a status id"));
+        let replacement = match request.replacement_status_id.as_str() {
+            "" => None,
+            raw => violations.check("replacement_status_id", ids::parse_uuid(raw, "a status id")),
+        };
+        let request_id = request_id(&mut violations, "request_id", &request.request_id);
+        violations.into_result()?;
+        Ok(Self {
+            id: id.ok_or_else(|| ApiError::internal("validated id missing"))?,
+            replacement,
+            etag: optional(&request.etag),
+            retry: Retry::of("DeleteStatus", request_id, request),
+        })
+    }
+}
+
+impl TryFrom<&pb::SetDefaultStatusRequest> for SetDefaultStatus {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::SetDefaultStatusRequest) -> ApiResult<Self> {
+        let mut violations = FieldViolations::new();
+        let id = violations.check("id", ids::parse_uuid(&request.id, "a status id"));
+        let request_id = request_id(&mut violations, "request_id", &request.request_id);
+        violations.into_result()?;
+        Ok(Self {
+            id: id.ok_or_else(|| ApiError::internal("validated id missing"))?,
+            etag: optional(&request.etag),
+            retry: Retry::of("SetDefaultStatus", request_id, request),
+        })
+    }
+}
+
+impl TryFrom<&pb::ReorderStatusesRequest> for ReorderStatuses {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::ReorderStatusesRequest) -> ApiResult<Self> {
+        Ok(Self {
+            ids: reorder_ids(request)?,
+            retry: Retry::of("ReorderStatuses", optional(&request.request_id), request),
+        })
+    }
 }

@@ -134,6 +134,55 @@ pub struct StatusPatch {
     pub probability: Option<i32>,
 }
 
+/// The decoded input of each call: what the service function works on, every field
+/// already validated (convert.rs).
+pub mod input {
+    use salesopp_kit::{PageRequest, Retry};
+    use uuid::Uuid;
+
+    use super::{NewStatus, StatusPatch};
+
+    pub struct ListStatuses {
+        pub show_archived: bool,
+        pub page: PageRequest,
+    }
+
+    pub struct GetStatus {
+        pub id: Uuid,
+    }
+
+    pub struct CreateStatus {
+        pub status: NewStatus,
+        pub retry: Retry,
+    }
+
+    pub struct UpdateStatus {
+        pub id: Uuid,
+        pub etag: Option<String>,
+        pub patch: StatusPatch,
+        pub retry: Retry,
+    }
+
+    pub struct DeleteStatus {
+        pub id: Uuid,
+        /// R6: where the opportunities still in the status move.
+        pub replacement: Option<Uuid>,
+        pub etag: Option<String>,
+        pub retry: Retry,
+    }
+
+    pub struct SetDefaultStatus {
+        pub id: Uuid,
+        pub etag: Option<String>,
+        pub retry: Retry,
+    }
+
+    pub struct ReorderStatuses {
+        pub ids: Vec<Uuid>,
+        pub retry: Retry,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

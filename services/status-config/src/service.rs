@@ -3,19 +3,19 @@
 //! always decided on the current state; a failed call rolls back and changes nothing.
 
 use salesopp_kit::error::{ApiError, ApiResult, Reason, violated_constraint};
-use salesopp_kit::idempotency::{self, Claim, Retry};
-use salesopp_kit::paging;
+use salesopp_kit::idempotency::write;
 use salesopp_kit::{Admin, Principal, Sales};
 use salesopp_proto::statusconfig::v1 as pb;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::convert::{self, status_to_proto};
-use crate::domain::{StatusKind, StatusPatch, probability_for};
+use crate::convert::status_to_proto;
+use crate::domain::input::{
+    CreateStatus, DeleteStatus, GetStatus, ListStatuses, ReorderStatuses, SetDefaultStatus,
+    UpdateStatus,
+};
+use crate::domain::{StatusKind, probability_for};
 use crate::store::{self, StatusRow};
-
-pub const DEFAULT_PAGE_SIZE: u32 = 100;
-pub const MAX_PAGE_SIZE: u32 = 500;
 
 const RESOURCE: &str = "status";
 
@@ -49,114 +49,100 @@ fn check_etag(row: &StatusRow, etag: Option<&str>) -> ApiResult<()> {
 pub async fn list(
     pool: &PgPool,
     _caller: Sales<'_>,
-    request: &pb::ListStatusesRequest,
+    input: ListStatuses,
 ) -> ApiResult<pb::ListStatusesResponse> {
-    let page_size = paging::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-    let fingerprint = paging::fingerprint(&("statuses", request.show_archived));
-    let after: Option<i32> = paging::decode(&request.page_token, &fingerprint)?;
-    let mut rows =
-        store::list(pool, request.show_archived, after, i64::from(page_size) + 1).await?;
-    let next_page_token = if rows.len() > page_size as usize {
-        rows.truncate(page_size as usize);
-        rows.last()
-            .map(|last| paging::encode(&fingerprint, &last.position))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let page = input.page.open(&("statuses", input.show_archived))?;
+    let mut rows = store::list(pool, input.show_archived, page.after, page.limit()).await?;
+    let next_page_token = page.next_token(&mut rows, |last| last.position);
     Ok(pb::ListStatusesResponse {
         statuses: rows.iter().map(status_to_proto).collect(),
         next_page_token,
     })
 }
 
-pub async fn get(pool: &PgPool, _caller: Sales<'_>, id: Uuid) -> ApiResult<pb::OpportunityStatus> {
-    let row = store::get(pool, id)
+pub async fn get(
+    pool: &PgPool,
+    _caller: Sales<'_>,
+    input: GetStatus,
+) -> ApiResult<pb::OpportunityStatus> {
+    let row = store::get(pool, input.id)
         .await?
-        .ok_or_else(|| ApiError::not_found(RESOURCE, id.to_string()))?;
+        .ok_or_else(|| ApiError::not_found(RESOURCE, input.id.to_string()))?;
     Ok(status_to_proto(&row))
 }
 
 pub async fn create(
     pool: &PgPool,
     caller: Admin<'_>,
-    request: &pb::CreateStatusRequest,
+    input: CreateStatus,
 ) -> ApiResult<pb::OpportunityStatus> {
     let caller: &Principal = &caller;
-    let status = convert::new_status(request)?;
-    let request_id = (!request.request_id.is_empty()).then_some(request.request_id.as_str());
-    let mut tx = pool.begin().await?;
-    const METHOD: &str = "CreateStatus";
-    if let Claim::Replay(first) =
-        idempotency::claim(&mut tx, &caller.id, METHOD, request_id, request).await?
-    {
-        return Ok(first);
-    }
-    store::lock_for_configuration(&mut tx).await?;
-    let live = store::list_live(&mut tx).await?;
-    let after_last_open = live
-        .iter()
-        .filter(|s| s.kind() == StatusKind::Open)
-        .map(|s| s.position)
-        .max()
-        .unwrap_or(0)
-        + 1;
-    let position = match status.position {
-        None => after_last_open,
-        Some(wanted) => i32::try_from(wanted)
-            .unwrap_or(i32::MAX)
-            .min(live.len() as i32 + 1),
-    };
-    let row = store::insert(&mut tx, &status, position)
-        .await
-        .map_err(map_write_error)?;
-    let response = status_to_proto(&row);
-    idempotency::complete(&mut tx, &caller.id, METHOD, request_id, &response).await?;
-    tx.commit().await.map_err(map_write_error)?;
-    tracing::info!(status_id = %row.id, actor = %caller.id, "status created");
+    let status = &input.status;
+    let response = write(pool, caller, &input.retry, async |tx| {
+        store::lock_for_configuration(tx).await?;
+        let live = store::list_live(tx).await?;
+        let after_last_open = live
+            .iter()
+            .filter(|s| s.kind() == StatusKind::Open)
+            .map(|s| s.position)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let position = match status.position {
+            None => after_last_open,
+            Some(wanted) => i32::try_from(wanted)
+                .unwrap_or(i32::MAX)
+                .min(live.len() as i32 + 1),
+        };
+        let row = store::insert(tx, status, position)
+            .await
+            .map_err(map_write_error)?;
+        Ok(status_to_proto(&row))
+    })
+    .await?;
+    tracing::info!(status_id = %response.id, actor = %caller.id, "status created");
     Ok(response)
 }
 
 pub async fn update(
     pool: &PgPool,
     caller: Admin<'_>,
-    retry: Retry<'_, pb::UpdateStatusRequest>,
-    id: Uuid,
-    etag: Option<&str>,
-    patch: StatusPatch,
+    input: UpdateStatus,
 ) -> ApiResult<pb::OpportunityStatus> {
     let caller: &Principal = &caller;
-    let mut tx = pool.begin().await?;
-    if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
-        return Ok(first);
-    }
-    store::lock_for_configuration(&mut tx).await?;
-    let current = load(&mut tx, id).await?;
-    check_etag(&current, etag)?;
-    let kind = current.kind();
-    let probability = match patch.probability {
-        Some(raw) => probability_for(kind, raw)
-            .map_err(|why| ApiError::invalid("status.probability", why))?
-            .into(),
-        None => current.probability,
-    };
-    let display_name = patch
-        .display_name
-        .as_ref()
-        .map_or(current.display_name.as_str(), |name| name.as_str());
-    // R2: a language left out of new names is named by the (new or current) display name.
-    let localized_names = patch
-        .localized_names
-        .map(|names| names.with_defaults(display_name));
-    let localized_names = localized_names
-        .as_ref()
-        .map_or(&current.localized_names.0, |names| names.as_map());
-    let row = store::update(&mut tx, id, display_name, localized_names, probability)
-        .await
-        .map_err(map_write_error)?;
-    let response = status_to_proto(&row);
-    retry.complete(&mut tx, caller, &response).await?;
-    tx.commit().await.map_err(map_write_error)?;
+    let UpdateStatus {
+        id,
+        etag,
+        patch,
+        retry,
+    } = input;
+    let response = write(pool, caller, &retry, async |tx| {
+        store::lock_for_configuration(tx).await?;
+        let current = load(tx, id).await?;
+        check_etag(&current, etag.as_deref())?;
+        let probability = match patch.probability {
+            Some(raw) => probability_for(current.kind(), raw)
+                .map_err(|why| ApiError::invalid("status.probability", why))?
+                .into(),
+            None => current.probability,
+        };
+        let display_name = patch
+            .display_name
+            .as_ref()
+            .map_or(current.display_name.as_str(), |name| name.as_str());
+        // R2: a language left out of new names is named by the (new or current) display name.
+        let localized_names = patch
+            .localized_names
+            .map(|names| names.with_defaults(display_name));
+        let localized_names = localized_names
+            .as_ref()
+            .map_or(&current.localized_names.0, |names| names.as_map());
+        let row = store::update(tx, id, display_name, localized_names, probability)
+            .await
+            .map_err(map_write_error)?;
+        Ok(status_to_proto(&row))
+    })
+    .await?;
     tracing::info!(status_id = %id, actor = %caller.id, "status updated");
     Ok(response)
 }
@@ -164,153 +150,179 @@ pub async fn update(
 pub async fn set_default(
     pool: &PgPool,
     caller: Admin<'_>,
-    retry: Retry<'_, pb::SetDefaultStatusRequest>,
-    id: Uuid,
-    etag: Option<&str>,
+    input: SetDefaultStatus,
 ) -> ApiResult<pb::OpportunityStatus> {
     let caller: &Principal = &caller;
-    let mut tx = pool.begin().await?;
-    if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
-        return Ok(first);
-    }
-    store::lock_for_configuration(&mut tx).await?;
-    let current = load(&mut tx, id).await?;
-    check_etag(&current, etag)?;
-    if current.archived {
+    let id = input.id;
+    let response = write(pool, caller, &input.retry, async |tx| {
+        store::lock_for_configuration(tx).await?;
+        let current = load(tx, id).await?;
+        check_etag(&current, input.etag.as_deref())?;
+        check_can_be_default(&current)?;
+        if current.is_default {
+            return Ok(status_to_proto(&current));
+        }
+        Ok(status_to_proto(&store::set_default(tx, id).await?))
+    })
+    .await?;
+    tracing::info!(status_id = %id, actor = %caller.id, "default status set");
+    Ok(response)
+}
+
+/// R4: the default is a current OPEN status.
+fn check_can_be_default(status: &StatusRow) -> ApiResult<()> {
+    if status.archived {
         return Err(ApiError::failed_precondition(
             Reason::StatusArchived,
-            id.to_string(),
+            status.id.to_string(),
             "an archived status cannot be the default",
         ));
     }
-    if current.kind() != StatusKind::Open {
+    if status.kind() != StatusKind::Open {
         return Err(ApiError::failed_precondition(
             Reason::StatusNotOpen,
-            id.to_string(),
+            status.id.to_string(),
             "the default status must be an OPEN status (R4)",
         ));
     }
-    if current.is_default {
-        return Ok(status_to_proto(&current));
-    }
-    let row = store::set_default(&mut tx, id).await?;
-    let response = status_to_proto(&row);
-    retry.complete(&mut tx, caller, &response).await?;
-    tx.commit().await?;
-    tracing::info!(status_id = %id, actor = %caller.id, "default status set");
-    Ok(response)
+    Ok(())
 }
 
 pub async fn delete(
     pool: &PgPool,
     caller: Admin<'_>,
-    retry: Retry<'_, pb::DeleteStatusRequest>,
-    id: Uuid,
-    replacement: Option<Uuid>,
-    etag: Option<&str>,
+    input: DeleteStatus,
 ) -> ApiResult<pb::DeleteStatusResponse> {
     let caller: &Principal = &caller;
-    let mut tx = pool.begin().await?;
-    if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
-        return Ok(first);
-    }
-    store::lock_for_configuration(&mut tx).await?;
-    // Locked so that no opportunity enters it unseen between the count below and the commit.
-    let current = store::get_for_update(&mut tx, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(RESOURCE, id.to_string()))?;
-    // AIP-135: deleting what is already archived answers it, whatever the etag (a retry
-    // of a delete that succeeded carries the etag from before it).
-    if current.archived {
-        return Ok(pb::DeleteStatusResponse {
-            status: Some(status_to_proto(&current)),
-            moved_opportunity_count: 0,
-        });
-    }
-    check_etag(&current, etag)?;
-    if current.kind() != StatusKind::Open {
+    let id = input.id;
+    let response = write(pool, caller, &input.retry, async |tx| {
+        store::lock_for_configuration(tx).await?;
+        // Locked so that no opportunity enters it unseen between the count and the commit.
+        let current = store::get_for_update(tx, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(RESOURCE, id.to_string()))?;
+        // AIP-135: deleting what is already archived answers it, whatever the etag (a retry
+        // of a delete that succeeded carries the etag from before it).
+        if current.archived {
+            return Ok(pb::DeleteStatusResponse {
+                status: Some(status_to_proto(&current)),
+                moved_opportunity_count: 0,
+            });
+        }
+        check_etag(&current, input.etag.as_deref())?;
+        check_deletable(&current)?;
+        if let Some(replacement) = input.replacement {
+            check_replacement(tx, id, replacement).await?;
+        }
+        let moved = move_opportunities(tx, caller, &current, input.replacement).await?;
+        let row = store::archive(tx, id).await?;
+        Ok(pb::DeleteStatusResponse {
+            status: Some(status_to_proto(&row)),
+            moved_opportunity_count: moved,
+        })
+    })
+    .await?;
+    tracing::info!(status_id = %id, actor = %caller.id, "status archived");
+    Ok(response)
+}
+
+/// R3, R6: only an OPEN status that is not the default can be deleted.
+fn check_deletable(status: &StatusRow) -> ApiResult<()> {
+    if status.kind() != StatusKind::Open {
         return Err(ApiError::failed_precondition(
             Reason::StatusClosing,
-            id.to_string(),
+            status.id.to_string(),
             format!(
                 "the {} status can be renamed but never deleted (R3)",
-                current.kind().as_str()
+                status.kind().as_str()
             ),
         ));
     }
-    if current.is_default {
+    if status.is_default {
         return Err(ApiError::failed_precondition(
             Reason::StatusIsDefault,
-            id.to_string(),
+            status.id.to_string(),
             "the default status cannot be deleted: make another status the default first (R6)",
         ));
     }
-    if let Some(replacement) = replacement {
-        if replacement == id {
-            return Err(ApiError::invalid(
-                "replacement_status_id",
-                "the replacement must be another status",
-            ));
-        }
-        let target = store::get(&mut *tx, replacement).await?.ok_or_else(|| {
-            ApiError::invalid(
-                "replacement_status_id",
-                format!("no status has the id {replacement}"),
-            )
-        })?;
-        if target.archived || target.kind() != StatusKind::Open {
-            return Err(ApiError::invalid(
-                "replacement_status_id",
-                "the replacement must be a non-archived OPEN status (R6)",
-            ));
+    Ok(())
+}
+
+/// R6: the replacement is another current OPEN status.
+async fn check_replacement(tx: &mut PgConnection, id: Uuid, replacement: Uuid) -> ApiResult<()> {
+    if replacement == id {
+        return Err(ApiError::invalid(
+            "replacement_status_id",
+            "the replacement must be another status",
+        ));
+    }
+    let target = store::get(&mut *tx, replacement).await?.ok_or_else(|| {
+        ApiError::invalid(
+            "replacement_status_id",
+            format!("no status has the id {replacement}"),
+        )
+    })?;
+    if target.archived || target.kind() != StatusKind::Open {
+        return Err(ApiError::invalid(
+            "replacement_status_id",
+            "the replacement must be a non-archived OPEN status (R6)",
+        ));
+    }
+    Ok(())
+}
+
+/// R6: the opportunities still in `status` move to `replacement`, each by a normal status
+/// change (history entry and event) of the one implementation the opportunity service uses,
+/// in this transaction; without a replacement, a status in use is not deleted.
+async fn move_opportunities(
+    tx: &mut PgConnection,
+    caller: &Principal,
+    status: &StatusRow,
+    replacement: Option<Uuid>,
+) -> ApiResult<i64> {
+    let in_use = store::opportunities_in(tx, status.id).await?;
+    match (in_use, replacement) {
+        (0, _) => Ok(0),
+        (_, None) => Err(ApiError::failed_precondition(
+            Reason::StatusInUse,
+            status.id.to_string(),
+            match in_use {
+                1 => "1 opportunity is in this status: name a replacement_status_id to move it to (R6)".to_owned(),
+                n => format!("{n} opportunities are in this status: name a replacement_status_id to move them to (R6)"),
+            },
+        )),
+        (_, Some(replacement)) => {
+            let note = format!("status {:?} was deleted", status.display_name);
+            salesopp_opportunity::status_change::move_all(tx, status.id, replacement, &note, caller)
+                .await
         }
     }
-    let in_use = store::opportunities_in(&mut tx, id).await?;
-    let moved = match (in_use, replacement) {
-        (0, _) => 0,
-        (_, None) => {
-            return Err(ApiError::failed_precondition(
-                Reason::StatusInUse,
-                id.to_string(),
-                match in_use {
-                    1 => "1 opportunity is in this status: name a replacement_status_id to move it to (R6)".to_owned(),
-                    n => format!("{n} opportunities are in this status: name a replacement_status_id to move them to (R6)"),
-                },
-            ));
-        }
-        // Each move is a normal status change (history entry and event), made by the one
-        // implementation the opportunity service uses, in this transaction.
-        (_, Some(replacement)) => {
-            salesopp_kit::people::record(&mut tx, caller).await?;
-            let note = format!("status {:?} was deleted", current.display_name);
-            salesopp_opportunity::status_change::move_all(&mut tx, id, replacement, &note, caller)
-                .await?
-        }
-    };
-    let row = store::archive(&mut tx, id).await?;
-    let response = pb::DeleteStatusResponse {
-        status: Some(status_to_proto(&row)),
-        moved_opportunity_count: moved,
-    };
-    retry.complete(&mut tx, caller, &response).await?;
-    tx.commit().await?;
-    tracing::info!(status_id = %id, actor = %caller.id, "status archived");
-    Ok(response)
 }
 
 pub async fn reorder(
     pool: &PgPool,
     caller: Admin<'_>,
-    retry: Retry<'_, pb::ReorderStatusesRequest>,
-    ids: &[Uuid],
+    input: ReorderStatuses,
 ) -> ApiResult<pb::ReorderStatusesResponse> {
     let caller: &Principal = &caller;
-    let mut tx = pool.begin().await?;
-    if let Claim::Replay(first) = retry.claim(&mut tx, caller).await? {
-        return Ok(first);
-    }
-    store::lock_for_configuration(&mut tx).await?;
-    let live = store::list_live(&mut tx).await?;
+    let ids = &input.ids;
+    let response = write(pool, caller, &input.retry, async |tx| {
+        store::lock_for_configuration(tx).await?;
+        let live = store::list_live(tx).await?;
+        check_order(&live, ids)?;
+        store::reorder(tx, ids).await?;
+        let rows = store::list_live(tx).await?;
+        Ok(pb::ReorderStatusesResponse {
+            statuses: rows.iter().map(status_to_proto).collect(),
+        })
+    })
+    .await?;
+    tracing::info!(actor = %caller.id, "statuses reordered");
+    Ok(response)
+}
+
+/// R2: a new pipeline order names every non-archived status once, and nothing else.
+fn check_order(live: &[StatusRow], ids: &[Uuid]) -> ApiResult<()> {
     let mut violations = salesopp_kit::FieldViolations::new();
     for (index, id) in ids.iter().enumerate() {
         if !live.iter().any(|s| s.id == *id) {
@@ -320,7 +332,7 @@ pub async fn reorder(
             );
         }
     }
-    for status in &live {
+    for status in live {
         if !ids.contains(&status.id) {
             violations.add(
                 "status_ids",
@@ -331,14 +343,5 @@ pub async fn reorder(
             );
         }
     }
-    violations.into_result()?;
-    store::reorder(&mut tx, ids).await?;
-    let rows = store::list_live(&mut tx).await?;
-    let response = pb::ReorderStatusesResponse {
-        statuses: rows.iter().map(status_to_proto).collect(),
-    };
-    retry.complete(&mut tx, caller, &response).await?;
-    tx.commit().await?;
-    tracing::info!(actor = %caller.id, "statuses reordered");
-    Ok(response)
+    violations.into_result()
 }
