@@ -498,28 +498,43 @@ pub async fn pipeline(
     input: PipelineInput,
 ) -> ApiResult<pb::GetPipelineSummaryResponse> {
     let visibility = Visibility::of(caller);
-    let filter = input.filter;
-    let rows = store::pipeline(pool, &visibility, &filter).await?;
+    let rows = store::pipeline(pool, &visibility, &input.filter).await?;
     let statuses = store::live_statuses(pool).await?;
-    let mut per_status: BTreeMap<Uuid, Vec<pb::CurrencyTotal>> = BTreeMap::new();
-    let mut by_owner_status: Vec<pb::PipelineOwnerStatusTotal> = Vec::new();
-    let mut by_owner: Vec<pb::PipelineOwnerTotal> = Vec::new();
-    let mut total = pb::PipelineTotals::default();
+    let mut summary = Summary::default();
     for row in &rows {
+        summary.add(row)?;
+    }
+    Ok(summary.finish(&statuses))
+}
+
+/// R14: the pipeline's grouping sets folded into the response, one row at a time.
+#[derive(Default)]
+struct Summary {
+    per_status: BTreeMap<Uuid, Vec<pb::CurrencyTotal>>,
+    by_owner_status: Vec<pb::PipelineOwnerStatusTotal>,
+    by_owner: Vec<pb::PipelineOwnerTotal>,
+    total: pb::PipelineTotals,
+}
+
+impl Summary {
+    /// Adds one grouping row (rows come ordered by owner, then status).
+    fn add(&mut self, row: &store::PipelineRow) -> ApiResult<()> {
         let currency_total = currency_total(row)?;
         let owner_id = row.owner_id.clone().unwrap_or_default();
         let status_id = row.status_id.map(|id| id.to_string()).unwrap_or_default();
         match row.group() {
-            PipelineGroup::Status => per_status
+            PipelineGroup::Status => self
+                .per_status
                 .entry(row.status_id.unwrap_or_default())
                 .or_default()
                 .push(currency_total),
-            PipelineGroup::OwnerStatus => match by_owner_status
+            PipelineGroup::OwnerStatus => match self
+                .by_owner_status
                 .last_mut()
                 .filter(|last| last.owner_id == owner_id && last.status_id == status_id)
             {
                 Some(last) => last.totals.push(currency_total),
-                None => by_owner_status.push(pb::PipelineOwnerStatusTotal {
+                None => self.by_owner_status.push(pb::PipelineOwnerStatusTotal {
                     owner_id,
                     owner_display_name: row.owner_name.clone().unwrap_or_default(),
                     status_id,
@@ -527,39 +542,51 @@ pub async fn pipeline(
                 }),
             },
             PipelineGroup::OwnerState => {
-                if by_owner.last().is_none_or(|last| last.owner_id != owner_id) {
-                    by_owner.push(pb::PipelineOwnerTotal {
+                if self
+                    .by_owner
+                    .last()
+                    .is_none_or(|last| last.owner_id != owner_id)
+                {
+                    self.by_owner.push(pb::PipelineOwnerTotal {
                         owner_id,
                         owner_display_name: row.owner_name.clone().unwrap_or_default(),
                         totals: Some(pb::PipelineTotals::default()),
                     });
                 }
-                if let Some(totals) = by_owner.last_mut().and_then(|o| o.totals.as_mut()) {
+                if let Some(totals) = self.by_owner.last_mut().and_then(|o| o.totals.as_mut()) {
                     add_to_state(totals, row.state, currency_total);
                 }
             }
-            PipelineGroup::State => add_to_state(&mut total, row.state, currency_total),
+            PipelineGroup::State => add_to_state(&mut self.total, row.state, currency_total),
+        }
+        Ok(())
+    }
+
+    /// The response: every live status in pipeline order, with its totals or none.
+    fn finish(
+        mut self,
+        statuses: &[(Uuid, String, i32, i16, salesopp_kit::StatusKind)],
+    ) -> pb::GetPipelineSummaryResponse {
+        let by_status = statuses
+            .iter()
+            .map(
+                |(id, name, position, probability, kind)| pb::PipelineStatusTotal {
+                    status_id: id.to_string(),
+                    status_display_name: name.clone(),
+                    position: *position,
+                    probability: i32::from(*probability),
+                    kind: convert::kind_to_proto(*kind).into(),
+                    totals: self.per_status.remove(id).unwrap_or_default(),
+                },
+            )
+            .collect();
+        pb::GetPipelineSummaryResponse {
+            by_status,
+            by_owner_status: self.by_owner_status,
+            by_owner: self.by_owner,
+            total: Some(self.total),
         }
     }
-    let by_status = statuses
-        .iter()
-        .map(
-            |(id, name, position, probability, kind)| pb::PipelineStatusTotal {
-                status_id: id.to_string(),
-                status_display_name: name.clone(),
-                position: *position,
-                probability: i32::from(*probability),
-                kind: convert::kind_to_proto(*kind).into(),
-                totals: per_status.remove(id).unwrap_or_default(),
-            },
-        )
-        .collect();
-    Ok(pb::GetPipelineSummaryResponse {
-        by_status,
-        by_owner_status,
-        by_owner,
-        total: Some(total),
-    })
 }
 
 pub async fn salespeople(
