@@ -361,13 +361,9 @@ impl Worker {
     }
 }
 
-/// Who task `task` of `tasks` calls as in `workload`, and which opportunities it owns.
-async fn worker(
-    context: &Context,
-    workload: Workload,
-    task: usize,
-    tasks: usize,
-) -> anyhow::Result<Worker> {
+/// Who task `task` calls as in `workload`: a rep of its own (per-caller workloads), the
+/// manager of a team (the team pipeline), else the admin: id, name, team and role.
+fn caller_of(workload: Workload, task: usize) -> (String, String, String, &'static str) {
     let reps = scheme::reps();
     let team = 1 + (task as u32 % scheme::TEAMS);
     let per_caller = matches!(
@@ -378,7 +374,7 @@ async fn worker(
             | Workload::SearchCustomers
             | Workload::Mix
     );
-    let (caller_id, name, team_name, role) = if per_caller {
+    if per_caller {
         let rep = &reps[task % reps.len()];
         (
             rep.id.clone(),
@@ -396,7 +392,18 @@ async fn worker(
             String::new(),
             "sales_admin",
         )
-    };
+    }
+}
+
+/// Who task `task` of `tasks` calls as in `workload`, and which opportunities it owns.
+async fn worker(
+    context: &Context,
+    workload: Workload,
+    task: usize,
+    tasks: usize,
+) -> anyhow::Result<Worker> {
+    let reps = scheme::reps();
+    let (caller_id, name, team_name, role) = caller_of(workload, task);
     let token =
         context
             .tokens
@@ -464,6 +471,112 @@ struct TaskResult {
     errors: BTreeMap<String, u64>,
 }
 
+/// The measured window of a run: calls started before `measure_from` warm up, calls that
+/// end after `end` are not counted.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    measure_from: Instant,
+    end: Instant,
+}
+
+/// One task's calls, one after another until the window ends.
+async fn drive_task(
+    mut worker: Worker,
+    workload: Workload,
+    context: Arc<Context>,
+    window: Window,
+    done: Arc<AtomicU64>,
+) -> TaskResult {
+    let mut result = TaskResult {
+        latencies: histogram(),
+        errors: BTreeMap::new(),
+    };
+    loop {
+        let start = Instant::now();
+        if start >= window.end {
+            return result;
+        }
+        let outcome = worker.call(workload, &context).await;
+        let finished = Instant::now();
+        done.fetch_add(1, Ordering::Relaxed);
+        if start < window.measure_from || finished > window.end {
+            continue;
+        }
+        match outcome {
+            Ok(()) => {
+                let micros = (finished - start).as_micros().max(1) as u64;
+                let _ = result.latencies.record(micros);
+            }
+            Err(code) => *result.errors.entry(format!("{code:?}")).or_default() += 1,
+        }
+    }
+}
+
+/// The progress bar of a run, and a task that moves it every 200 ms and returns the peak
+/// of `sample_memory` once the run ends.
+fn progress(
+    workload: Workload,
+    started: Instant,
+    end: Instant,
+    done: Arc<AtomicU64>,
+    sample_memory: impl Fn() -> Option<u64> + Send + Sync + 'static,
+) -> (ProgressBar, tokio::task::JoinHandle<u64>) {
+    let context_len = end.saturating_duration_since(started).as_secs().max(1);
+    let bar = ProgressBar::new(context_len);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} s {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(workload.name());
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(rss) = sample_memory() {
+                    peak = peak.max(rss);
+                }
+                bar.set_position(started.elapsed().as_secs());
+                bar.set_message(format!("{} calls", done.load(Ordering::Relaxed)));
+                if Instant::now() >= end {
+                    return peak;
+                }
+            }
+        })
+    };
+
+    (bar, ticker)
+}
+
+/// The delivery lags the watchers measured, once the run is over.
+async fn delivery(watchers: Vec<Watcher>) -> anyhow::Result<Option<Delivery>> {
+    if watchers.is_empty() {
+        return Ok(None);
+    }
+    // Events committed at the very end get a moment to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut lag = histogram();
+    let mut events = 0;
+    let count = watchers.len();
+    for watcher in watchers {
+        watcher.handle.abort();
+        let seen = watcher
+            .lag
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|_| histogram());
+        events += seen.len();
+        lag.add(&seen)?;
+    }
+    Ok(Some(Delivery {
+        watchers: count,
+        events,
+        lag: Latency::of(&lag),
+    }))
+}
+
 /// Runs `workload` with `context.concurrency` tasks: warmup, then the measured duration.
 /// `sample_memory` is called every 200 ms while it runs and returns the server's RSS (KiB).
 pub async fn run(
@@ -487,62 +600,21 @@ pub async fn run(
         Vec::new()
     };
 
-    let bar = ProgressBar::new((context.warmup + context.duration).as_secs().max(1));
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} s {wide_msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(workload.name());
-    let ticker = {
-        let bar = bar.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            let mut peak = 0;
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Some(rss) = sample_memory() {
-                    peak = peak.max(rss);
-                }
-                bar.set_position(started.elapsed().as_secs());
-                bar.set_message(format!("{} calls", done.load(Ordering::Relaxed)));
-                if Instant::now() >= end {
-                    return peak;
-                }
-            }
-        })
-    };
+    let (bar, ticker) = progress(workload, started, end, done.clone(), sample_memory);
 
-    let mut handles = Vec::with_capacity(tasks);
-    for mut worker in workers {
-        let context = context.clone();
-        let done = done.clone();
-        handles.push(tokio::spawn(async move {
-            let mut result = TaskResult {
-                latencies: histogram(),
-                errors: BTreeMap::new(),
-            };
-            loop {
-                let start = Instant::now();
-                if start >= end {
-                    return result;
-                }
-                let outcome = worker.call(workload, &context).await;
-                let finished = Instant::now();
-                done.fetch_add(1, Ordering::Relaxed);
-                if start < measure_from || finished > end {
-                    continue;
-                }
-                match outcome {
-                    Ok(()) => {
-                        let micros = (finished - start).as_micros().max(1) as u64;
-                        let _ = result.latencies.record(micros);
-                    }
-                    Err(code) => *result.errors.entry(format!("{code:?}")).or_default() += 1,
-                }
-            }
-        }));
-    }
+    let window = Window { measure_from, end };
+    let handles: Vec<_> = workers
+        .into_iter()
+        .map(|worker| {
+            tokio::spawn(drive_task(
+                worker,
+                workload,
+                context.clone(),
+                window,
+                done.clone(),
+            ))
+        })
+        .collect();
     let mut latencies = histogram();
     let mut errors = BTreeMap::new();
     for handle in handles {
@@ -555,30 +627,7 @@ pub async fn run(
     let peak = ticker.await.unwrap_or(0);
     bar.finish_and_clear();
 
-    let delivery = if watchers.is_empty() {
-        None
-    } else {
-        // Events committed at the very end get a moment to arrive.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let mut lag = histogram();
-        let mut events = 0;
-        let count = watchers.len();
-        for watcher in watchers {
-            watcher.handle.abort();
-            let seen = watcher
-                .lag
-                .lock()
-                .map(|h| h.clone())
-                .unwrap_or_else(|_| histogram());
-            events += seen.len();
-            lag.add(&seen)?;
-        }
-        Some(Delivery {
-            watchers: count,
-            events,
-            lag: Latency::of(&lag),
-        })
-    };
+    let delivery = delivery(watchers).await?;
     let seconds = context.duration.as_secs_f64();
     Ok(Measured {
         workload,

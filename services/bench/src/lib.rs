@@ -147,13 +147,125 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<report::Report> {
     anyhow::ensure!(args.duration >= 1, "--duration must be at least 1 second");
     anyhow::ensure!(args.scale >= 1, "--scale must be at least 1");
     let started_at = chrono::Utc::now().to_rfc3339();
-    let workloads: Vec<Workload> = if args.workloads.is_empty() {
-        Workload::ALL.to_vec()
-    } else {
-        let mut chosen = args.workloads.clone();
-        chosen.dedup();
-        chosen
+    let workloads = chosen_workloads(&args.workloads);
+    let Seeded {
+        plan,
+        seed,
+        bench_url,
+        db,
+        postgres,
+        statuses,
+    } = seed_database(&args).await?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+
+    let pool_size = args.server_pool.unwrap_or(args.concurrency.max(10) as u32);
+    let mut suite = start_suite(&args, &bench_url, pool_size).await?;
+    let pid = suite.pid();
+    let idle = pid.and_then(server::memory_of);
+    let context = Arc::new(drive::Context {
+        url: suite.url.clone(),
+        tokens: suite.tokens.clone(),
+        db: db.clone(),
+        statuses,
+        scale: plan.scale,
+        customers: plan.customers,
+        concurrency: args.concurrency,
+        warmup: Duration::from_secs(args.warmup),
+        duration: Duration::from_secs(args.duration),
+    });
+
+    let outcome = drive_all(&context, &workloads, pid).await;
+    let measured = match outcome {
+        Ok(measured) => measured,
+        Err(error) => {
+            let _ = suite.stop().await;
+            return Err(error);
+        }
     };
+    let peak = pid.and_then(server::memory_of).map(|m| m.hwm_kib);
+
+    let round_trips = round_trips(&context, &workloads).await;
+
+    let pgbench_results = if args.no_pgbench {
+        Vec::new()
+    } else {
+        let inputs = PgbenchRun {
+            db: &db,
+            database_url: &bench_url,
+            scale: plan.scale,
+            args: &args,
+        };
+        match run_pgbench(&inputs, &workloads).await {
+            Ok(results) => results,
+            Err(error) => {
+                let _ = suite.stop().await;
+                return Err(error);
+            }
+        }
+    };
+    suite.stop().await?;
+
+    let mut report = report::Report {
+        started_at,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: machine(postgres),
+        seed,
+        concurrency: args.concurrency,
+        warmup_seconds: args.warmup as f64,
+        duration_seconds: args.duration as f64,
+        server: report::ServerInfo {
+            url: context.url.clone(),
+            spawned: args.url.is_none(),
+            pool_size: args.url.is_none().then_some(pool_size),
+            idle_rss_kib: idle.map(|m| m.rss_kib),
+            peak_rss_kib: peak,
+        },
+        workloads: measured,
+        pgbench: pgbench_results,
+        ratios: Vec::new(),
+        round_trips,
+    };
+    report.compute_ratios();
+    report.write(&args.out)?;
+    db.close().await;
+    println!("{}", report.markdown());
+    eprintln!(
+        "bench: report in {}/report.{{json,md,svg}}",
+        args.out.display()
+    );
+    Ok(report)
+}
+
+/// The suite under test: the one at `--url`, or this binary's `serve` spawned on the bench
+/// database with a pool of `pool_size`.
+async fn start_suite(
+    args: &BenchArgs,
+    bench_url: &str,
+    pool_size: u32,
+) -> anyhow::Result<server::Suite> {
+    match &args.url {
+        Some(url) => server::Suite::external(url, &args.auth).await,
+        None => {
+            let binary = server::server_binary(args.server_bin.as_deref())?;
+            eprintln!("bench: serving with {} serve", binary.display());
+            server::Suite::spawn(&binary, bench_url, pool_size, &args.out.join("server.log")).await
+        }
+    }
+}
+
+/// The seeded database the run measures, and what the report says of it.
+struct Seeded {
+    plan: seed::SeedPlan,
+    seed: seed::SeedOutcome,
+    bench_url: String,
+    db: sqlx::PgPool,
+    postgres: String,
+    statuses: Vec<scheme::Status>,
+}
+
+/// Seeds the bench database at the asked scale (or reuses it) and connects to it.
+async fn seed_database(args: &BenchArgs) -> anyhow::Result<Seeded> {
     let admin: PgConnectOptions = args
         .database_url
         .parse()
@@ -189,43 +301,33 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<report::Report> {
         .fetch_one(&db)
         .await?;
     let statuses = seed::statuses(&db).await?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
 
-    let pool_size = args.server_pool.unwrap_or(args.concurrency.max(10) as u32);
-    let mut suite = match &args.url {
-        Some(url) => server::Suite::external(url, &args.auth).await?,
-        None => {
-            let binary = server::server_binary(args.server_bin.as_deref())?;
-            eprintln!("bench: serving with {} serve", binary.display());
-            server::Suite::spawn(&binary, &bench_url, pool_size, &args.out.join("server.log"))
-                .await?
-        }
-    };
-    let pid = suite.pid();
-    let idle = pid.and_then(server::memory_of);
-    let context = Arc::new(drive::Context {
-        url: suite.url.clone(),
-        tokens: suite.tokens.clone(),
-        db: db.clone(),
+    Ok(Seeded {
+        plan,
+        seed,
+        bench_url,
+        db,
+        postgres,
         statuses,
-        scale: plan.scale,
-        customers: plan.customers,
-        concurrency: args.concurrency,
-        warmup: Duration::from_secs(args.warmup),
-        duration: Duration::from_secs(args.duration),
-    });
+    })
+}
 
-    let outcome = drive_all(&context, &workloads, pid).await;
-    let measured = match outcome {
-        Ok(measured) => measured,
-        Err(error) => {
-            let _ = suite.stop().await;
-            return Err(error);
-        }
-    };
-    let peak = pid.and_then(server::memory_of).map(|m| m.hwm_kib);
+/// The workloads asked for, each once, in the order given; all of them when none is.
+fn chosen_workloads(asked: &[Workload]) -> Vec<Workload> {
+    if asked.is_empty() {
+        return Workload::ALL.to_vec();
+    }
+    let mut chosen = asked.to_vec();
+    chosen.dedup();
+    chosen
+}
 
+/// Statements per call of the two calls pgbench runs: measured by pg_stat_statements where
+/// the server has it, else counted from the code (the pgbench (a) scripts).
+async fn round_trips(
+    context: &Arc<drive::Context>,
+    workloads: &[Workload],
+) -> Vec<report::RoundTrips> {
     let mut round_trips = Vec::new();
     for (workload, call, from_code) in [
         // From the code, as the pgbench (a) scripts write them: one number each.
@@ -243,7 +345,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<report::Report> {
         if !workloads.contains(&workload) {
             continue;
         }
-        let (statements, source) = match measured_statements(&context, workload).await {
+        let (statements, source) = match measured_statements(context, workload).await {
             Ok(Some(n)) => (
                 n,
                 "pg_stat_statements (includes the sequencer's and health probes' statements meanwhile)"
@@ -264,90 +366,72 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<report::Report> {
         });
     }
 
+    round_trips
+}
+
+/// What pgbench is run with: the seeded database and the run's settings.
+struct PgbenchRun<'a> {
+    db: &'a sqlx::PgPool,
+    database_url: &'a str,
+    scale: u64,
+    args: &'a BenchArgs,
+}
+
+/// pgbench (a) and (b) for each measured call among `workloads`.
+async fn run_pgbench(
+    run: &PgbenchRun<'_>,
+    workloads: &[Workload],
+) -> anyhow::Result<Vec<pgbench::Measured>> {
+    let args = run.args;
     let mut pgbench_results = Vec::new();
-    if !args.no_pgbench {
-        let scripts: Vec<pgbench::Script> = [
-            (
-                workloads
-                    .iter()
-                    .any(|w| matches!(w, Workload::ChangeStatus | Workload::ChangeStatusCallers)),
-                [
-                    pgbench::Script::ChangeAsIssued,
-                    pgbench::Script::ChangeReference,
-                ],
-            ),
-            (
-                workloads.contains(&Workload::Get),
-                [pgbench::Script::GetAsIssued, pgbench::Script::GetReference],
-            ),
-        ]
-        .into_iter()
-        .filter(|(wanted, _)| *wanted)
-        .flat_map(|(_, scripts)| scripts)
-        .collect();
-        if !scripts.is_empty() {
-            let (event_payload, stored_response) = pgbench::sample_sizes(&db).await?;
-            let inputs = pgbench::Inputs {
-                database_url: bench_url.clone(),
-                scale: plan.scale,
-                concurrency: args.concurrency,
-                warmup: Duration::from_secs(args.warmup),
-                duration: Duration::from_secs(args.duration),
-                caller_id: scheme::ADMIN_ID.to_owned(),
-                caller_name: scheme::ADMIN_NAME.to_owned(),
-                event_payload,
-                stored_response,
-            };
-            let dir = tempfile::tempdir()?;
-            for script in scripts {
-                eprintln!("bench: pgbench {}", script.label());
-                match pgbench::run(script, &inputs, dir.path()).await {
-                    Ok(result) => {
-                        eprintln!(
-                            "bench: pgbench {}: {:.0} tx/s, p99 {:.2} ms",
-                            result.label, result.per_second, result.latency.p99_ms
-                        );
-                        pgbench_results.push(result);
-                    }
-                    Err(error) => {
-                        let _ = suite.stop().await;
-                        return Err(error.context(format!("pgbench {}", script.label())));
-                    }
+    let scripts: Vec<pgbench::Script> = [
+        (
+            workloads
+                .iter()
+                .any(|w| matches!(w, Workload::ChangeStatus | Workload::ChangeStatusCallers)),
+            [
+                pgbench::Script::ChangeAsIssued,
+                pgbench::Script::ChangeReference,
+            ],
+        ),
+        (
+            workloads.contains(&Workload::Get),
+            [pgbench::Script::GetAsIssued, pgbench::Script::GetReference],
+        ),
+    ]
+    .into_iter()
+    .filter(|(wanted, _)| *wanted)
+    .flat_map(|(_, scripts)| scripts)
+    .collect();
+    if !scripts.is_empty() {
+        let (event_payload, stored_response) = pgbench::sample_sizes(run.db).await?;
+        let inputs = pgbench::Inputs {
+            database_url: run.database_url.to_owned(),
+            scale: run.scale,
+            concurrency: args.concurrency,
+            warmup: Duration::from_secs(args.warmup),
+            duration: Duration::from_secs(args.duration),
+            caller_id: scheme::ADMIN_ID.to_owned(),
+            caller_name: scheme::ADMIN_NAME.to_owned(),
+            event_payload,
+            stored_response,
+        };
+        let dir = tempfile::tempdir()?;
+        for script in scripts {
+            eprintln!("bench: pgbench {}", script.label());
+            match pgbench::run(script, &inputs, dir.path()).await {
+                Ok(result) => {
+                    eprintln!(
+                        "bench: pgbench {}: {:.0} tx/s, p99 {:.2} ms",
+                        result.label, result.per_second, result.latency.p99_ms
+                    );
+                    pgbench_results.push(result);
                 }
+                Err(error) => return Err(error.context(format!("pgbench {}", script.label()))),
             }
         }
     }
-    suite.stop().await?;
-
-    let mut report = report::Report {
-        started_at,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        machine: machine(postgres),
-        seed,
-        concurrency: args.concurrency,
-        warmup_seconds: args.warmup as f64,
-        duration_seconds: args.duration as f64,
-        server: report::ServerInfo {
-            url: context.url.clone(),
-            spawned: args.url.is_none(),
-            pool_size: args.url.is_none().then_some(pool_size),
-            idle_rss_kib: idle.map(|m| m.rss_kib),
-            peak_rss_kib: peak,
-        },
-        workloads: measured,
-        pgbench: pgbench_results,
-        ratios: Vec::new(),
-        round_trips,
-    };
-    report.compute_ratios();
-    report.write(&args.out)?;
-    db.close().await;
-    println!("{}", report.markdown());
-    eprintln!(
-        "bench: report in {}/report.{{json,md,svg}}",
-        args.out.display()
-    );
-    Ok(report)
+    Ok(pgbench_results)
 }
 
 async fn drive_all(

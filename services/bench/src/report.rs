@@ -104,9 +104,19 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut md = String::new();
+        self.markdown_setting(&mut md);
+        self.markdown_workloads(&mut md);
+        self.markdown_pgbench(&mut md);
+        self.markdown_delivery(&mut md);
+        self.markdown_server(&mut md);
+        md
+    }
+
+    /// What was measured, and where.
+    fn markdown_setting(&self, md: &mut String) {
         let seed = &self.seed;
         let _ = writeln!(
-            md,
+            *md,
             "{} opportunities, {} customers, {} history entries, {} events; {} concurrent \
              calls, {} s per workload after {} s of warmup; {} cores, {:.0} GiB, {}.\n",
             seed.plan.scale,
@@ -120,11 +130,15 @@ impl Report {
             self.machine.memory_gib,
             self.machine.postgres
         );
+    }
+
+    /// One row per workload.
+    fn markdown_workloads(&self, md: &mut String) {
         let _ = writeln!(
-            md,
+            *md,
             "| workload | call | calls/s | p50 ms | p95 ms | p99 ms | max ms | errors | server peak RSS MiB |"
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---|---:|");
+        let _ = writeln!(*md, "|---|---|---:|---:|---:|---:|---:|---|---:|");
         for m in &self.workloads {
             let errors = if m.errors.is_empty() {
                 "0".to_owned()
@@ -136,7 +150,7 @@ impl Report {
                     .join(", ")
             };
             let _ = writeln!(
-                md,
+                *md,
                 "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} |",
                 m.workload.name(),
                 m.call,
@@ -149,15 +163,19 @@ impl Report {
                 mib(m.peak_rss_kib)
             );
         }
+    }
+
+    /// pgbench beside the suite, the ratios, and the statements per call.
+    fn markdown_pgbench(&self, md: &mut String) {
         if !self.pgbench.is_empty() {
             let _ = writeln!(
-                md,
+                *md,
                 "\n| pgbench, same concurrency and data | statements | tx/s | p50 ms | p99 ms | failed |"
             );
-            let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+            let _ = writeln!(*md, "|---|---:|---:|---:|---:|---:|");
             for p in &self.pgbench {
                 let _ = writeln!(
-                    md,
+                    *md,
                     "| {} | {} | {:.0} | {:.2} | {:.2} | {} |",
                     p.label,
                     p.statements,
@@ -169,11 +187,11 @@ impl Report {
             }
         }
         if !self.ratios.is_empty() {
-            let _ = writeln!(md, "\n| suite / pgbench | ratio |");
-            let _ = writeln!(md, "|---|---:|");
+            let _ = writeln!(*md, "\n| suite / pgbench | ratio |");
+            let _ = writeln!(*md, "|---|---:|");
             for r in &self.ratios {
                 let _ = writeln!(
-                    md,
+                    *md,
                     "| {} / {} | {:.2}x ({:.0} / {:.0}) |",
                     r.workload.name(),
                     r.script.label(),
@@ -185,22 +203,26 @@ impl Report {
         }
         if !self.round_trips.is_empty() {
             let _ = writeln!(
-                md,
+                *md,
                 "\n| call | statements per call | pool checks | counted |"
             );
-            let _ = writeln!(md, "|---|---:|---:|---|");
+            let _ = writeln!(*md, "|---|---:|---:|---|");
             for r in &self.round_trips {
                 let _ = writeln!(
-                    md,
+                    *md,
                     "| {} | {:.1} | {} | {} |",
                     r.call, r.statements, r.pool_checks, r.source
                 );
             }
         }
+    }
+
+    /// Event delivery, for the workloads that watched events.
+    fn markdown_delivery(&self, md: &mut String) {
         for m in &self.workloads {
             if let Some(delivery) = &m.delivery {
                 let _ = writeln!(
-                    md,
+                    *md,
                     "\nEvent delivery during the mix ({} watchers, {} events received): occur \
                      time to receipt p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms.",
                     delivery.watchers,
@@ -211,8 +233,13 @@ impl Report {
                 );
             }
         }
+    }
+
+    /// The server and the seed.
+    fn markdown_server(&self, md: &mut String) {
+        let seed = &self.seed;
         let _ = writeln!(
-            md,
+            *md,
             "\nServer: {} ({}), pool {}; resident {} MiB idle, {} MiB peak (VmHWM). Seed: {} \
              ({:.0} s).",
             self.server.url,
@@ -233,7 +260,6 @@ impl Report {
             },
             seed.seconds
         );
-        md
     }
 
     /// The chart: one bar per workload and per pgbench script, throughput on the left and

@@ -321,214 +321,310 @@ async fn history(
 /// nothing and returns the same story (after a first line saying so); against one where it
 /// was stopped midway, plays the rest.
 pub async fn play(url: &str, tokens: &TokenMinter) -> anyhow::Result<String> {
-    let channel = Channel::from_shared(url.to_owned())
-        .with_context(|| format!("invalid suite URL {url:?}"))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to the suite at {url}"))?;
-    let rep = token(tokens, REP, "sales_rep")?;
-    let manager = token(tokens, MANAGER, "sales_manager")?;
-    let mut customers = CustomerServiceClient::new(channel.clone());
-    let mut opportunities = OpportunityServiceClient::new(channel.clone());
-    let mut statuses = StatusConfigServiceClient::new(channel.clone());
-    let mut gateway = GatewayServiceClient::new(channel);
-    let mut out = String::new();
-    // What this run found already recorded, and whether it recorded anything itself.
-    let mut found_any = false;
-    let mut added_any = false;
-
-    let pipeline = statuses
-        .list_statuses(authed(&rep, statusconfig::ListStatusesRequest::default())?)
-        .await
-        .map_err(|status| {
-            let hint = if status.code() == tonic::Code::Unauthenticated {
-                format!(
-                    "the suite at {url} refused the demo's token: give the demo the suite's \
-                     SALESOPP_AUTH_HS256_SECRET, SALESOPP_AUTH_ISSUER and SALESOPP_AUTH_AUDIENCE"
-                )
-            } else {
-                format!("the suite at {url} did not list its statuses")
-            };
-            anyhow::Error::new(status).context(hint)
-        })?
-        .into_inner()
-        .statuses;
-    let by_name = |name: &str| {
-        pipeline
-            .iter()
-            .find(|s| s.display_name == name)
-            .ok_or_else(|| anyhow::anyhow!("the pipeline has no status named {name:?}"))
-    };
+    let mut story = Story::connect(url, tokens).await?;
+    let pipeline = story.pipeline(url).await?;
     // The manager signs in once, so the directory knows them too.
-    opportunities
+    let manager = story.manager.clone();
+    story
+        .opportunities
         .list_salespeople(authed(
             &manager,
             opportunity::ListSalespeopleRequest::default(),
         )?)
         .await?;
+    let customer = story.record_customer().await?;
+    let (opened, recorded) = story.open_opportunity(&customer).await?;
+    story.move_through(&pipeline, &opened, &recorded).await?;
+    story.manager_board().await?;
+    story.detail(&opened).await?;
+    Ok(story.finish())
+}
 
-    writeln!(out, "1. {} records the customer who got in touch.", REP.1)?;
-    let (customer, created) = story_customer(&mut customers, &rep).await?;
-    found_any |= !created;
-    added_any |= created;
-    writeln!(
-        out,
-        "   {} (phone {}, contact {})",
-        customer.display_name, customer.phone, customer.contact_name
-    )?;
+/// One run of the story: the suite's clients, the two people's tokens, the text so far, and
+/// what the run found already recorded or recorded itself.
+struct Story {
+    rep: String,
+    manager: String,
+    customers: Customers,
+    opportunities: Opportunities,
+    statuses: StatusConfigServiceClient<Channel>,
+    gateway: GatewayServiceClient<Channel>,
+    out: String,
+    found_any: bool,
+    added_any: bool,
+}
 
-    writeln!(
-        out,
-        "2. {} opens a sales opportunity; it starts in the default status.",
-        REP.1
-    )?;
-    let (opened, created) = story_opportunity(&mut opportunities, &rep, &customer).await?;
-    found_any |= !created;
-    added_any |= created;
-    let recorded = history(&mut opportunities, &rep, &opened.id).await?;
-    // The status it was opened in: its first history entry (R9), on every run.
-    let first = recorded
-        .first()
-        .and_then(|entry| entry.to_status.clone())
-        .unwrap_or_default();
-    writeln!(
-        out,
-        "   \"{}\" for {}: {} ({}%)",
-        opened.title,
-        baht(opened.amount.as_ref()),
-        first.display_name,
-        first.probability
-    )?;
-
-    writeln!(out, "3. {} updates the status as the sale moves on.", REP.1)?;
-    // The story resumes after the last of its steps the history holds.
-    let taken = |index: usize| {
-        let id = step_request_id(index);
-        recorded.iter().find(|entry| entry.request_id == id)
-    };
-    let resume_at = (0..STEPS.len())
-        .rev()
-        .find(|&index| taken(index).is_some())
-        .map_or(0, |index| index + 1);
-    for (index, (name, note)) in STEPS.iter().enumerate() {
-        let status = by_name(name)?;
-        let probability = if index < resume_at {
-            found_any = true;
-            taken(index)
-                .and_then(|entry| entry.to_status.as_ref())
-                .map_or(status.probability, |to| to.probability)
-        } else {
-            let changed = opportunities
-                .change_opportunity_status(authed(
-                    &rep,
-                    opportunity::ChangeOpportunityStatusRequest {
-                        opportunity_id: opened.id.clone(),
-                        status_id: status.id.clone(),
-                        note: (*note).to_owned(),
-                        request_id: step_request_id(index),
-                        ..Default::default()
-                    },
-                )?)
-                .await?
-                .into_inner();
-            added_any |= changed.status_change.is_some();
-            changed.opportunity.unwrap_or_default().probability
-        };
-        writeln!(
-            out,
-            "   -> {:<34} {:>3}%  {}",
-            thai_and_english(status),
-            probability,
-            note
-        )?;
+impl Story {
+    async fn connect(url: &str, tokens: &TokenMinter) -> anyhow::Result<Self> {
+        let channel = Channel::from_shared(url.to_owned())
+            .with_context(|| format!("invalid suite URL {url:?}"))?
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to the suite at {url}"))?;
+        Ok(Self {
+            rep: token(tokens, REP, "sales_rep")?,
+            manager: token(tokens, MANAGER, "sales_manager")?,
+            customers: CustomerServiceClient::new(channel.clone()),
+            opportunities: OpportunityServiceClient::new(channel.clone()),
+            statuses: StatusConfigServiceClient::new(channel.clone()),
+            gateway: GatewayServiceClient::new(channel),
+            out: String::new(),
+            found_any: false,
+            added_any: false,
+        })
     }
 
-    writeln!(
-        out,
-        "4. {} (manager, {TEAM}) looks at {}'s pipeline without asking.",
-        MANAGER.1, REP.1
-    )?;
-    let board = gateway
-        .get_salesperson_pipeline(authed(
-            &manager,
-            gateway::GetSalespersonPipelineRequest {
-                salesperson_id: REP.0.to_owned(),
-                ..Default::default()
-            },
-        )?)
-        .await?
-        .into_inner();
-    for stage in &board.stages {
-        let status = stage.status.clone().unwrap_or_default();
-        let totals: Vec<String> = stage
-            .totals
+    /// Counts one step as found already recorded, or recorded now.
+    fn saw(&mut self, created: bool) {
+        self.found_any |= !created;
+        self.added_any |= created;
+    }
+
+    /// The statuses, in pipeline order; a refused token is explained.
+    async fn pipeline(
+        &mut self,
+        url: &str,
+    ) -> anyhow::Result<Vec<statusconfig::OpportunityStatus>> {
+        Ok(self
+            .statuses
+            .list_statuses(authed(&self.rep, statusconfig::ListStatusesRequest::default())?)
+            .await
+            .map_err(|status| {
+                let hint = if status.code() == tonic::Code::Unauthenticated {
+                    format!(
+                        "the suite at {url} refused the demo's token: give the demo the suite's \
+                         SALESOPP_AUTH_HS256_SECRET, SALESOPP_AUTH_ISSUER and SALESOPP_AUTH_AUDIENCE"
+                    )
+                } else {
+                    format!("the suite at {url} did not list its statuses")
+                };
+                anyhow::Error::new(status).context(hint)
+            })?
+            .into_inner()
+            .statuses)
+    }
+
+    /// 1. The customer who got in touch.
+    async fn record_customer(&mut self) -> anyhow::Result<customer::Customer> {
+        writeln!(
+            self.out,
+            "1. {} records the customer who got in touch.",
+            REP.1
+        )?;
+        let (customer, created) = story_customer(&mut self.customers, &self.rep).await?;
+        self.saw(created);
+        writeln!(
+            self.out,
+            "   {} (phone {}, contact {})",
+            customer.display_name, customer.phone, customer.contact_name
+        )?;
+        Ok(customer)
+    }
+
+    /// 2. The opportunity, in the default status; with its history so far.
+    async fn open_opportunity(
+        &mut self,
+        customer: &customer::Customer,
+    ) -> anyhow::Result<(opportunity::Opportunity, Vec<opportunity::StatusChange>)> {
+        writeln!(
+            self.out,
+            "2. {} opens a sales opportunity; it starts in the default status.",
+            REP.1
+        )?;
+        let (opened, created) =
+            story_opportunity(&mut self.opportunities, &self.rep, customer).await?;
+        self.saw(created);
+        let recorded = history(&mut self.opportunities, &self.rep, &opened.id).await?;
+        // The status it was opened in: its first history entry (R9), on every run.
+        let first = recorded
+            .first()
+            .and_then(|entry| entry.to_status.clone())
+            .unwrap_or_default();
+        writeln!(
+            self.out,
+            "   \"{}\" for {}: {} ({}%)",
+            opened.title,
+            baht(opened.amount.as_ref()),
+            first.display_name,
+            first.probability
+        )?;
+        Ok((opened, recorded))
+    }
+
+    /// 3. The status moves as the sale goes on, resuming after the last step recorded.
+    async fn move_through(
+        &mut self,
+        pipeline: &[statusconfig::OpportunityStatus],
+        opened: &opportunity::Opportunity,
+        recorded: &[opportunity::StatusChange],
+    ) -> anyhow::Result<()> {
+        writeln!(
+            self.out,
+            "3. {} updates the status as the sale moves on.",
+            REP.1
+        )?;
+        let taken = |index: usize| {
+            let id = step_request_id(index);
+            recorded.iter().find(|entry| entry.request_id == id)
+        };
+        let resume_at = (0..STEPS.len())
+            .rev()
+            .find(|&index| taken(index).is_some())
+            .map_or(0, |index| index + 1);
+        for (index, (name, note)) in STEPS.iter().enumerate() {
+            let status = pipeline
+                .iter()
+                .find(|s| s.display_name == *name)
+                .ok_or_else(|| anyhow::anyhow!("the pipeline has no status named {name:?}"))?;
+            let probability = if index < resume_at {
+                self.found_any = true;
+                taken(index)
+                    .and_then(|entry| entry.to_status.as_ref())
+                    .map_or(status.probability, |to| to.probability)
+            } else {
+                self.change_status(opened, status, note, index).await?
+            };
+            writeln!(
+                self.out,
+                "   -> {:<34} {:>3}%  {}",
+                thai_and_english(status),
+                probability,
+                note
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One step of the story: the change, with its own request id; the new probability.
+    async fn change_status(
+        &mut self,
+        opened: &opportunity::Opportunity,
+        status: &statusconfig::OpportunityStatus,
+        note: &str,
+        index: usize,
+    ) -> anyhow::Result<i32> {
+        let changed = self
+            .opportunities
+            .change_opportunity_status(authed(
+                &self.rep,
+                opportunity::ChangeOpportunityStatusRequest {
+                    opportunity_id: opened.id.clone(),
+                    status_id: status.id.clone(),
+                    note: note.to_owned(),
+                    request_id: step_request_id(index),
+                    ..Default::default()
+                },
+            )?)
+            .await?
+            .into_inner();
+        self.added_any |= changed.status_change.is_some();
+        Ok(changed.opportunity.unwrap_or_default().probability)
+    }
+
+    /// 4. The manager's view of the rep's pipeline, through the gateway.
+    async fn manager_board(&mut self) -> anyhow::Result<()> {
+        writeln!(
+            self.out,
+            "4. {} (manager, {TEAM}) looks at {}'s pipeline without asking.",
+            MANAGER.1, REP.1
+        )?;
+        let board = self
+            .gateway
+            .get_salesperson_pipeline(authed(
+                &self.manager,
+                gateway::GetSalespersonPipelineRequest {
+                    salesperson_id: REP.0.to_owned(),
+                    ..Default::default()
+                },
+            )?)
+            .await?
+            .into_inner();
+        for stage in &board.stages {
+            let status = stage.status.clone().unwrap_or_default();
+            let totals: Vec<String> = stage
+                .totals
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} x{} (weighted {})",
+                        baht(t.total_amount.as_ref()),
+                        t.count,
+                        baht(t.weighted_amount.as_ref())
+                    )
+                })
+                .collect();
+            writeln!(
+                self.out,
+                "   {:<40} {:>3}%  {}",
+                thai_and_english(&status),
+                status.probability,
+                if totals.is_empty() {
+                    "-".to_owned()
+                } else {
+                    totals.join(", ")
+                }
+            )?;
+            for item in &stage.opportunities {
+                let o = item.opportunity.clone().unwrap_or_default();
+                writeln!(
+                    self.out,
+                    "      * {} / {}",
+                    item.customer_display_name, o.title
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// 5. The detail screen: the opportunity, where it stands, and its history.
+    async fn detail(&mut self, opened: &opportunity::Opportunity) -> anyhow::Result<()> {
+        writeln!(
+            self.out,
+            "5. The opportunity with its status history, as the detail screen shows it."
+        )?;
+        let detail = self
+            .gateway
+            .get_opportunity_with_history(authed(
+                &self.manager,
+                gateway::GetOpportunityWithHistoryRequest {
+                    opportunity_id: opened.id.clone(),
+                    history_page_size: 0,
+                    ..Default::default()
+                },
+            )?)
+            .await?
+            .into_inner();
+        let o = detail.opportunity.unwrap_or_default();
+        let current = detail.current_status.unwrap_or_default();
+        writeln!(
+            self.out,
+            "   {} / {}: {} ({}%), closed: {}",
+            detail.customer.unwrap_or_default().display_name,
+            o.title,
+            thai_and_english(&current),
+            o.probability,
+            if o.close_time.is_some() { "yes" } else { "no" }
+        )?;
+        let stage_bar: Vec<String> = detail
+            .pipeline_statuses
             .iter()
-            .map(|t| {
-                format!(
-                    "{} x{} (weighted {})",
-                    baht(t.total_amount.as_ref()),
-                    t.count,
-                    baht(t.weighted_amount.as_ref())
-                )
+            .map(|s| {
+                if s.id == current.id {
+                    format!("[{}]", s.display_name)
+                } else {
+                    s.display_name.clone()
+                }
             })
             .collect();
-        writeln!(
-            out,
-            "   {:<40} {:>3}%  {}",
-            thai_and_english(&status),
-            status.probability,
-            if totals.is_empty() {
-                "-".to_owned()
-            } else {
-                totals.join(", ")
-            }
-        )?;
-        for item in &stage.opportunities {
-            let o = item.opportunity.clone().unwrap_or_default();
-            writeln!(out, "      * {} / {}", item.customer_display_name, o.title)?;
+        writeln!(self.out, "   {}", stage_bar.join(" > "))?;
+        for entry in &detail.status_history {
+            self.history_line(entry)?;
         }
+        Ok(())
     }
 
-    writeln!(
-        out,
-        "5. The opportunity with its status history, as the detail screen shows it."
-    )?;
-    let detail = gateway
-        .get_opportunity_with_history(authed(
-            &manager,
-            gateway::GetOpportunityWithHistoryRequest {
-                opportunity_id: opened.id.clone(),
-                history_page_size: 0,
-                ..Default::default()
-            },
-        )?)
-        .await?
-        .into_inner();
-    let o = detail.opportunity.unwrap_or_default();
-    let current = detail.current_status.unwrap_or_default();
-    writeln!(
-        out,
-        "   {} / {}: {} ({}%), closed: {}",
-        detail.customer.unwrap_or_default().display_name,
-        o.title,
-        thai_and_english(&current),
-        o.probability,
-        if o.close_time.is_some() { "yes" } else { "no" }
-    )?;
-    let stage_bar: Vec<String> = detail
-        .pipeline_statuses
-        .iter()
-        .map(|s| {
-            if s.id == current.id {
-                format!("[{}]", s.display_name)
-            } else {
-                s.display_name.clone()
-            }
-        })
-        .collect();
-    writeln!(out, "   {}", stage_bar.join(" > "))?;
-    for entry in &detail.status_history {
+    fn history_line(&mut self, entry: &opportunity::StatusChange) -> anyhow::Result<()> {
         let from = entry
             .from_status
             .as_ref()
@@ -537,7 +633,7 @@ pub async fn play(url: &str, tokens: &TokenMinter) -> anyhow::Result<String> {
             });
         let to = entry.to_status.clone().unwrap_or_default();
         writeln!(
-            out,
+            self.out,
             "   {:<32} -> {:<30} by {:<15} after {:<10} {}",
             from,
             format!("{} {}%", to.display_name, to.probability),
@@ -545,17 +641,22 @@ pub async fn play(url: &str, tokens: &TokenMinter) -> anyhow::Result<String> {
             duration(entry.time_in_previous_status.as_ref()),
             entry.note
         )?;
+        Ok(())
     }
-    let preface = match (found_any, added_any) {
-        (true, false) => format!(
-            "(The story was already played against this suite (customer {CUSTOMER_CODE}): \
-             nothing added, shown as recorded.)\n"
-        ),
-        (true, true) => format!(
-            "(The story was partly played against this suite (customer {CUSTOMER_CODE}): \
-             the rest was played now.)\n"
-        ),
-        _ => String::new(),
-    };
-    Ok(preface + &out)
+
+    /// The text, after a first line when the story was (partly) played before.
+    fn finish(self) -> String {
+        let preface = match (self.found_any, self.added_any) {
+            (true, false) => format!(
+                "(The story was already played against this suite (customer {CUSTOMER_CODE}): \
+                 nothing added, shown as recorded.)\n"
+            ),
+            (true, true) => format!(
+                "(The story was partly played against this suite (customer {CUSTOMER_CODE}): \
+                 the rest was played now.)\n"
+            ),
+            _ => String::new(),
+        };
+        preface + &self.out
+    }
 }
