@@ -107,6 +107,58 @@ const MUTABLE_PATHS: [&str; 8] = [
     "owner_id",
 ];
 
+/// One path of UpdateCustomer's mask into `patch`, or its violation.
+fn patch_path(
+    violations: &mut FieldViolations,
+    patch: &mut CustomerPatch,
+    customer: &pb::Customer,
+    path: &str,
+) {
+    match path {
+        "code" => patch.code = violations.check("customer.code", domain::code(&customer.code)),
+        "display_name" => {
+            patch.display_name = violations.check(
+                "customer.display_name",
+                domain::display_name(&customer.display_name),
+            )
+        }
+        "email" => patch.email = violations.check("customer.email", domain::email(&customer.email)),
+        "phone" => patch.phone = violations.check("customer.phone", domain::phone(&customer.phone)),
+        "contact_name" => {
+            patch.contact_name = violations.check(
+                "customer.contact_name",
+                domain::text(
+                    &customer.contact_name,
+                    domain::MAX_CONTACT_NAME_CHARS,
+                    false,
+                ),
+            )
+        }
+        "tax_id" => {
+            patch.tax_id = violations.check("customer.tax_id", domain::tax_id(&customer.tax_id))
+        }
+        "address" => {
+            patch.address = violations.check(
+                "customer.address",
+                domain::text(&customer.address, domain::MAX_ADDRESS_CHARS, true),
+            )
+        }
+        "owner_id" => match ids::owner(&customer.owner_id) {
+            Ok(Some(owner)) => patch.owner_id = Some(owner),
+            Ok(None) => violations.add(
+                "customer.owner_id",
+                "cannot be cleared: every customer has an owner",
+            ),
+            Err(why) => violations.add("customer.owner_id", why),
+        },
+        "archived" => violations.add("update_mask", "customers are archived with DeleteCustomer"),
+        "id" | "etag" | "create_time" | "update_time" | "created_by" | "updated_by" => {
+            violations.add("update_mask", format!("{path} is output only"))
+        }
+        other => violations.add("update_mask", format!("unknown field {other:?}")),
+    }
+}
+
 /// UpdateCustomer: the id, the etag precondition and the patch of the masked fields.
 fn customer_patch(
     request: &pb::UpdateCustomerRequest,
@@ -142,55 +194,7 @@ fn customer_patch(
     );
     let mut patch = CustomerPatch::default();
     for path in &paths {
-        match path.as_str() {
-            "code" => patch.code = violations.check("customer.code", domain::code(&customer.code)),
-            "display_name" => {
-                patch.display_name = violations.check(
-                    "customer.display_name",
-                    domain::display_name(&customer.display_name),
-                )
-            }
-            "email" => {
-                patch.email = violations.check("customer.email", domain::email(&customer.email))
-            }
-            "phone" => {
-                patch.phone = violations.check("customer.phone", domain::phone(&customer.phone))
-            }
-            "contact_name" => {
-                patch.contact_name = violations.check(
-                    "customer.contact_name",
-                    domain::text(
-                        &customer.contact_name,
-                        domain::MAX_CONTACT_NAME_CHARS,
-                        false,
-                    ),
-                )
-            }
-            "tax_id" => {
-                patch.tax_id = violations.check("customer.tax_id", domain::tax_id(&customer.tax_id))
-            }
-            "address" => {
-                patch.address = violations.check(
-                    "customer.address",
-                    domain::text(&customer.address, domain::MAX_ADDRESS_CHARS, true),
-                )
-            }
-            "owner_id" => match ids::owner(&customer.owner_id) {
-                Ok(Some(owner)) => patch.owner_id = Some(owner),
-                Ok(None) => violations.add(
-                    "customer.owner_id",
-                    "cannot be cleared: every customer has an owner",
-                ),
-                Err(why) => violations.add("customer.owner_id", why),
-            },
-            "archived" => {
-                violations.add("update_mask", "customers are archived with DeleteCustomer")
-            }
-            "id" | "etag" | "create_time" | "update_time" | "created_by" | "updated_by" => {
-                violations.add("update_mask", format!("{path} is output only"))
-            }
-            other => violations.add("update_mask", format!("unknown field {other:?}")),
-        }
+        patch_path(&mut violations, &mut patch, customer, path);
     }
     violations.into_result()?;
     let etag = (!customer.etag.is_empty()).then(|| customer.etag.clone());

@@ -285,6 +285,58 @@ impl TryFrom<&pb::UpdateOpportunityRequest> for UpdateInput {
     }
 }
 
+/// One path of UpdateOpportunity's mask into `patch`, or its violation.
+fn patch_path(
+    violations: &mut FieldViolations,
+    patch: &mut OpportunityPatch,
+    o: &pb::Opportunity,
+    path: &str,
+) {
+    match path {
+        "title" => patch.title = violations.check("opportunity.title", domain::title(&o.title)),
+        "amount" => patch.amount = Some(money(violations, "opportunity.amount", o.amount.as_ref())),
+        "expected_close_date" => {
+            patch.expected_close_date = Some(date(
+                violations,
+                "opportunity.expected_close_date",
+                o.expected_close_date.as_ref(),
+            ))
+        }
+        "next_step" => {
+            patch.next_step = violations.check(
+                "opportunity.next_step",
+                domain::text(&o.next_step, domain::MAX_NEXT_STEP_CHARS),
+            )
+        }
+        "owner_id" => match ids::owner(&o.owner_id) {
+            Ok(Some(owner)) => patch.owner_id = Some(owner),
+            Ok(None) => violations.add(
+                "opportunity.owner_id",
+                "cannot be cleared: every opportunity has an owner",
+            ),
+            Err(why) => violations.add("opportunity.owner_id", why),
+        },
+        "status_id" => {
+            patch.status_id = violations.check(
+                "opportunity.status_id",
+                ids::parse_uuid(&o.status_id, "a status id"),
+            )
+        }
+        "lost_reason" => {
+            patch.lost_reason = violations.check(
+                "opportunity.lost_reason",
+                domain::text(&o.lost_reason, domain::MAX_LOST_REASON_CHARS),
+            )
+        }
+        "customer_id" => violations.add("update_mask", "customer_id is immutable"),
+        "id" | "etag" | "status_name" | "probability" | "state" | "close_time"
+        | "status_change_time" | "create_time" | "update_time" | "created_by" | "updated_by" => {
+            violations.add("update_mask", format!("{path} is output only"))
+        }
+        other => violations.add("update_mask", format!("unknown field {other:?}")),
+    }
+}
+
 fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateInput> {
     let Some(o) = &request.opportunity else {
         return Err(ApiError::invalid("opportunity", "required"));
@@ -314,54 +366,7 @@ fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateInput
     );
     let mut patch = OpportunityPatch::default();
     for path in &paths {
-        match path.as_str() {
-            "title" => patch.title = violations.check("opportunity.title", domain::title(&o.title)),
-            "amount" => {
-                patch.amount = Some(money(
-                    &mut violations,
-                    "opportunity.amount",
-                    o.amount.as_ref(),
-                ))
-            }
-            "expected_close_date" => {
-                patch.expected_close_date = Some(date(
-                    &mut violations,
-                    "opportunity.expected_close_date",
-                    o.expected_close_date.as_ref(),
-                ))
-            }
-            "next_step" => {
-                patch.next_step = violations.check(
-                    "opportunity.next_step",
-                    domain::text(&o.next_step, domain::MAX_NEXT_STEP_CHARS),
-                )
-            }
-            "owner_id" => match ids::owner(&o.owner_id) {
-                Ok(Some(owner)) => patch.owner_id = Some(owner),
-                Ok(None) => violations.add(
-                    "opportunity.owner_id",
-                    "cannot be cleared: every opportunity has an owner",
-                ),
-                Err(why) => violations.add("opportunity.owner_id", why),
-            },
-            "status_id" => {
-                patch.status_id = violations.check(
-                    "opportunity.status_id",
-                    ids::parse_uuid(&o.status_id, "a status id"),
-                )
-            }
-            "lost_reason" => {
-                patch.lost_reason = violations.check(
-                    "opportunity.lost_reason",
-                    domain::text(&o.lost_reason, domain::MAX_LOST_REASON_CHARS),
-                )
-            }
-            "customer_id" => violations.add("update_mask", "customer_id is immutable"),
-            "id" | "etag" | "status_name" | "probability" | "state" | "close_time"
-            | "status_change_time" | "create_time" | "update_time" | "created_by"
-            | "updated_by" => violations.add("update_mask", format!("{path} is output only")),
-            other => violations.add("update_mask", format!("unknown field {other:?}")),
-        }
+        patch_path(&mut violations, &mut patch, o, path);
     }
     violations.into_result()?;
     Ok(UpdateInput {

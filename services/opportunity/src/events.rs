@@ -117,19 +117,13 @@ pub struct Watch {
     pub filter: Filter,
 }
 
-impl TryFrom<&pb::WatchOpportunityEventsRequest> for Watch {
-    type Error = ApiError;
-
-    fn try_from(request: &pb::WatchOpportunityEventsRequest) -> ApiResult<Self> {
-        watch_request(request)
-    }
-}
-
-/// Reads the request: every malformed field is one violation.
-fn watch_request(request: &pb::WatchOpportunityEventsRequest) -> ApiResult<Watch> {
+/// Where the request starts its stream; `Oldest` when it says nothing.
+fn start(
+    violations: &mut FieldViolations,
+    start: Option<&pb::watch_opportunity_events_request::Start>,
+) -> Start {
     use pb::watch_opportunity_events_request::{Start as PbStart, StartPosition};
-    let mut violations = FieldViolations::new();
-    let start = match &request.start {
+    match start {
         None => Start::Oldest,
         Some(PbStart::AfterCursor(text)) if text.is_empty() => Start::Oldest,
         Some(PbStart::AfterCursor(text)) => match parse_cursor(text) {
@@ -156,7 +150,21 @@ fn watch_request(request: &pb::WatchOpportunityEventsRequest) -> ApiResult<Watch
                 }
             }
         }
-    };
+    }
+}
+
+impl TryFrom<&pb::WatchOpportunityEventsRequest> for Watch {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::WatchOpportunityEventsRequest) -> ApiResult<Self> {
+        watch_request(request)
+    }
+}
+
+/// Reads the request: every malformed field is one violation.
+fn watch_request(request: &pb::WatchOpportunityEventsRequest) -> ApiResult<Watch> {
+    let mut violations = FieldViolations::new();
+    let start = start(&mut violations, request.start.as_ref());
     let mut types = Vec::new();
     for (index, raw) in request.types.iter().enumerate() {
         match pb::OpportunityEventType::try_from(*raw) {

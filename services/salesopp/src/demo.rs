@@ -208,13 +208,12 @@ async fn find_story_customer(
         .find(|c| c.code.eq_ignore_ascii_case(CUSTOMER_CODE)))
 }
 
-/// The story's opportunity with `customer`: found, else opened. `true` when this call
-/// opened it.
-async fn story_opportunity(
+/// The story's opportunity with `customer`, when one was opened: the oldest of its title.
+async fn find_story_opportunity(
     opportunities: &mut Opportunities,
     rep: &str,
     customer: &customer::Customer,
-) -> anyhow::Result<(opportunity::Opportunity, bool)> {
+) -> anyhow::Result<Option<opportunity::Opportunity>> {
     let mut page_token = String::new();
     let mut found: Option<opportunity::Opportunity> = None;
     loop {
@@ -254,6 +253,17 @@ async fn story_opportunity(
         }
         page_token = page.next_page_token;
     }
+    Ok(found)
+}
+
+/// The story's opportunity with `customer`: found, else opened. `true` when this call
+/// opened it.
+async fn story_opportunity(
+    opportunities: &mut Opportunities,
+    rep: &str,
+    customer: &customer::Customer,
+) -> anyhow::Result<(opportunity::Opportunity, bool)> {
+    let found = find_story_opportunity(opportunities, rep, customer).await?;
     if let Some(found) = found {
         return Ok((found, false));
     }
