@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod service;
 pub mod status_change;
 pub mod store;
+pub mod summary;
 
 pub use grpc::Opportunities;
 pub use salesopp_proto::opportunity::v1::opportunity_service_server::OpportunityServiceServer;

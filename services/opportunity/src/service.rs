@@ -20,6 +20,7 @@ use crate::status_change::{self, Change};
 use crate::store::{
     self, ListAfter, ListOrder, NewStatusChange, OpportunityRow, PipelineGroup, StatusInfo,
 };
+use crate::summary;
 
 const RESOURCE: &str = "opportunity";
 
@@ -498,7 +499,12 @@ pub async fn pipeline(
     input: PipelineInput,
 ) -> ApiResult<pb::GetPipelineSummaryResponse> {
     let visibility = Visibility::of(caller);
-    let rows = store::pipeline(pool, &visibility, &input.filter).await?;
+    // R14: the totals the writes keep answer the boards; other filters aggregate the rows.
+    let rows = if summary::answers(&input.filter) {
+        summary::pipeline(pool, &visibility, &input.filter).await?
+    } else {
+        store::pipeline(pool, &visibility, &input.filter).await?
+    };
     let statuses = store::live_statuses(pool).await?;
     let mut summary = Summary::default();
     for row in &rows {

@@ -171,7 +171,8 @@ pub async fn serve(
     // Background work, each task ending with the process:
     // - processes that write events also place them (one active across replicas);
     // - processes that stream events run one tail for all their streams;
-    // - every process with a database sweeps retention (one sweeping at a time).
+    // - every process with a database sweeps retention and folds the pipeline's deltas into
+    //   its totals (one sweeping, one folding at a time).
     let mut tasks = Vec::new();
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut feed = None;
@@ -184,6 +185,12 @@ pub async fn serve(
                 pool.clone(),
                 config.retention,
             ))));
+            tasks.push(AbortOnDrop(tokio::spawn(
+                salesopp_opportunity::summary::run(
+                    pool.clone(),
+                    salesopp_opportunity::summary::FOLD_INTERVAL,
+                ),
+            )));
         }
         if hosts(&[ServiceKind::Opportunity]) {
             let (tail, task) = Tail::start(pool.clone());

@@ -1,0 +1,143 @@
+//! R14 at scale: the pipeline summary read from the per-(owner, status, currency) totals the
+//! schema keeps (migration `pipeline_totals`), not from every opportunity; and the fold that
+//! moves the writes' deltas into those totals, one replica at a time.
+//!
+//! The totals answer every summary whose filters are about owners and states (the caller's
+//! visibility, `owner_ids`, `team`, `states`): what a rep, a manager and an admin ask for on
+//! their boards. A summary over a customer or an expected close date range still aggregates
+//! the opportunities themselves ([`crate::store::pipeline_query`]).
+
+use std::time::Duration;
+
+use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
+
+use crate::domain::Visibility;
+use crate::store::{OpportunityFilter, PipelineRow, push_filter, push_visibility};
+
+/// The lock one replica's fold holds.
+const FOLD_LOCK: i64 = 0x5a1e_5000_f01d;
+
+/// Deltas moved per fold statement.
+pub const FOLD_BATCH: i64 = 10_000;
+
+/// How often a replica folds.
+pub const FOLD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether the totals can answer `filter`: nothing in it is about a customer, dates, statuses
+/// or text, which the totals do not keep.
+pub fn answers(filter: &OpportunityFilter) -> bool {
+    filter.customer_id.is_none()
+        && filter.close_from.is_none()
+        && filter.close_to.is_none()
+        && filter.status_ids.is_empty()
+        && filter.pattern.is_none()
+}
+
+/// The summary's groups from the totals and the deltas not folded yet, in one statement (one
+/// snapshot, so exact): the same rows, in the same order, as the aggregate over the
+/// opportunities. The derived table is called `o`, with the opportunities' column names, so
+/// the visibility and filters render as they do there.
+pub fn query(visibility: &Visibility, filter: &OpportunityFilter) -> QueryBuilder<Postgres> {
+    let mut query = QueryBuilder::new(
+        "select g.grouping, g.owner_id, sp.display_name as owner_name, g.status_id,
+                g.state::text as state, g.currency_code, g.count, g.total::text as total,
+                g.weighted_x100::text as weighted_x100
+         from (
+             select grouping(o.owner_id, o.status_id, o.state) as grouping,
+                    case when grouping(o.owner_id) = 0 then o.owner_id end as owner_id,
+                    case when grouping(o.status_id) = 0 then o.status_id end as status_id,
+                    case when grouping(o.state) = 0 then o.state end as state,
+                    o.currency_code, sum(o.count)::bigint as count, sum(o.amount) as total,
+                    sum(o.amount * s.probability) as weighted_x100
+             from (
+                 select t.owner_id, t.status_id, st.kind as state,
+                        nullif(t.currency_code, '') as currency_code,
+                        sum(t.count) as count,
+                        case when t.currency_code <> '' then sum(t.amount) end as amount
+                 from (select owner_id, status_id, currency_code, count, amount
+                       from pipeline_totals
+                       union all
+                       select owner_id, status_id, currency_code, count, amount
+                       from pipeline_deltas) t
+                 join opportunity_statuses st on st.id = t.status_id
+                 group by t.owner_id, t.status_id, st.kind, t.currency_code
+                 having sum(t.count) <> 0
+             ) o
+             join opportunity_statuses s on s.id = o.status_id
+             where true",
+    );
+    push_visibility(&mut query, visibility);
+    push_filter(&mut query, filter);
+    query.push(
+        " group by grouping sets ((o.status_id, o.currency_code),
+                                  (o.owner_id, o.status_id, o.currency_code),
+                                  (o.owner_id, o.state, o.currency_code),
+                                  (o.state, o.currency_code))
+         ) g
+         left join salespeople sp on sp.id = g.owner_id
+         left join opportunity_statuses st on st.id = g.status_id
+         order by g.grouping, sp.display_name, g.owner_id, st.position, g.state,
+                  g.currency_code nulls first",
+    );
+    query
+}
+
+pub async fn pipeline<'e>(
+    db: impl PgExecutor<'e>,
+    visibility: &Visibility,
+    filter: &OpportunityFilter,
+) -> Result<Vec<PipelineRow>, sqlx::Error> {
+    query(visibility, filter)
+        .build_query_as()
+        .fetch_all(db)
+        .await
+}
+
+/// Moves up to `batch` deltas into the totals, in one statement: each delta is either still a
+/// delta or already in a total, in every snapshot. Only one replica folds at a time (another
+/// finds the lock taken and returns 0). The number of deltas moved.
+pub async fn fold(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
+        .bind(FOLD_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(0);
+    }
+    let moved: i64 = sqlx::query_scalar(
+        "with moved as (
+             delete from pipeline_deltas
+             where id in (select id from pipeline_deltas order by id limit $1)
+             returning owner_id, status_id, currency_code, count, amount
+         ), summed as (
+             select owner_id, status_id, currency_code, sum(count) as count,
+                    sum(amount) as amount, count(*) as deltas
+             from moved group by owner_id, status_id, currency_code
+         ), added as (
+             insert into pipeline_totals as t (owner_id, status_id, currency_code, count, amount)
+             select owner_id, status_id, currency_code, count, amount from summed
+             on conflict (owner_id, status_id, currency_code) do update
+                 set count = t.count + excluded.count, amount = t.amount + excluded.amount
+         )
+         select coalesce(sum(deltas), 0)::bigint from summed",
+    )
+    .bind(batch)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(moved as u64)
+}
+
+/// Folds every `interval` until the process ends; a fold that moved a full batch goes again
+/// at once.
+pub async fn run(pool: PgPool, interval: Duration) {
+    loop {
+        match fold(&pool, FOLD_BATCH).await {
+            Ok(moved) if moved as i64 >= FOLD_BATCH => continue,
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "pipeline fold failed: retrying later"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

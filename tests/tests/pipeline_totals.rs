@@ -1,0 +1,362 @@
+//! R14 from the totals the writes keep: at every moment, in one snapshot, the summary read
+//! from `pipeline_totals` plus the deltas not folded yet is exactly the aggregate over the
+//! opportunities themselves, while callers create, move, re-price and hand on opportunities
+//! and two folders (as two replicas would) move deltas into the totals at the same time.
+
+use salesopp_kit::OpportunityState;
+use salesopp_kit::Visibility;
+use salesopp_opportunity::store::{self, OpportunityFilter, PipelineRow};
+use salesopp_opportunity::summary;
+use salesopp_proto::customer::v1 as cpb;
+use salesopp_proto::opportunity::v1 as pb;
+use salesopp_tests::fixtures::{SHIPPED_STATUSES, mask, money};
+use salesopp_tests::{TestSuite, admin_token, authed, token};
+use sqlx::PgPool;
+
+/// Owners in two teams, and the token of each.
+const OWNERS: [(&str, &str); 4] = [
+    ("rep-n1", "north"),
+    ("rep-n2", "north"),
+    ("rep-s1", "south"),
+    ("rep-s2", "south"),
+];
+
+fn owner_token(index: usize) -> String {
+    let (id, team) = OWNERS[index % OWNERS.len()];
+    token(id, id, team, &["sales_rep"])
+}
+
+/// A small deterministic generator: the same run every time.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % below
+    }
+}
+
+fn amount(rng: &mut Lcg) -> Option<salesopp_proto::common::v1::Money> {
+    match rng.next(3) {
+        0 => None,
+        1 => Some(money("THB", rng.next(1_000_000) as i64, 500_000_000)),
+        _ => Some(money("USD", rng.next(50_000) as i64, 0)),
+    }
+}
+
+/// The two summaries of `filter` for `visibility`, read in one repeatable-read snapshot.
+async fn both(
+    db: &PgPool,
+    visibility: &Visibility,
+    filter: &OpportunityFilter,
+) -> (Vec<PipelineRow>, Vec<PipelineRow>) {
+    let mut tx = db.begin().await.expect("begin");
+    sqlx::query("set transaction isolation level repeatable read")
+        .execute(&mut *tx)
+        .await
+        .expect("isolation");
+    let from_totals = summary::pipeline(&mut *tx, visibility, filter)
+        .await
+        .expect("summary from the totals");
+    let from_rows = store::pipeline(&mut *tx, visibility, filter)
+        .await
+        .expect("summary from the rows");
+    tx.commit().await.expect("commit");
+    (from_totals, from_rows)
+}
+
+/// Every shape the boards ask for: the admin's, a manager's team, a rep's own, by state.
+fn shapes() -> Vec<(Visibility, OpportunityFilter)> {
+    vec![
+        (Visibility::All, OpportunityFilter::default()),
+        (
+            Visibility::Team {
+                me: "mgr-n".into(),
+                team: "north".into(),
+            },
+            OpportunityFilter::default(),
+        ),
+        (
+            Visibility::Own {
+                me: "rep-s1".into(),
+            },
+            OpportunityFilter::default(),
+        ),
+        (
+            Visibility::All,
+            OpportunityFilter {
+                team: Some("south".into()),
+                states: vec![OpportunityState::Open, OpportunityState::Won],
+                ..Default::default()
+            },
+        ),
+        (
+            Visibility::All,
+            OpportunityFilter {
+                owner_ids: vec!["rep-n2".into(), "rep-s2".into()],
+                ..Default::default()
+            },
+        ),
+    ]
+}
+
+async fn assert_totals_exact(db: &PgPool, when: &str) {
+    for (visibility, filter) in shapes() {
+        let (from_totals, from_rows) = both(db, &visibility, &filter).await;
+        assert_eq!(
+            format!("{from_totals:#?}"),
+            format!("{from_rows:#?}"),
+            "{when}: the totals disagree with the rows for {visibility:?} {filter:?}"
+        );
+    }
+}
+
+/// Writes a caller makes: a new opportunity, a status move, a new amount, a hand-over.
+async fn write(suite: &TestSuite, customer_id: &str, ids: &[String], rng: &mut Lcg) {
+    let mut opportunities = suite.opportunities().await;
+    let admin = admin_token();
+    match rng.next(4) {
+        0 => {
+            let owner = rng.next(OWNERS.len() as u64) as usize;
+            opportunities
+                .create_opportunity(authed(
+                    &owner_token(owner),
+                    pb::CreateOpportunityRequest {
+                        opportunity: Some(pb::Opportunity {
+                            customer_id: customer_id.to_owned(),
+                            title: format!("Deal {}", rng.next(1_000_000)),
+                            amount: amount(rng),
+                            status_id: SHIPPED_STATUSES[rng.next(7) as usize].to_owned(),
+                            lost_reason: String::new(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("create");
+        }
+        1 => {
+            let id = &ids[rng.next(ids.len() as u64) as usize];
+            opportunities
+                .change_opportunity_status(authed(
+                    &admin,
+                    pb::ChangeOpportunityStatusRequest {
+                        opportunity_id: id.clone(),
+                        status_id: SHIPPED_STATUSES[rng.next(7) as usize].to_owned(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("change status");
+        }
+        2 => {
+            let id = &ids[rng.next(ids.len() as u64) as usize];
+            opportunities
+                .update_opportunity(authed(
+                    &admin,
+                    pb::UpdateOpportunityRequest {
+                        opportunity: Some(pb::Opportunity {
+                            id: id.clone(),
+                            amount: amount(rng),
+                            ..Default::default()
+                        }),
+                        update_mask: mask(&["amount"]),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("new amount");
+        }
+        _ => {
+            let id = &ids[rng.next(ids.len() as u64) as usize];
+            let (owner, _) = OWNERS[rng.next(OWNERS.len() as u64) as usize];
+            opportunities
+                .update_opportunity(authed(
+                    &admin,
+                    pb::UpdateOpportunityRequest {
+                        opportunity: Some(pb::Opportunity {
+                            id: id.clone(),
+                            owner_id: owner.to_owned(),
+                            ..Default::default()
+                        }),
+                        update_mask: mask(&["owner_id"]),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("hand over");
+        }
+    }
+}
+
+#[tokio::test]
+async fn r14_pipeline_totals_are_exact_under_concurrent_writes_and_two_folders() {
+    let suite = TestSuite::spawn().await;
+    let mut customers = suite.customers().await;
+    let customer = customers
+        .create_customer(authed(
+            &admin_token(),
+            cpb::CreateCustomerRequest {
+                customer: Some(cpb::Customer {
+                    display_name: "บริษัท ทดสอบ จำกัด".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("customer")
+        .into_inner();
+    // Every owner has called once, so they can be handed opportunities.
+    let mut opportunities = suite.opportunities().await;
+    let mut ids = Vec::new();
+    let mut rng = Lcg(14);
+    for index in 0..40 {
+        let created = opportunities
+            .create_opportunity(authed(
+                &owner_token(index),
+                pb::CreateOpportunityRequest {
+                    opportunity: Some(pb::Opportunity {
+                        customer_id: customer.id.clone(),
+                        title: format!("Opening {index}"),
+                        amount: amount(&mut rng),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("create")
+            .into_inner();
+        ids.push(created.id);
+    }
+    assert_totals_exact(&suite.db, "after the first creates").await;
+
+    // Four callers write while two folders fold in small batches, and the summaries are
+    // compared in between.
+    let writers = (0..4u64).map(|writer| {
+        let (suite, customer_id, ids) = (&suite, customer.id.clone(), ids.clone());
+        async move {
+            let mut rng = Lcg(100 + writer);
+            for _ in 0..40 {
+                write(suite, &customer_id, &ids, &mut rng).await;
+            }
+        }
+    });
+    let writing = futures::future::join_all(writers);
+    let folding = async {
+        let fold = |batch| summary::fold(&suite.db, batch);
+        let mut moved = 0;
+        for round in 0..200 {
+            let (a, b) = tokio::join!(fold(3), fold(5));
+            moved += a.expect("fold") + b.expect("fold");
+            if round % 20 == 0 {
+                assert_totals_exact(&suite.db, "while writing and folding").await;
+            }
+            tokio::task::yield_now().await;
+        }
+        moved
+    };
+    let (_, moved) = tokio::join!(writing, folding);
+    assert!(
+        moved > 0,
+        "the folders moved no delta: the test proves nothing"
+    );
+    assert_totals_exact(&suite.db, "after the writes").await;
+
+    // Folded to the end: no delta is left, and the totals alone are still exact.
+    while summary::fold(&suite.db, summary::FOLD_BATCH)
+        .await
+        .expect("fold")
+        > 0
+    {}
+    let left: i64 = sqlx::query_scalar("select count(*) from pipeline_deltas")
+        .fetch_one(&suite.db)
+        .await
+        .expect("count deltas");
+    assert_eq!(left, 0);
+    assert_totals_exact(&suite.db, "with every delta folded").await;
+
+    // And they are what a rebuild from the rows makes.
+    let totals = || async {
+        sqlx::query_as::<_, (String, uuid::Uuid, String, i64, String)>(
+            "select owner_id, status_id, currency_code, count, amount::text from pipeline_totals
+             where count <> 0 order by 1, 2, 3",
+        )
+        .fetch_all(&suite.db)
+        .await
+        .expect("totals")
+    };
+    let folded = totals().await;
+    sqlx::query("select pipeline_totals_rebuild()")
+        .execute(&suite.db)
+        .await
+        .expect("rebuild");
+    let rebuilt = totals().await;
+    let normalized = |rows: Vec<(String, uuid::Uuid, String, i64, String)>| -> Vec<_> {
+        rows.into_iter()
+            .map(|(owner, status, currency, count, amount)| {
+                let amount: f64 = amount.parse().expect("numeric");
+                (owner, status, currency, count, format!("{amount:.9}"))
+            })
+            .collect()
+    };
+    assert_eq!(normalized(folded), normalized(rebuilt));
+}
+
+#[tokio::test]
+async fn r14_a_fold_waits_for_no_writer_and_two_folds_never_count_twice() {
+    let suite = TestSuite::spawn().await;
+    // A write transaction that has added deltas and stays open: a fold neither waits for it
+    // nor sees its deltas; once it commits they are folded exactly once.
+    let mut customers = suite.customers().await;
+    customers
+        .create_customer(authed(
+            &admin_token(),
+            cpb::CreateCustomerRequest {
+                customer: Some(cpb::Customer {
+                    display_name: "Fold Co".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("customer");
+    let mut held = suite.db.begin().await.expect("begin");
+    sqlx::query(
+        "insert into pipeline_deltas (owner_id, status_id, currency_code, count, amount)
+         values ('rep-held', $1, 'THB', 1, 10)",
+    )
+    .bind(uuid::Uuid::parse_str(SHIPPED_STATUSES[0]).expect("id"))
+    .execute(&mut *held)
+    .await
+    .expect("held delta");
+    let moved = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        summary::fold(&suite.db, summary::FOLD_BATCH),
+    )
+    .await
+    .expect("the fold waited on an open write: it must not")
+    .expect("fold");
+    assert_eq!(moved, 0, "an uncommitted delta was folded");
+    held.commit().await.expect("commit");
+    let (a, b) = tokio::join!(
+        summary::fold(&suite.db, summary::FOLD_BATCH),
+        summary::fold(&suite.db, summary::FOLD_BATCH)
+    );
+    let moved = a.expect("fold") + b.expect("fold");
+    // The suite's own background fold may have taken it first; never twice.
+    let (count, amount): (i64, String) = sqlx::query_as(
+        "select count, amount::text from pipeline_totals where owner_id = 'rep-held'",
+    )
+    .fetch_one(&suite.db)
+    .await
+    .expect("folded total");
+    assert!(moved <= 1);
+    assert_eq!((count, amount.parse::<f64>().expect("numeric")), (1, 10.0));
+}
