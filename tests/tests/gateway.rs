@@ -9,7 +9,8 @@
 //! Downstream failures use gateway-only servers pointed at a closed port; the forwarding of
 //! the caller's token, deadline and trace context uses a fake status-config service that
 //! records what it receives. No timing is asserted: waits poll for a state, with a generous
-//! limit that only guards against hangs.
+//! limit that only guards against hangs. (The demo's story, whose board and detail go
+//! through the gateway, is checked in demo.rs.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,18 +23,17 @@ use salesopp_gateway::grpc::Endpoints;
 use salesopp_kit::Authenticator;
 use salesopp_proto::common::v1::{Date, Money};
 use salesopp_proto::customer::v1 as cpb;
-use salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient;
 use salesopp_proto::gateway::v1 as gpb;
 use salesopp_proto::gateway::v1::gateway_service_client::GatewayServiceClient;
 use salesopp_proto::opportunity::v1 as opb;
-use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use salesopp_proto::statusconfig::v1 as spb;
 use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
 use salesopp_proto::statusconfig::v1::status_config_service_server::{
     StatusConfigService, StatusConfigServiceServer,
 };
 use salesopp_tests::fixtures::{
-    CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, WON, money, rid,
+    CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, SHIPPED_STATUSES, WON,
+    change_request, money, rid,
 };
 use salesopp_tests::{
     SECRET, TestSuite, admin_token, authed, expect_code, expect_invalid, manager_token, rep_token,
@@ -45,18 +45,6 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt as _;
 
 type Gateway = GatewayServiceClient<Channel>;
-
-// The shipped statuses' fixed ids (R2), in pipeline order.
-
-const PIPELINE: [&str; 7] = [
-    INTERESTED,
-    PRESENTED,
-    SENT_EMAIL,
-    QUOTATION,
-    CONSIDERING,
-    WON,
-    LOST,
-];
 
 /// A well-formed UUID that no row has.
 const UNKNOWN: &str = "6f1c1a8e-0000-4000-8000-00000000dead";
@@ -150,41 +138,16 @@ fn anonymous<T>(message: T) -> Request<T> {
 // The world of one test: a suite, its four clients, and fixture helpers.
 // ---------------------------------------------------------------------------------------
 
-struct World {
-    suite: TestSuite,
-    gateway: Gateway,
-    opps: OpportunityServiceClient<Channel>,
-    customers: CustomerServiceClient<Channel>,
-    statuses: StatusConfigServiceClient<Channel>,
+salesopp_tests::world! {
+    /// The shared world, with this file's calls.
+    struct World {}
 }
 
 impl World {
     async fn new() -> World {
-        let suite = TestSuite::spawn().await;
         World {
-            gateway: suite.gateway().await,
-            opps: suite.opportunities().await,
-            customers: suite.customers().await,
-            statuses: suite.statuses().await,
-            suite,
+            world: salesopp_tests::World::new().await,
         }
-    }
-
-    async fn customer(&mut self, token: &str, name: &str) -> cpb::Customer {
-        self.customers
-            .create_customer(authed(
-                token,
-                cpb::CreateCustomerRequest {
-                    customer: Some(cpb::Customer {
-                        display_name: name.to_owned(),
-                        ..Default::default()
-                    }),
-                    request_id: rid(),
-                },
-            ))
-            .await
-            .expect("create customer")
-            .into_inner()
     }
 
     async fn rename_customer(&mut self, token: &str, id: &str, name: &str) {
@@ -247,33 +210,11 @@ impl World {
     }
 
     async fn change(&mut self, token: &str, id: &str, status_id: &str, note: &str) {
-        self.opps
-            .change_opportunity_status(authed(
-                token,
-                opb::ChangeOpportunityStatusRequest {
-                    opportunity_id: id.to_owned(),
-                    status_id: status_id.to_owned(),
-                    note: note.to_owned(),
-                    request_id: rid(),
-                    ..Default::default()
-                },
-            ))
+        let mut request = change_request(id, status_id);
+        request.note = note.to_owned();
+        self.try_change(token, request)
             .await
             .expect("change status");
-    }
-
-    async fn try_get(&mut self, token: &str, id: &str) -> Result<opb::Opportunity, Status> {
-        self.opps
-            .get_opportunity(authed(
-                token,
-                opb::GetOpportunityRequest { id: id.to_owned() },
-            ))
-            .await
-            .map(Response::into_inner)
-    }
-
-    async fn get(&mut self, token: &str, id: &str) -> opb::Opportunity {
-        self.try_get(token, id).await.expect("get opportunity")
     }
 
     async fn history_page(
@@ -551,7 +492,10 @@ async fn opportunity_with_history_has_every_part() {
         );
         let statuses = w.live_statuses(&caller).await;
         assert_eq!(detail.pipeline_statuses, statuses);
-        assert_eq!(status_ids(&detail.pipeline_statuses), PIPELINE.to_vec());
+        assert_eq!(
+            status_ids(&detail.pipeline_statuses),
+            SHIPPED_STATUSES.to_vec()
+        );
         let current = detail.current_status.expect("the current status");
         assert_eq!(current.id, CONSIDERING);
         assert_eq!(
@@ -768,7 +712,10 @@ async fn opportunity_with_history_shows_archived_customer_and_live_statuses() {
     let shown = detail.customer.expect("the customer");
     assert!(shown.archived, "the archived customer is shown, archived");
     assert_eq!(shown, w.get_customer(&rep, &customer.id).await);
-    assert_eq!(status_ids(&detail.pipeline_statuses), PIPELINE.to_vec());
+    assert_eq!(
+        status_ids(&detail.pipeline_statuses),
+        SHIPPED_STATUSES.to_vec()
+    );
     assert_eq!(detail.current_status.expect("current").display_name, "Won");
     let last = detail.status_history.last().expect("history");
     assert_eq!(
@@ -796,7 +743,7 @@ async fn customer_overview_has_customer_opportunities_statuses_and_totals() {
         Some(&w.get_customer(&rep, &book.c1.id).await)
     );
     assert_eq!(overview.statuses, w.live_statuses(&rep).await);
-    assert_eq!(status_ids(&overview.statuses), PIPELINE.to_vec());
+    assert_eq!(status_ids(&overview.statuses), SHIPPED_STATUSES.to_vec());
     // rep-a1 sees their three opportunities with C1, most recently updated first, exactly as
     // ListOpportunities gives them.
     let listed = w
@@ -854,7 +801,7 @@ async fn customer_overview_has_customer_opportunities_statuses_and_totals() {
             .iter()
             .map(|s| s.status_id.as_str())
             .collect::<Vec<_>>(),
-        PIPELINE.to_vec()
+        SHIPPED_STATUSES.to_vec()
     );
     assert_eq!(by_status[LOST], &vec![total("THB", 1, (50_000, 0), (0, 0))]);
     assert!(by_status[PRESENTED].is_empty(), "rep-a2's is not rep-a1's");
@@ -966,7 +913,7 @@ async fn customer_overview_pages_opportunities() {
                 total("USD", 1, (1_000, 0), (100, 0)),
             ]
         );
-        assert_eq!(status_ids(&page.statuses), PIPELINE.to_vec());
+        assert_eq!(status_ids(&page.statuses), SHIPPED_STATUSES.to_vec());
         seen.extend(page.opportunities);
         if page.next_page_token.is_empty() {
             break;
@@ -1010,7 +957,7 @@ async fn check_board(
             .iter()
             .map(|s| s.status.as_ref().expect("status").id.as_str())
             .collect::<Vec<_>>(),
-        PIPELINE.to_vec()
+        SHIPPED_STATUSES.to_vec()
     );
     let names: BTreeMap<&str, &str> = [
         (book.c1.id.as_str(), "บริษัท หนึ่ง จำกัด"),
@@ -2054,7 +2001,10 @@ async fn the_callers_token_deadline_and_trace_context_go_downstream() {
         .await
         .expect("detail through the fake")
         .into_inner();
-    assert_eq!(status_ids(&detail.pipeline_statuses), PIPELINE.to_vec());
+    assert_eq!(
+        status_ids(&detail.pipeline_statuses),
+        SHIPPED_STATUSES.to_vec()
+    );
     assert_eq!(detail.opportunity.expect("o").id, book.o1.id);
     let seen = with_fake.seen();
     assert_eq!(seen.len(), 1, "one ListStatuses call: {seen:?}");
@@ -2329,70 +2279,4 @@ async fn a_deadline_shorter_than_the_work_fails_the_call() {
         .get_salesperson_pipeline(request)
         .await
         .expect("time enough");
-}
-
-// ---------------------------------------------------------------------------------------
-// The demo's story, end to end through the gateway
-// ---------------------------------------------------------------------------------------
-
-#[tokio::test]
-async fn the_demo_runs_end_to_end_through_the_gateway() {
-    let suite = TestSuite::spawn().await;
-    let text = salesopp::demo::run(&suite.url(), SECRET)
-        .await
-        .expect("the demo runs");
-    println!("{text}");
-    assert!(text.contains("บริษัท สยามพาณิชย์ จำกัด"), "{text}");
-    assert!(text.contains("ปิดการขายสำเร็จ"), "{text}");
-    for thai in [
-        "สนใจ",
-        "นำเสนอ",
-        "ส่ง Email",
-        "เสนอราคา",
-        "พิจารณา และเปรียบเทียบ",
-        "ปิดการขายไม่สำเร็จ",
-    ] {
-        assert!(text.contains(thai), "{thai} in {text}");
-    }
-    // Step 4: the manager's view of the salesperson's pipeline, through the gateway.
-    let (before, detail) = text
-        .split_once("5. The opportunity with its status history")
-        .expect("step 5");
-    let (_, board) = before.split_once("4. ").expect("step 4");
-    assert!(
-        board.contains("* บริษัท สยามพาณิชย์ จำกัด / ระบบ ERP สำหรับคลังสินค้า"),
-        "the won opportunity with its customer's name on the board: {board}"
-    );
-    let won_line = board
-        .lines()
-        .find(|line| line.contains("ปิดการขายสำเร็จ"))
-        .expect("the Closed won stage");
-    assert!(
-        won_line.contains("THB 1,250,000 x1 (weighted THB 1,250,000)"),
-        "{won_line}"
-    );
-    assert_eq!(
-        board.lines().filter(|line| line.contains("* ")).count(),
-        1,
-        "{board}"
-    );
-    // Step 5: the detail through the gateway, with five history lines, oldest first.
-    assert!(detail.contains("closed: yes"), "{detail}");
-    assert!(detail.contains("[Closed won]"), "{detail}");
-    let history: Vec<&str> = detail
-        .lines()
-        .filter(|line| line.contains(" -> ") && line.contains(" by "))
-        .collect();
-    assert_eq!(history.len(), 5, "{detail}");
-    assert!(history[0].trim_start().starts_with("(created)"), "{detail}");
-    for (line, to) in history.iter().zip([
-        "Interested 10%",
-        "Sent email 30%",
-        "Quotation 50%",
-        "Considering and comparing 70%",
-        "Closed won 100%",
-    ]) {
-        assert!(line.contains(to), "{to} in {line}");
-        assert!(line.contains("Somchai Jaidee"), "{line}");
-    }
 }
