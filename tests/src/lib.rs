@@ -11,6 +11,7 @@ pub mod fixtures;
 pub mod nats;
 pub mod relay;
 pub mod relay_process;
+pub mod wait;
 pub mod world;
 
 use std::net::SocketAddr;

@@ -26,6 +26,7 @@ use salesopp_tests::fixtures::{
     CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, SHIPPED_STATUSES, WON, mask,
     money, rid,
 };
+use salesopp_tests::wait::placed_head;
 use salesopp_tests::{SECRET, SuiteOptions, authed, mint};
 use tonic::{Code, Status};
 use uuid::Uuid;
@@ -1471,18 +1472,7 @@ impl World {
             Err(status) => return refused(&status),
         };
         // Every event written is placed (has its position) before the head is read.
-        let head: i64 = loop {
-            let (unplaced, head): (i64, Option<i64>) = sqlx::query_as(
-                "select count(*) filter (where seq is null), max(seq) from opportunity_events",
-            )
-            .fetch_one(self.db())
-            .await
-            .expect("read the feed's head");
-            if unplaced == 0 {
-                break head.unwrap_or(0);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let head = placed_head(self.db()).await;
         let mut got: BTreeMap<(String, i32), usize> = BTreeMap::new();
         loop {
             match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {

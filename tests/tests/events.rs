@@ -8,6 +8,7 @@
 //! test) first proves from `pg_locks` that the write it waits for is blocked.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -22,6 +23,7 @@ use salesopp_proto::statusconfig::v1 as spb;
 use salesopp_tests::fixtures::{
     CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, WON, change_request, mask, rid,
 };
+use salesopp_tests::wait::placed_head;
 use salesopp_tests::{
     SuiteOptions, admin_token, authed, expect_code, expect_invalid, manager_token, rep_token, token,
 };
@@ -2020,27 +2022,6 @@ impl Watcher {
     }
 }
 
-/// The position of the newest placed event, once every committed event is placed.
-async fn placed_head(db: &PgPool) -> i64 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (unplaced, head): (i64, Option<i64>) = sqlx::query_as(
-            "select count(*) filter (where seq is null), max(seq) from opportunity_events",
-        )
-        .fetch_one(db)
-        .await
-        .expect("read the feed's head");
-        if unplaced == 0 {
-            return head.unwrap_or(0);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "events stay unplaced"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn start(start: Start) -> pb::WatchOpportunityEventsRequest {
     pb::WatchOpportunityEventsRequest {
         start: Some(start),
@@ -2428,10 +2409,10 @@ async fn open_streams_end_with_unavailable_when_the_server_stops() {
 }
 
 /// Fifty writers at once (several on the same opportunities, five of them holding their
-/// transaction open for more than a second after writing their event) and three consumers,
-/// one of which reconnects now and then with its last cursor: every consumer gets every
-/// committed event, per opportunity in version order with no gap, and never one at or before
-/// a position it was already past.
+/// transaction open after writing their event until other writers wait for it or overtake
+/// it) and three consumers, one of which reconnects now and then with its last cursor: every
+/// consumer gets every committed event, per opportunity in version order with no gap, and
+/// never one at or before a position it was already past.
 #[tokio::test]
 async fn fifty_writers_some_holding_their_transaction_and_three_consumers_miss_nothing() {
     const SHARED: usize = 6;
@@ -2498,9 +2479,11 @@ async fn fifty_writers_some_holding_their_transaction_and_three_consumers_miss_n
         })
         .collect();
 
+    let writers_done = AtomicUsize::new(0);
     let writers = (0..WRITERS).map(|writer| {
         let mut opps = w.opps.clone();
         let ids: Vec<String> = shared.iter().map(|o| o.id.clone()).collect();
+        let writers_done = &writers_done;
         async move {
             let statuses = [PRESENTED, SENT_EMAIL, QUOTATION, CONSIDERING];
             for write in 0..WRITES {
@@ -2511,10 +2494,12 @@ async fn fifty_writers_some_holding_their_transaction_and_three_consumers_miss_n
                     .await
                     .expect("a status change");
             }
+            writers_done.fetch_add(1, Ordering::SeqCst);
         }
     });
     let holders = (0..HOLDERS).map(|holder| {
         let db = w.db().clone();
+        let writers_done = &writers_done;
         // Two hold a shared opportunity (its writers wait for that row only), three their own.
         let target = if holder < 2 {
             shared[holder].clone()
@@ -2536,8 +2521,39 @@ async fn fifty_writers_some_holding_their_transaction_and_three_consumers_miss_n
                 version,
                 ..target.clone()
             };
-            raw_event(&mut tx, &snapshot, version + 1).await;
-            tokio::time::sleep(Duration::from_millis(1_200)).await;
+            let event_id = raw_event(&mut tx, &snapshot, version + 1).await;
+            let (held, pid): (i64, i32) = sqlx::query_as(
+                "select id, pg_backend_pid() from opportunity_events where event_id = $1::uuid",
+            )
+            .bind(&event_id)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("the held event's id");
+            // Held until a writer waits for it (a shared opportunity), or until an event
+            // written after it has committed (its own: its id is taken, its position is not);
+            // or until every writer is done, when there is nothing left to overtake it.
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let (blocked, later): (i64, i64) = sqlx::query_as(
+                    "select (select count(*) from pg_stat_activity
+                             where $1 = any(pg_blocking_pids(pid))),
+                            (select count(*) from opportunity_events where id > $2)",
+                )
+                .bind(pid)
+                .bind(held)
+                .fetch_one(&db)
+                .await
+                .expect("what the held event holds up");
+                let overtaken = if holder < 2 { blocked > 0 } else { later > 0 };
+                if overtaken || writers_done.load(Ordering::SeqCst) == WRITERS {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "holder {holder}: nothing waited for or overtook the held event"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             tx.commit().await.expect("commit after holding");
         }
     });

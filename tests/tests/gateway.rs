@@ -1661,21 +1661,15 @@ impl GatewayOnly {
     }
 
     async fn client(&self) -> Gateway {
+        // The listener is bound before the server task runs: a connection waits in its
+        // backlog until the server takes it.
         let channel = Channel::from_shared(self.url.clone())
             .expect("url")
-            .connect_timeout(Duration::from_secs(5));
-        // The server task may not be listening yet: retry the connection briefly.
-        let started = tokio::time::Instant::now();
-        loop {
-            match channel.connect().await {
-                Ok(channel) => return GatewayServiceClient::new(channel),
-                Err(error) if started.elapsed() < PATIENCE => {
-                    let _ = error;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(error) => panic!("connect to the gateway: {error}"),
-            }
-        }
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect to the gateway");
+        GatewayServiceClient::new(channel)
     }
 }
 
@@ -1850,6 +1844,7 @@ impl StatusConfigService for FakeStatusConfig {
         self.seen.lock().expect("seen").push(seen.clone());
         if self.slow.load(Ordering::SeqCst) {
             let guard = SetOnDrop(self.abandoned.clone());
+            // The slow part under test: it works until its caller gives up.
             tokio::time::sleep(Duration::from_secs(120)).await;
             std::mem::forget(guard);
             return Err(Status::internal("the slow fake finished its work"));
@@ -2129,6 +2124,10 @@ async fn server_answer<T: std::fmt::Debug>(
             "the call never reached the server"
         );
     }
+    // The one wait by time: nothing signals that the server's answer has reached the
+    // client's connection, and polling the call to find out would let the client's own
+    // deadline timer answer instead. A try whose answer still came from that timer is
+    // inconclusive, never a pass (the callers check `from_the_wire`).
     tokio::time::sleep(wait).await;
     call.await.expect_err("a failure")
 }

@@ -13,6 +13,7 @@ use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfig
 use salesopp_tests::fixtures::{
     CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, WON, mask,
 };
+use salesopp_tests::wait::until_a_lock_wait;
 use salesopp_tests::{
     TestSuite, admin_token, authed, expect_code, expect_invalid, expect_invalid_fields,
     field_violations, manager_token, rep_token, token,
@@ -2521,19 +2522,12 @@ async fn r06_delete_status_counts_opportunities_moved_in_concurrently() {
     });
     // Let the delete run as far as it goes while the move is in flight: until it finishes or
     // waits for a lock (polled; no timing is asserted).
-    for _ in 0..200 {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity
-             where datname = current_database() and wait_event_type = 'Lock'",
-        )
-        .fetch_one(&suite.db)
-        .await
-        .expect("pg_stat_activity");
-        if waiting > 0 || deleting.is_finished() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    until_a_lock_wait(
+        &suite.db,
+        "the delete neither finished nor waited for the move",
+        || deleting.is_finished(),
+    )
+    .await;
     tx.commit().await.expect("commit the move");
     let result = deleting.await.expect("delete task");
     // Either order of the two is fine; an opportunity left in an archived status is not.
