@@ -1,9 +1,10 @@
 //! What the end-to-end tests share, so no test file keeps its own copy: the shipped
-//! statuses' fixed ids (R2), request ids, field masks, money, and the reading of error
-//! details.
+//! statuses' fixed ids (R2), request ids, status changes, field masks, money, and the reading
+//! of error details.
 
 use prost_types::FieldMask;
 use salesopp_proto::common::v1::Money;
+use salesopp_proto::opportunity::v1::ChangeOpportunityStatusRequest;
 use tonic_types::StatusExt as _;
 
 // The shipped statuses' fixed ids (R2), in pipeline order.
@@ -28,6 +29,16 @@ pub const SHIPPED_STATUSES: [&str; 7] = [
 /// A fresh request id (R11).
 pub fn rid() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// A status change of `opportunity_id` to `status_id`, with a fresh request id.
+pub fn change_request(opportunity_id: &str, status_id: &str) -> ChangeOpportunityStatusRequest {
+    ChangeOpportunityStatusRequest {
+        opportunity_id: opportunity_id.to_owned(),
+        status_id: status_id.to_owned(),
+        request_id: rid(),
+        ..Default::default()
+    }
 }
 
 /// An update mask of `paths`.
@@ -64,4 +75,22 @@ pub fn error_reason_in(status: &tonic::Status, domain: &str) -> String {
         .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
     assert_eq!(info.domain, domain, "the error's domain");
     info.reason
+}
+
+/// SQL for the contact columns (`email, phone, contact_name`) of generated customer `i` in
+/// the query-plan tests' seeds: an email on 75%, a phone on two thirds, Thai and Latin
+/// contact names. A macro (a literal), so that each seed stays one `concat!`ed constant.
+#[macro_export]
+macro_rules! seeded_customer_contacts {
+    () => {
+        r#"    case when i % 4 <> 0 then 'sales' || i || '@example' || (i % 50) || '.co.th' end,
+    case when i % 3 <> 0 then '+66' || (800000000 + (i::bigint * 7919) % 100000000) end,
+    case when i % 2 = 0
+        then 'คุณ' || (array['สมชาย','สมศรี','วิชัย','มาลี','ประยุทธ','สุดา','อำนาจ','นภา',
+                            'ธนา','กานดา'])[1 + i % 10]
+        else (array['Mr. John','Ms. Mary','Mr. Peter','Ms. Linda','Mr. David','Ms. Susan',
+                    'Mr. Tom','Ms. Anna','Mr. Chris','Ms. Kate'])[1 + i % 10]
+    end,
+"#
+    };
 }

@@ -11,6 +11,8 @@ pub mod fixtures;
 pub mod nats;
 pub mod relay;
 pub mod relay_process;
+pub mod wait;
+pub mod world;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +25,8 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection as _, PgPool};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
+
+pub use world::World;
 
 /// The HS256 secret the test suites verify tokens with.
 pub const SECRET: &str = "salesopp-test-secret-0123456789";
@@ -358,5 +362,23 @@ pub fn expect_invalid<T: std::fmt::Debug>(
         violations.iter().any(|(f, _)| f == field),
         "no violation for {field:?} in {violations:?}"
     );
+    status
+}
+
+/// Asserts an `INVALID_ARGUMENT` naming every one of `fields` among its violations (every
+/// problem reported at once).
+#[track_caller]
+pub fn expect_invalid_fields<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    fields: &[&str],
+) -> tonic::Status {
+    let status = expect_code(result, tonic::Code::InvalidArgument);
+    let named: std::collections::BTreeSet<String> = field_violations(&status)
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    for field in fields {
+        assert!(named.contains(*field), "{field} missing from {named:?}");
+    }
     status
 }

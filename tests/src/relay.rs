@@ -14,6 +14,8 @@ pub struct Relay {
     open: Arc<AtomicBool>,
     /// Bumped on every cut: live connections watching it close.
     generation: watch::Sender<u64>,
+    /// How many connections were refused while cut.
+    refused: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -24,13 +26,16 @@ impl Relay {
         let addr = listener.local_addr().expect("relay addr");
         let open = Arc::new(AtomicBool::new(true));
         let (generation, _) = watch::channel(0u64);
+        let (refused, _) = watch::channel(0u64);
         let task = {
             let open = open.clone();
             let generation = generation.clone();
+            let refused = refused.clone();
             tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
                     if !open.load(Ordering::SeqCst) {
                         drop(inbound);
+                        refused.send_modify(|n| *n += 1);
                         continue;
                     }
                     let mut cut = generation.subscribe();
@@ -50,6 +55,7 @@ impl Relay {
             addr,
             open,
             generation,
+            refused,
             task,
         }
     }
@@ -58,6 +64,24 @@ impl Relay {
     pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// How many connections it has refused while cut, so far.
+    pub fn refused(&self) -> u64 {
+        *self.refused.borrow()
+    }
+
+    /// Waits until it has refused `count` connections in all (a generous bound guards
+    /// against a hang).
+    pub async fn until_refused(&self, count: u64) {
+        let mut refused = self.refused.subscribe();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            refused.wait_for(|n| *n >= count),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the relay never refused {count} connections"))
+        .expect("the relay runs");
     }
 
     /// Accepts connections again.

@@ -19,31 +19,20 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use salesopp_kit::auth::{Audience, Claims, TokenRequest, mint_hs256};
 use salesopp_proto::common::v1::Money;
 use salesopp_proto::customer::v1 as cpb;
-use salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient;
 use salesopp_proto::gateway::v1 as gpb;
-use salesopp_proto::gateway::v1::gateway_service_client::GatewayServiceClient;
 use salesopp_proto::opportunity::v1 as opb;
-use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use salesopp_proto::statusconfig::v1 as spb;
-use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
-use salesopp_tests::{SECRET, SuiteOptions, TestSuite, authed, mint};
-use sqlx::PgPool;
-use tonic::transport::Channel;
+use salesopp_tests::fixtures::{
+    CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, SHIPPED_STATUSES, WON, mask,
+    money, rid,
+};
+use salesopp_tests::wait::placed_head;
+use salesopp_tests::{SECRET, SuiteOptions, authed, mint};
 use tonic::{Code, Status};
 use uuid::Uuid;
 
 /// The audience the suite requires.
 const AUDIENCE: &str = "salesopp";
-
-const SHIPPED: [&str; 7] = [
-    INTERESTED,
-    PRESENTED,
-    SENT_EMAIL,
-    QUOTATION,
-    CONSIDERING,
-    WON,
-    LOST,
-];
 
 /// A well-formed id that no row has (opportunity, customer or status).
 const UNKNOWN: &str = "6f1c1a8e-0000-4000-8000-00000000dead";
@@ -304,9 +293,6 @@ enum Call {
 }
 
 use Call::*;
-use salesopp_tests::fixtures::{
-    CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, WON, mask, money, rid,
-};
 
 impl Call {
     fn label(self) -> String {
@@ -676,20 +662,18 @@ fn refused(status: &Status) -> Outcome {
 // The world
 // ---------------------------------------------------------------------------------------
 
-struct World {
-    suite: TestSuite,
-    customers: CustomerServiceClient<Channel>,
-    opportunities: OpportunityServiceClient<Channel>,
-    statuses: StatusConfigServiceClient<Channel>,
-    gateway: GatewayServiceClient<Channel>,
-    /// The seeded customer of each rep, by their id.
-    customer_of: BTreeMap<&'static str, String>,
-    seeded: Vec<Seeded>,
+salesopp_tests::world! {
+    /// The shared world, and what was seeded in it.
+    struct World {
+        /// The seeded customer of each rep, by their id.
+        customer_of: BTreeMap<&'static str, String>,
+        seeded: Vec<Seeded>,
+    }
 }
 
 impl World {
     async fn new() -> World {
-        let suite = TestSuite::spawn_with(SuiteOptions {
+        let world = salesopp_tests::World::with(SuiteOptions {
             audience: Some(AUDIENCE.to_owned()),
             // Streams say soon how far they have read, so watch() knows when it has all.
             streams: salesopp_opportunity::events::StreamConfig {
@@ -700,20 +684,12 @@ impl World {
         })
         .await;
         let mut world = World {
-            customers: suite.customers().await,
-            opportunities: suite.opportunities().await,
-            statuses: suite.statuses().await,
-            gateway: suite.gateway().await,
-            suite,
+            world,
             customer_of: BTreeMap::new(),
             seeded: Vec::new(),
         };
         world.seed().await;
         world
-    }
-
-    fn db(&self) -> &PgPool {
-        &self.suite.db
     }
 
     async fn seed(&mut self) {
@@ -731,7 +707,7 @@ impl World {
         for spec in &SPECS {
             let customer = self.customer_of[spec.customer_of.id()].clone();
             let created = self
-                .opportunities
+                .opps
                 .create_opportunity(req(
                     spec.owner,
                     opb::CreateOpportunityRequest {
@@ -751,7 +727,7 @@ impl World {
                 .into_inner();
             let mut statuses = vec![spec.first];
             if let Some(then) = spec.then {
-                self.opportunities
+                self.opps
                     .change_opportunity_status(req(
                         spec.owner,
                         opb::ChangeOpportunityStatusRequest {
@@ -811,7 +787,7 @@ impl World {
 
     /// A fresh opportunity of `owner`, with a1's customer, in Interested.
     async fn make_opportunity(&self, owner: Caller) -> String {
-        self.opportunities
+        self.opps
             .clone()
             .create_opportunity(req(
                 owner,
@@ -909,7 +885,7 @@ impl World {
     async fn run(&self, caller: Caller, call: Call) -> Outcome {
         let mut statuses = self.statuses.clone();
         let mut customers = self.customers.clone();
-        let mut opportunities = self.opportunities.clone();
+        let mut opportunities = self.opps.clone();
         let mut gateway = self.gateway.clone();
         match call {
             // -------------------------------------------------------------- statuses
@@ -919,7 +895,7 @@ impl World {
                     .await,
                 |r, p| {
                     let ids: Vec<&str> = r.statuses.iter().map(|s| s.id.as_str()).collect();
-                    p.same("statuses", ids, SHIPPED.to_vec());
+                    p.same("statuses", ids, SHIPPED_STATUSES.to_vec());
                 },
             ),
             GetStatus | GetUnknownStatus => {
@@ -1266,7 +1242,7 @@ impl World {
                     .await,
                 |r, p| {
                     let ids: Vec<&str> = r.by_status.iter().map(|s| s.status_id.as_str()).collect();
-                    p.same("statuses", ids, SHIPPED.to_vec());
+                    p.same("statuses", ids, SHIPPED_STATUSES.to_vec());
                     let mut by_status = Totals::new();
                     for s in &r.by_status {
                         add_totals(&mut by_status, vec![s.status_id.clone()], &s.totals);
@@ -1487,7 +1463,7 @@ impl World {
             }
         }
         let mut stream = match self
-            .opportunities
+            .opps
             .clone()
             .watch_opportunity_events(req(caller, opb::WatchOpportunityEventsRequest::default()))
             .await
@@ -1496,18 +1472,7 @@ impl World {
             Err(status) => return refused(&status),
         };
         // Every event written is placed (has its position) before the head is read.
-        let head: i64 = loop {
-            let (unplaced, head): (i64, Option<i64>) = sqlx::query_as(
-                "select count(*) filter (where seq is null), max(seq) from opportunity_events",
-            )
-            .fetch_one(self.db())
-            .await
-            .expect("read the feed's head");
-            if unplaced == 0 {
-                break head.unwrap_or(0);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let head = placed_head(self.db()).await;
         let mut got: BTreeMap<(String, i32), usize> = BTreeMap::new();
         loop {
             match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {

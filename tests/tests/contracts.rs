@@ -13,6 +13,7 @@ use salesopp_proto::customer::v1 as cpb;
 use salesopp_proto::opportunity::v1 as pb;
 use salesopp_proto::statusconfig::v1 as spb;
 use salesopp_tests::fixtures::{INTERESTED, LOST, WON};
+use salesopp_tests::wait::until_a_lock_wait;
 use salesopp_tests::{
     TestSuite, admin_token, authed, expect_code, expect_invalid, manager_token, rep_token,
 };
@@ -948,24 +949,12 @@ async fn r05_a_create_racing_a_default_change_takes_the_new_default() {
         .await
     });
     // Wait (by observation, not by time) until the create waits for the held rows.
-    let patience = std::time::Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity
-             where datname = current_database() and wait_event_type = 'Lock'",
-        )
-        .fetch_one(&suite.db)
-        .await
-        .expect("pg_stat_activity");
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            patience.elapsed() < std::time::Duration::from_secs(20),
-            "the create never waited for the default's row"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_a_lock_wait(
+        &suite.db,
+        "the create never waited for the default's row",
+        || false,
+    )
+    .await;
     mover.commit().await.expect("commit the move");
     let created = create
         .await

@@ -24,7 +24,8 @@ const LIMIT: i64 = 51;
 /// those in capitals), codes on 80%, emails on 75%, phones on two thirds, Thai and Latin
 /// contacts, five common owners and one rare one (100 customers), 2% archived, update
 /// times spread over three months. "สยาม" is in about 1,350 names, "acme" in about 1,220.
-const SEED: &str = r#"
+const SEED: &str = concat!(
+    r#"
 insert into customers (code, display_name, email, phone, contact_name, owner_id, created_by,
                        updated_by, archived, archive_time, create_time, update_time)
 select
@@ -50,14 +51,9 @@ select
                          'Marine','Construction','Technology','Services'])[1 + (i / 82) % 29]
         || ' Co., Ltd.' || case when i % 6 = 1 then ' Branch ' || (i % 97) else '' end
     end,
-    case when i % 4 <> 0 then 'sales' || i || '@example' || (i % 50) || '.co.th' end,
-    case when i % 3 <> 0 then '+66' || (800000000 + (i::bigint * 7919) % 100000000) end,
-    case when i % 2 = 0
-        then 'คุณ' || (array['สมชาย','สมศรี','วิชัย','มาลี','ประยุทธ','สุดา','อำนาจ','นภา',
-                            'ธนา','กานดา'])[1 + i % 10]
-        else (array['Mr. John','Ms. Mary','Mr. Peter','Ms. Linda','Mr. David','Ms. Susan',
-                    'Mr. Tom','Ms. Anna','Mr. Chris','Ms. Kate'])[1 + i % 10]
-    end,
+"#,
+    salesopp_tests::seeded_customer_contacts!(),
+    r#"
     owner.id, owner.id, owner.id,
     i % 50 = 0,
     case when i % 50 = 0 then now() end,
@@ -74,7 +70,8 @@ cross join lateral (
 cross join lateral (
     select case when i % 1000 = 7 then 'owner-rare' else 'owner-' || (i % 5) end as id
 ) as owner
-"#;
+"#
+);
 
 /// A fresh database holding the 100,000 customers, analyzed.
 async fn seeded() -> (TestDatabase, PgPool) {

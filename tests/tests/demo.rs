@@ -77,18 +77,24 @@ fn board(text: &str) -> &str {
     board
 }
 
-/// The history lines of step 5.
-fn history_lines(text: &str) -> Vec<&str> {
+/// The story's step 5: the opportunity with its status history.
+fn detail(text: &str) -> &str {
     let (_, detail) = text
         .split_once("5. The opportunity with its status history")
         .expect("step 5");
     detail
+}
+
+/// The history lines of step 5.
+fn history_lines(text: &str) -> Vec<&str> {
+    detail(text)
         .lines()
         .filter(|line| line.contains(" -> ") && line.contains(" by "))
         .collect()
 }
 
-/// The story once, whole: one customer, one opportunity moved four times, one board entry.
+/// The story once, whole: one customer, one opportunity moved four times, one board entry;
+/// its steps 4 and 5 read through the gateway (the board, and the detail with its history).
 fn assert_one_story(text: &str, counts: &Counts) {
     assert_eq!(
         counts,
@@ -102,7 +108,23 @@ fn assert_one_story(text: &str, counts: &Counts) {
         },
         "{text}"
     );
+    assert!(text.contains("บริษัท สยามพาณิชย์ จำกัด"), "{text}");
+    for thai in [
+        "สนใจ",
+        "นำเสนอ",
+        "ส่ง Email",
+        "เสนอราคา",
+        "พิจารณา และเปรียบเทียบ",
+        "ปิดการขายสำเร็จ",
+        "ปิดการขายไม่สำเร็จ",
+    ] {
+        assert!(text.contains(thai), "{thai} in {text}");
+    }
     let board = board(text);
+    assert!(
+        board.contains("* บริษัท สยามพาณิชย์ จำกัด / ระบบ ERP สำหรับคลังสินค้า"),
+        "the won opportunity with its customer's name on the board: {board}"
+    );
     let won = board
         .lines()
         .find(|line| line.contains("ปิดการขายสำเร็จ"))
@@ -116,8 +138,12 @@ fn assert_one_story(text: &str, counts: &Counts) {
         1,
         "{board}"
     );
+    let detail = detail(text);
+    assert!(detail.contains("closed: yes"), "{detail}");
+    assert!(detail.contains("[Closed won]"), "{detail}");
     let history = history_lines(text);
     assert_eq!(history.len(), 5, "{text}");
+    assert!(history[0].trim_start().starts_with("(created)"), "{text}");
     for (line, to) in history.iter().zip([
         "Interested 10%",
         "Sent email 30%",
@@ -126,6 +152,7 @@ fn assert_one_story(text: &str, counts: &Counts) {
         "Closed won 100%",
     ]) {
         assert!(line.contains(to), "{to} in {line}");
+        assert!(line.contains("Somchai Jaidee"), "{line}");
     }
 }
 

@@ -8,6 +8,7 @@
 //! test) first proves from `pg_locks` that the write it waits for is blocked.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -15,26 +16,20 @@ use prost::Message as _;
 use prost_types::Timestamp;
 use salesopp_opportunity::events::StreamConfig;
 use salesopp_proto::common::v1::{Actor, Date, Money};
-use salesopp_proto::customer::v1 as cpb;
 use salesopp_proto::opportunity::v1 as pb;
-use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use salesopp_proto::opportunity::v1::watch_opportunity_events_request::{Start, StartPosition};
 use salesopp_proto::opportunity::v1::watch_opportunity_events_response::{Heartbeat, Kind};
 use salesopp_proto::statusconfig::v1 as spb;
-use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
 use salesopp_tests::fixtures::{
-    CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, WON, mask, rid,
+    CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, WON, change_request, mask, rid,
 };
+use salesopp_tests::wait::placed_head;
 use salesopp_tests::{
-    SuiteOptions, TestSuite, admin_token, authed, expect_code, expect_invalid, manager_token,
-    rep_token, token,
+    SuiteOptions, admin_token, authed, expect_code, expect_invalid, manager_token, rep_token, token,
 };
 use sqlx::PgPool;
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use uuid::Uuid;
-
-type Opps = OpportunityServiceClient<Channel>;
 
 /// The most a test waits for one event that must come.
 const WAIT: Duration = Duration::from_secs(10);
@@ -83,15 +78,6 @@ fn draft(customer_id: &str, title: &str) -> pb::Opportunity {
         customer_id: customer_id.to_owned(),
         title: title.to_owned(),
         amount: Some(thb(100_000)),
-        ..Default::default()
-    }
-}
-
-fn change_request(id: &str, status_id: &str) -> pb::ChangeOpportunityStatusRequest {
-    pb::ChangeOpportunityStatusRequest {
-        opportunity_id: id.to_owned(),
-        status_id: status_id.to_owned(),
-        request_id: rid(),
         ..Default::default()
     }
 }
@@ -186,11 +172,11 @@ type Row = (i64, String, String, String);
 // The world of one test
 // ---------------------------------------------------------------------------------------
 
-struct World {
-    suite: TestSuite,
-    opps: Opps,
-    statuses: StatusConfigServiceClient<Channel>,
-    customer: String,
+salesopp_tests::world! {
+    /// The shared world, and the customer its opportunities are of.
+    struct World {
+        customer: String,
+    }
 }
 
 impl World {
@@ -201,40 +187,16 @@ impl World {
 
     /// The same, with streams that behave as `streams` says.
     async fn with_streams(streams: StreamConfig) -> World {
-        let suite = TestSuite::spawn_with(SuiteOptions {
+        let mut world = salesopp_tests::World::with(SuiteOptions {
             streams,
             ..Default::default()
         })
         .await;
-        let opps = suite.opportunities().await;
-        let statuses = suite.statuses().await;
-        let customer = suite
-            .customers()
+        let customer = world
+            .customer(&admin_token(), "Siam Widgets Co., Ltd.")
             .await
-            .create_customer(authed(
-                &admin_token(),
-                cpb::CreateCustomerRequest {
-                    customer: Some(cpb::Customer {
-                        display_name: "Siam Widgets Co., Ltd.".to_owned(),
-                        ..Default::default()
-                    }),
-                    request_id: rid(),
-                },
-            ))
-            .await
-            .expect("create customer")
-            .into_inner()
             .id;
-        World {
-            suite,
-            opps,
-            statuses,
-            customer,
-        }
-    }
-
-    fn db(&self) -> &PgPool {
-        &self.suite.db
+        World { world, customer }
     }
 
     async fn try_watch(
@@ -260,17 +222,6 @@ impl World {
             .expect("watch opportunity events")
     }
 
-    async fn try_create_request(
-        &mut self,
-        token: &str,
-        request: pb::CreateOpportunityRequest,
-    ) -> Result<pb::Opportunity, Status> {
-        self.opps
-            .create_opportunity(authed(token, request))
-            .await
-            .map(tonic::Response::into_inner)
-    }
-
     /// An opportunity of the world's customer, owned by the caller unless `owner` is given.
     async fn create_for(&mut self, token: &str, title: &str, owner: &str) -> pb::Opportunity {
         let mut opportunity = draft(&self.customer, title);
@@ -291,17 +242,6 @@ impl World {
         self.create_for(token, title, "").await
     }
 
-    async fn try_change(
-        &mut self,
-        token: &str,
-        request: pb::ChangeOpportunityStatusRequest,
-    ) -> Result<pb::ChangeOpportunityStatusResponse, Status> {
-        self.opps
-            .change_opportunity_status(authed(token, request))
-            .await
-            .map(tonic::Response::into_inner)
-    }
-
     async fn change(
         &mut self,
         token: &str,
@@ -313,56 +253,15 @@ impl World {
             .expect("change opportunity status")
     }
 
-    async fn try_update(
-        &mut self,
-        token: &str,
-        request: pb::UpdateOpportunityRequest,
-    ) -> Result<pb::Opportunity, Status> {
-        self.opps
-            .update_opportunity(authed(token, request))
-            .await
-            .map(tonic::Response::into_inner)
-    }
-
     async fn update(
         &mut self,
         token: &str,
         opportunity: pb::Opportunity,
         paths: &[&str],
     ) -> pb::Opportunity {
-        self.try_update(token, update_request(opportunity, paths, ""))
+        self.try_update_request(token, update_request(opportunity, paths, ""))
             .await
             .expect("update opportunity")
-    }
-
-    async fn get(&mut self, token: &str, id: &str) -> pb::Opportunity {
-        self.opps
-            .get_opportunity(authed(
-                token,
-                pb::GetOpportunityRequest { id: id.to_owned() },
-            ))
-            .await
-            .expect("get opportunity")
-            .into_inner()
-    }
-
-    /// The whole history of one opportunity, oldest first.
-    async fn history(&mut self, id: &str) -> Vec<pb::StatusChange> {
-        let page = self
-            .opps
-            .list_status_history(authed(
-                &admin_token(),
-                pb::ListStatusHistoryRequest {
-                    opportunity_id: id.to_owned(),
-                    page_size: 500,
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("list status history")
-            .into_inner();
-        assert!(page.next_page_token.is_empty());
-        page.status_changes
     }
 
     /// The outbox in delivery order (by position; events not placed yet last, by id).
@@ -486,7 +385,7 @@ async fn create_emits_one_created_event_with_after_and_the_first_history_entry()
     assert_eq!(event.after.as_ref(), Some(&created));
     assert_eq!(event.request_id, request_id);
     assert_eq!(micros(&event.occur_time), micros(&created.update_time));
-    let history = w.history(&created.id).await;
+    let history = w.history(&admin_token(), &created.id).await;
     assert_eq!(history.len(), 1);
     assert_eq!(event.status_change.as_ref(), Some(&history[0]));
     let first = event.status_change.unwrap();
@@ -516,7 +415,7 @@ async fn create_emits_one_created_event_with_after_and_the_first_history_entry()
     assert_eq!(event.after.as_ref(), Some(&for_rep));
     assert_eq!(
         event.status_change.as_ref(),
-        Some(&w.history(&for_rep.id).await[0])
+        Some(&w.history(&admin_token(), &for_rep.id).await[0])
     );
 
     // Created straight in the LOST status: still one CREATED event, with that first entry.
@@ -555,21 +454,19 @@ async fn update_without_status_emits_updated_whose_before_and_after_differ_only_
     // Title, amount and next step, with a request id.
     let before = w.get(&rep_token(), &created.id).await;
     let request_id = rid();
+    let request = update_request(
+        pb::Opportunity {
+            id: created.id.clone(),
+            title: "CRM licences, 120 seats".to_owned(),
+            amount: Some(thb(360_000)),
+            next_step: "Send the quotation".to_owned(),
+            ..Default::default()
+        },
+        &["title", "amount", "next_step"],
+        &request_id,
+    );
     let after = w
-        .try_update(
-            &rep_token(),
-            update_request(
-                pb::Opportunity {
-                    id: created.id.clone(),
-                    title: "CRM licences, 120 seats".to_owned(),
-                    amount: Some(thb(360_000)),
-                    next_step: "Send the quotation".to_owned(),
-                    ..Default::default()
-                },
-                &["title", "amount", "next_step"],
-                &request_id,
-            ),
-        )
+        .try_update_request(&rep_token(), request.clone())
         .await
         .expect("update");
     let event_id = w.one_new(&mut rows).await;
@@ -594,20 +491,7 @@ async fn update_without_status_emits_updated_whose_before_and_after_differ_only_
 
     // A retry with the same request id returns the first result and writes no event.
     let retried = w
-        .try_update(
-            &rep_token(),
-            update_request(
-                pb::Opportunity {
-                    id: created.id.clone(),
-                    title: "CRM licences, 120 seats".to_owned(),
-                    amount: Some(thb(360_000)),
-                    next_step: "Send the quotation".to_owned(),
-                    ..Default::default()
-                },
-                &["title", "amount", "next_step"],
-                &request_id,
-            ),
-        )
+        .try_update_request(&rep_token(), request)
         .await
         .expect("retry the update");
     assert_eq!(retried, after);
@@ -670,7 +554,7 @@ async fn update_without_status_emits_updated_whose_before_and_after_differ_only_
     assert_differs_only_in(&before, &after, |o| {
         o.next_step = "Call the CFO".to_owned();
     });
-    assert_eq!(w.history(&created.id).await.len(), 1);
+    assert_eq!(w.history(&admin_token(), &created.id).await.len(), 1);
 
     // An update that changes nothing writes no event.
     let unchanged = w
@@ -714,7 +598,7 @@ async fn a_status_change_emits_status_changed_with_the_history_entry_from_either
     assert_eq!(event.before.as_ref(), Some(&before));
     assert_eq!(event.after, response.opportunity);
     assert_eq!(event.status_change, response.status_change);
-    let history = w.history(&created.id).await;
+    let history = w.history(&admin_token(), &created.id).await;
     assert_eq!(history.len(), 2);
     assert_eq!(event.status_change.as_ref(), Some(&history[1]));
     assert_eq!(history[1].note, "demo went well");
@@ -746,7 +630,10 @@ async fn a_status_change_emits_status_changed_with_the_history_entry_from_either
         &request_id,
     );
     request.note = "quotation sent".to_owned();
-    let after = w.try_update(&rep_token(), request).await.expect("update");
+    let after = w
+        .try_update_request(&rep_token(), request)
+        .await
+        .expect("update");
     let event_id = w.one_new(&mut rows).await;
     let event = watcher.next().await;
     assert_eq!(event.event_id, event_id);
@@ -756,7 +643,7 @@ async fn a_status_change_emits_status_changed_with_the_history_entry_from_either
     assert_eq!(event.after.as_ref(), Some(&after));
     assert_eq!(after.status_id, QUOTATION);
     assert_eq!(after.title, "Fleet telematics, 80 trucks");
-    let history = w.history(&created.id).await;
+    let history = w.history(&admin_token(), &created.id).await;
     assert_eq!(history.len(), 3);
     assert_eq!(event.status_change.as_ref(), Some(&history[2]));
     assert_eq!(history[2].note, "quotation sent");
@@ -786,7 +673,7 @@ async fn a_status_change_emits_status_changed_with_the_history_entry_from_either
     );
     assert_eq!(
         event.status_change.as_ref(),
-        w.history(&created.id).await.last()
+        w.history(&admin_token(), &created.id).await.last()
     );
 }
 
@@ -814,7 +701,7 @@ async fn a_status_change_to_the_same_status_emits_nothing() {
         .await;
     assert_eq!(same.status_id, INTERESTED);
     assert!(w.rows_since(&rows).await.is_empty());
-    assert_eq!(w.history(&created.id).await.len(), 1);
+    assert_eq!(w.history(&admin_token(), &created.id).await.len(), 1);
 
     // The next event the stream sends is the next write's.
     w.change(&rep_token(), &marker_opportunity.id, PRESENTED)
@@ -845,7 +732,7 @@ async fn a_failed_write_emits_nothing() {
         ..Default::default()
     };
     expect_code(
-        w.try_update(&rep_token(), update_request(stale, &["title"], ""))
+        w.try_update_request(&rep_token(), update_request(stale, &["title"], ""))
             .await,
         Code::Aborted,
     );
@@ -868,85 +755,64 @@ async fn a_failed_write_emits_nothing() {
             .await,
         Code::PermissionDenied,
     );
-    expect_code(
-        w.try_update(
-            &rep_token(),
-            update_request(
-                pb::Opportunity {
-                    id: theirs.id.clone(),
-                    title: "Mine now".to_owned(),
-                    ..Default::default()
-                },
-                &["title"],
-                "",
-            ),
-        )
-        .await,
-        Code::PermissionDenied,
-    );
-    // A rep giving their opportunity away; an update with a status change and a bad title.
-    expect_code(
-        w.try_update(
-            &rep_token(),
-            update_request(
-                pb::Opportunity {
-                    id: mine.id.clone(),
-                    owner_id: "rep-b1".to_owned(),
-                    ..Default::default()
-                },
-                &["owner_id"],
-                "",
-            ),
-        )
-        .await,
-        Code::PermissionDenied,
-    );
-    expect_invalid(
-        w.try_update(
-            &rep_token(),
-            update_request(
-                pb::Opportunity {
-                    id: mine.id.clone(),
-                    status_id: WON.to_owned(),
-                    title: "   ".to_owned(),
-                    ..Default::default()
-                },
-                &["status_id", "title"],
-                "",
-            ),
-        )
-        .await,
-        "opportunity.title",
-    );
+    // Updates: another rep's opportunity, a rep giving theirs away, and a status change with
+    // a bad title.
+    let updates = [
+        (
+            pb::Opportunity {
+                id: theirs.id.clone(),
+                title: "Mine now".to_owned(),
+                ..Default::default()
+            },
+            vec!["title"],
+            Code::PermissionDenied,
+            None,
+        ),
+        (
+            pb::Opportunity {
+                id: mine.id.clone(),
+                owner_id: "rep-b1".to_owned(),
+                ..Default::default()
+            },
+            vec!["owner_id"],
+            Code::PermissionDenied,
+            None,
+        ),
+        (
+            pb::Opportunity {
+                id: mine.id.clone(),
+                status_id: WON.to_owned(),
+                title: "   ".to_owned(),
+                ..Default::default()
+            },
+            vec!["status_id", "title"],
+            Code::InvalidArgument,
+            Some("opportunity.title"),
+        ),
+    ];
+    for (opportunity, paths, code, field) in updates {
+        let request = update_request(opportunity, &paths, "");
+        let status = expect_code(w.try_update_request(&rep_token(), request).await, code);
+        if let Some(field) = field {
+            expect_invalid(Err::<(), _>(status), field);
+        }
+    }
     // A create with an unknown customer, and one with a lost reason in an OPEN status.
     let mut unknown = draft("6f1c1a8e-0000-4000-8000-00000000dead", "Nobody");
     unknown.status_id = PRESENTED.to_owned();
-    expect_invalid(
-        w.try_create_request(
-            &rep_token(),
-            pb::CreateOpportunityRequest {
-                opportunity: Some(unknown),
-                request_id: rid(),
-                note: String::new(),
-            },
-        )
-        .await,
-        "opportunity.customer_id",
-    );
     let mut reason = draft(&w.customer, "Reason without loss");
     reason.lost_reason = "why".to_owned();
-    expect_invalid(
-        w.try_create_request(
-            &rep_token(),
-            pb::CreateOpportunityRequest {
-                opportunity: Some(reason),
-                request_id: rid(),
-                note: String::new(),
-            },
-        )
-        .await,
-        "opportunity.lost_reason",
-    );
+    for (opportunity, field) in [
+        (unknown, "opportunity.customer_id"),
+        (reason, "opportunity.lost_reason"),
+    ] {
+        let request = pb::CreateOpportunityRequest {
+            opportunity: Some(opportunity),
+            request_id: rid(),
+            note: String::new(),
+        };
+        expect_invalid(w.try_create_request(&rep_token(), request).await, field);
+    }
     // A request id reused for a different change.
     let first = w
         .try_change(&rep_token(), change_request(&mine.id, PRESENTED))
@@ -963,7 +829,7 @@ async fn a_failed_write_emits_nothing() {
         w.rows_since(&rows).await.is_empty(),
         "a failed write wrote an event"
     );
-    assert_eq!(w.history(&mine.id).await.len(), 2);
+    assert_eq!(w.history(&admin_token(), &mine.id).await.len(), 2);
 
     // The next event the stream sends is the next successful write's.
     w.change(&rep_token(), &marker_opportunity.id, PRESENTED)
@@ -1031,7 +897,7 @@ async fn r06_delete_status_with_a_replacement_emits_one_status_changed_per_moved
         let after = event.after.as_ref().unwrap();
         assert_eq!(after.status_id, QUOTATION);
         assert_eq!(after, &w.get(&admin_token(), &event.opportunity_id).await);
-        let history = w.history(&event.opportunity_id).await;
+        let history = w.history(&admin_token(), &event.opportunity_id).await;
         assert_eq!(history.len(), 3);
         assert_eq!(event.status_change.as_ref(), Some(&history[2]));
         let entry = event.status_change.as_ref().unwrap();
@@ -1056,7 +922,7 @@ async fn r06_delete_status_with_a_replacement_emits_one_status_changed_per_moved
     let b1 = rep_b1.next().await;
     assert_eq!(b1.after.as_ref().unwrap().owner_id, "rep-b1");
     // Nothing else was moved or written.
-    assert_eq!(w.history(&stays.id).await.len(), 1);
+    assert_eq!(w.history(&admin_token(), &stays.id).await.len(), 1);
     assert!(w.rows_since(&rows).await.is_empty());
 }
 
@@ -1211,7 +1077,11 @@ async fn the_events_of_one_opportunity_come_in_the_order_of_its_history() {
             .iter()
             .filter_map(|e| e.status_change.clone())
             .collect();
-        assert_eq!(entries, w.history(id).await, "events follow the history");
+        assert_eq!(
+            entries,
+            w.history(&admin_token(), id).await,
+            "events follow the history"
+        );
         assert_eq!(mine[0].r#type, CREATED);
         // Each event's before is the previous event's after: no change is missing.
         for pair in mine.windows(2) {
@@ -2152,27 +2022,6 @@ impl Watcher {
     }
 }
 
-/// The position of the newest placed event, once every committed event is placed.
-async fn placed_head(db: &PgPool) -> i64 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (unplaced, head): (i64, Option<i64>) = sqlx::query_as(
-            "select count(*) filter (where seq is null), max(seq) from opportunity_events",
-        )
-        .fetch_one(db)
-        .await
-        .expect("read the feed's head");
-        if unplaced == 0 {
-            return head.unwrap_or(0);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "events stay unplaced"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn start(start: Start) -> pb::WatchOpportunityEventsRequest {
     pb::WatchOpportunityEventsRequest {
         start: Some(start),
@@ -2261,24 +2110,7 @@ async fn start_time_starts_with_the_events_that_occurred_at_or_after_it() {
 #[tokio::test]
 async fn each_filter_sends_only_what_it_names_before_or_after_the_change() {
     let mut w = World::with_streams(quick_heartbeats()).await;
-    let other_customer = w
-        .suite
-        .customers()
-        .await
-        .create_customer(authed(
-            &admin_token(),
-            cpb::CreateCustomerRequest {
-                customer: Some(cpb::Customer {
-                    display_name: "Other Customer".to_owned(),
-                    ..Default::default()
-                }),
-                request_id: rid(),
-            },
-        ))
-        .await
-        .expect("create customer")
-        .into_inner()
-        .id;
+    let other_customer = w.customer(&admin_token(), "Other Customer").await.id;
     let ours = w.create(&rep_token(), "Ours").await; // rep-a1, our customer, INTERESTED
     let theirs = w.create(&rep_b1_token(), "Theirs").await; // rep-b1
     let mut elsewhere = draft(&other_customer, "Elsewhere");
@@ -2551,7 +2383,7 @@ async fn open_streams_end_with_unavailable_when_the_server_stops() {
     let mut watcher = w.watch(&admin_token(), "", &[]).await;
     watcher.next().await;
     let stopped = tokio::spawn(async move {
-        let mut suite = w.suite;
+        let mut suite = w.world.suite;
         suite.stop().await
     });
     let end = loop {
@@ -2577,10 +2409,10 @@ async fn open_streams_end_with_unavailable_when_the_server_stops() {
 }
 
 /// Fifty writers at once (several on the same opportunities, five of them holding their
-/// transaction open for more than a second after writing their event) and three consumers,
-/// one of which reconnects now and then with its last cursor: every consumer gets every
-/// committed event, per opportunity in version order with no gap, and never one at or before
-/// a position it was already past.
+/// transaction open after writing their event until other writers wait for it or overtake
+/// it) and three consumers, one of which reconnects now and then with its last cursor: every
+/// consumer gets every committed event, per opportunity in version order with no gap, and
+/// never one at or before a position it was already past.
 #[tokio::test]
 async fn fifty_writers_some_holding_their_transaction_and_three_consumers_miss_nothing() {
     const SHARED: usize = 6;
@@ -2647,9 +2479,11 @@ async fn fifty_writers_some_holding_their_transaction_and_three_consumers_miss_n
         })
         .collect();
 
+    let writers_done = AtomicUsize::new(0);
     let writers = (0..WRITERS).map(|writer| {
         let mut opps = w.opps.clone();
         let ids: Vec<String> = shared.iter().map(|o| o.id.clone()).collect();
+        let writers_done = &writers_done;
         async move {
             let statuses = [PRESENTED, SENT_EMAIL, QUOTATION, CONSIDERING];
             for write in 0..WRITES {
@@ -2660,10 +2494,12 @@ async fn fifty_writers_some_holding_their_transaction_and_three_consumers_miss_n
                     .await
                     .expect("a status change");
             }
+            writers_done.fetch_add(1, Ordering::SeqCst);
         }
     });
     let holders = (0..HOLDERS).map(|holder| {
         let db = w.db().clone();
+        let writers_done = &writers_done;
         // Two hold a shared opportunity (its writers wait for that row only), three their own.
         let target = if holder < 2 {
             shared[holder].clone()
@@ -2685,8 +2521,39 @@ async fn fifty_writers_some_holding_their_transaction_and_three_consumers_miss_n
                 version,
                 ..target.clone()
             };
-            raw_event(&mut tx, &snapshot, version + 1).await;
-            tokio::time::sleep(Duration::from_millis(1_200)).await;
+            let event_id = raw_event(&mut tx, &snapshot, version + 1).await;
+            let (held, pid): (i64, i32) = sqlx::query_as(
+                "select id, pg_backend_pid() from opportunity_events where event_id = $1::uuid",
+            )
+            .bind(&event_id)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("the held event's id");
+            // Held until a writer waits for it (a shared opportunity), or until an event
+            // written after it has committed (its own: its id is taken, its position is not);
+            // or until every writer is done, when there is nothing left to overtake it.
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let (blocked, later): (i64, i64) = sqlx::query_as(
+                    "select (select count(*) from pg_stat_activity
+                             where $1 = any(pg_blocking_pids(pid))),
+                            (select count(*) from opportunity_events where id > $2)",
+                )
+                .bind(pid)
+                .bind(held)
+                .fetch_one(&db)
+                .await
+                .expect("what the held event holds up");
+                let overtaken = if holder < 2 { blocked > 0 } else { later > 0 };
+                if overtaken || writers_done.load(Ordering::SeqCst) == WRITERS {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "holder {holder}: nothing waited for or overtook the held event"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             tx.commit().await.expect("commit after holding");
         }
     });

@@ -55,6 +55,7 @@ use salesopp_proto::customer::v1 as cpb;
 use salesopp_proto::gateway::v1 as gpb;
 use salesopp_proto::opportunity::v1 as opb;
 use salesopp_proto::statusconfig::v1 as spb;
+use salesopp_tests::fixtures::{PRESENTED, SHIPPED_STATUSES};
 use salesopp_tests::{TestSuite, admin_token, authed, manager_token, rep_token, token};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -64,18 +65,6 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use uuid::Uuid;
-
-// The shipped statuses' fixed ids (R2).
-const SHIPPED: [&str; 7] = [
-    "00000000-0000-4000-8000-000000000001",
-    "00000000-0000-4000-8000-000000000002",
-    "00000000-0000-4000-8000-000000000003",
-    "00000000-0000-4000-8000-000000000004",
-    "00000000-0000-4000-8000-000000000005",
-    "00000000-0000-4000-8000-000000000006",
-    "00000000-0000-4000-8000-000000000007",
-];
-const PRESENTED: &str = SHIPPED[1];
 
 /// A well-formed id that no row has.
 const UNKNOWN: &str = "6f1c1a8e-0000-4000-8000-00000000dead";
@@ -477,7 +466,7 @@ async fn create_fixtures(suite: &TestSuite) -> Fixtures {
     ids.extend(customer_ids.iter().cloned());
     ids.extend(opportunity_ids.iter().cloned());
     ids.push(status.id.clone());
-    ids.extend(SHIPPED.iter().map(|s| (*s).to_owned()));
+    ids.extend(SHIPPED_STATUSES.iter().map(|s| (*s).to_owned()));
     ids.push(UNKNOWN.to_owned());
     let real = opportunity_ids[0].clone();
     ids.extend([
@@ -539,7 +528,7 @@ async fn create_fixtures(suite: &TestSuite) -> Fixtures {
             .iter()
             .map(|s| (*s).to_owned())
             .collect(),
-        statuses: SHIPPED
+        statuses: SHIPPED_STATUSES
             .iter()
             .map(|s| (*s).to_owned())
             .chain([status.id])

@@ -8,10 +8,14 @@
 //! salesperson pipeline's visibility, and passes every other answer through unchanged.
 //! Downstream failures use gateway-only servers pointed at a closed port; the forwarding of
 //! the caller's token, deadline and trace context uses a fake status-config service that
-//! records what it receives. No timing is asserted: waits poll for a state, with a generous
-//! limit that only guards against hangs.
+//! records what it receives; that the independent legs of each combined call are in flight
+//! together uses fake parts whose legs wait for each other at a barrier. No timing is
+//! asserted: waits are for a signal or poll for a state, with a generous limit that only
+//! guards against hangs. (The demo's story, whose board and detail go through the gateway,
+//! is checked in demo.rs.)
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,41 +26,35 @@ use salesopp_gateway::grpc::Endpoints;
 use salesopp_kit::Authenticator;
 use salesopp_proto::common::v1::{Date, Money};
 use salesopp_proto::customer::v1 as cpb;
-use salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient;
+use salesopp_proto::customer::v1::customer_service_server::{
+    CustomerService, CustomerServiceServer,
+};
 use salesopp_proto::gateway::v1 as gpb;
 use salesopp_proto::gateway::v1::gateway_service_client::GatewayServiceClient;
 use salesopp_proto::opportunity::v1 as opb;
-use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
+use salesopp_proto::opportunity::v1::opportunity_service_server::{
+    OpportunityService, OpportunityServiceServer,
+};
 use salesopp_proto::statusconfig::v1 as spb;
 use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
 use salesopp_proto::statusconfig::v1::status_config_service_server::{
     StatusConfigService, StatusConfigServiceServer,
 };
 use salesopp_tests::fixtures::{
-    CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, WON, money, rid,
+    CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, SHIPPED_STATUSES, WON,
+    change_request, money, rid,
 };
 use salesopp_tests::{
     SECRET, TestSuite, admin_token, authed, expect_code, expect_invalid, manager_token, rep_token,
     token,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{Barrier, oneshot};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt as _;
+use uuid::Uuid;
 
 type Gateway = GatewayServiceClient<Channel>;
-
-// The shipped statuses' fixed ids (R2), in pipeline order.
-
-const PIPELINE: [&str; 7] = [
-    INTERESTED,
-    PRESENTED,
-    SENT_EMAIL,
-    QUOTATION,
-    CONSIDERING,
-    WON,
-    LOST,
-];
 
 /// A well-formed UUID that no row has.
 const UNKNOWN: &str = "6f1c1a8e-0000-4000-8000-00000000dead";
@@ -150,41 +148,16 @@ fn anonymous<T>(message: T) -> Request<T> {
 // The world of one test: a suite, its four clients, and fixture helpers.
 // ---------------------------------------------------------------------------------------
 
-struct World {
-    suite: TestSuite,
-    gateway: Gateway,
-    opps: OpportunityServiceClient<Channel>,
-    customers: CustomerServiceClient<Channel>,
-    statuses: StatusConfigServiceClient<Channel>,
+salesopp_tests::world! {
+    /// The shared world, with this file's calls.
+    struct World {}
 }
 
 impl World {
     async fn new() -> World {
-        let suite = TestSuite::spawn().await;
         World {
-            gateway: suite.gateway().await,
-            opps: suite.opportunities().await,
-            customers: suite.customers().await,
-            statuses: suite.statuses().await,
-            suite,
+            world: salesopp_tests::World::new().await,
         }
-    }
-
-    async fn customer(&mut self, token: &str, name: &str) -> cpb::Customer {
-        self.customers
-            .create_customer(authed(
-                token,
-                cpb::CreateCustomerRequest {
-                    customer: Some(cpb::Customer {
-                        display_name: name.to_owned(),
-                        ..Default::default()
-                    }),
-                    request_id: rid(),
-                },
-            ))
-            .await
-            .expect("create customer")
-            .into_inner()
     }
 
     async fn rename_customer(&mut self, token: &str, id: &str, name: &str) {
@@ -247,33 +220,11 @@ impl World {
     }
 
     async fn change(&mut self, token: &str, id: &str, status_id: &str, note: &str) {
-        self.opps
-            .change_opportunity_status(authed(
-                token,
-                opb::ChangeOpportunityStatusRequest {
-                    opportunity_id: id.to_owned(),
-                    status_id: status_id.to_owned(),
-                    note: note.to_owned(),
-                    request_id: rid(),
-                    ..Default::default()
-                },
-            ))
+        let mut request = change_request(id, status_id);
+        request.note = note.to_owned();
+        self.try_change(token, request)
             .await
             .expect("change status");
-    }
-
-    async fn try_get(&mut self, token: &str, id: &str) -> Result<opb::Opportunity, Status> {
-        self.opps
-            .get_opportunity(authed(
-                token,
-                opb::GetOpportunityRequest { id: id.to_owned() },
-            ))
-            .await
-            .map(Response::into_inner)
-    }
-
-    async fn get(&mut self, token: &str, id: &str) -> opb::Opportunity {
-        self.try_get(token, id).await.expect("get opportunity")
     }
 
     async fn history_page(
@@ -551,7 +502,10 @@ async fn opportunity_with_history_has_every_part() {
         );
         let statuses = w.live_statuses(&caller).await;
         assert_eq!(detail.pipeline_statuses, statuses);
-        assert_eq!(status_ids(&detail.pipeline_statuses), PIPELINE.to_vec());
+        assert_eq!(
+            status_ids(&detail.pipeline_statuses),
+            SHIPPED_STATUSES.to_vec()
+        );
         let current = detail.current_status.expect("the current status");
         assert_eq!(current.id, CONSIDERING);
         assert_eq!(
@@ -768,7 +722,10 @@ async fn opportunity_with_history_shows_archived_customer_and_live_statuses() {
     let shown = detail.customer.expect("the customer");
     assert!(shown.archived, "the archived customer is shown, archived");
     assert_eq!(shown, w.get_customer(&rep, &customer.id).await);
-    assert_eq!(status_ids(&detail.pipeline_statuses), PIPELINE.to_vec());
+    assert_eq!(
+        status_ids(&detail.pipeline_statuses),
+        SHIPPED_STATUSES.to_vec()
+    );
     assert_eq!(detail.current_status.expect("current").display_name, "Won");
     let last = detail.status_history.last().expect("history");
     assert_eq!(
@@ -796,7 +753,7 @@ async fn customer_overview_has_customer_opportunities_statuses_and_totals() {
         Some(&w.get_customer(&rep, &book.c1.id).await)
     );
     assert_eq!(overview.statuses, w.live_statuses(&rep).await);
-    assert_eq!(status_ids(&overview.statuses), PIPELINE.to_vec());
+    assert_eq!(status_ids(&overview.statuses), SHIPPED_STATUSES.to_vec());
     // rep-a1 sees their three opportunities with C1, most recently updated first, exactly as
     // ListOpportunities gives them.
     let listed = w
@@ -854,7 +811,7 @@ async fn customer_overview_has_customer_opportunities_statuses_and_totals() {
             .iter()
             .map(|s| s.status_id.as_str())
             .collect::<Vec<_>>(),
-        PIPELINE.to_vec()
+        SHIPPED_STATUSES.to_vec()
     );
     assert_eq!(by_status[LOST], &vec![total("THB", 1, (50_000, 0), (0, 0))]);
     assert!(by_status[PRESENTED].is_empty(), "rep-a2's is not rep-a1's");
@@ -966,7 +923,7 @@ async fn customer_overview_pages_opportunities() {
                 total("USD", 1, (1_000, 0), (100, 0)),
             ]
         );
-        assert_eq!(status_ids(&page.statuses), PIPELINE.to_vec());
+        assert_eq!(status_ids(&page.statuses), SHIPPED_STATUSES.to_vec());
         seen.extend(page.opportunities);
         if page.next_page_token.is_empty() {
             break;
@@ -1010,7 +967,7 @@ async fn check_board(
             .iter()
             .map(|s| s.status.as_ref().expect("status").id.as_str())
             .collect::<Vec<_>>(),
-        PIPELINE.to_vec()
+        SHIPPED_STATUSES.to_vec()
     );
     let names: BTreeMap<&str, &str> = [
         (book.c1.id.as_str(), "บริษัท หนึ่ง จำกัด"),
@@ -1714,21 +1671,15 @@ impl GatewayOnly {
     }
 
     async fn client(&self) -> Gateway {
+        // The listener is bound before the server task runs: a connection waits in its
+        // backlog until the server takes it.
         let channel = Channel::from_shared(self.url.clone())
             .expect("url")
-            .connect_timeout(Duration::from_secs(5));
-        // The server task may not be listening yet: retry the connection briefly.
-        let started = tokio::time::Instant::now();
-        loop {
-            match channel.connect().await {
-                Ok(channel) => return GatewayServiceClient::new(channel),
-                Err(error) if started.elapsed() < PATIENCE => {
-                    let _ = error;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(error) => panic!("connect to the gateway: {error}"),
-            }
-        }
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect to the gateway");
+        GatewayServiceClient::new(channel)
     }
 }
 
@@ -1849,27 +1800,50 @@ async fn a_downstream_service_unavailable_is_named() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Deadline, token and trace context: a fake status-config service records what it gets
+// Fake parts: downstream services a gateway-only process calls, recording what each call
+// carries (token, deadline, trace context) and, for the concurrency tests, holding the legs
+// of one combined call at a barrier until all of them have arrived.
 // ---------------------------------------------------------------------------------------
 
 /// What one downstream call carried.
 #[derive(Debug, Clone, Default)]
 struct Seen {
+    method: &'static str,
     authorization: Option<String>,
     traceparent: Option<String>,
     tracestate: Option<String>,
     grpc_timeout: Option<String>,
 }
 
-/// A StatusConfigService whose ListStatuses records its metadata and either answers from
-/// the real suite (with the caller's token) or works "forever" (until it is cancelled).
-#[derive(Clone)]
-struct FakeStatusConfig {
-    real: String,
+/// The customer every fake opportunity belongs to.
+const FAKE_CUSTOMER: &str = "6f1c1a8e-0000-4000-8000-00000000c0de";
+
+/// Fake customer, opportunity and status-config services (one value serves all three).
+/// Each call records its metadata, then waits at its method's meeting, if any, and answers
+/// the smallest message the gateway composes from. ListStatuses answers from the real
+/// suite (with the caller's token) when `real` names one, or "forever" (until cancelled)
+/// while `slow` is set.
+#[derive(Clone, Default)]
+struct Parts {
+    real: Option<String>,
     slow: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<Seen>>>,
     /// Set when a slow call is dropped before it finished: its caller gave up.
     abandoned: Arc<AtomicBool>,
+    /// Each method's barrier: its calls answer once every leg of the meeting has arrived.
+    meetings: Arc<Mutex<HashMap<&'static str, Arc<Barrier>>>>,
+}
+
+/// The statuses the fake status-config service answers without a real suite: two stages.
+fn fake_statuses() -> Vec<spb::OpportunityStatus> {
+    [(INTERESTED, "Interested"), (WON, "Closed won")]
+        .into_iter()
+        .map(|(id, name)| spb::OpportunityStatus {
+            id: id.to_owned(),
+            display_name: name.to_owned(),
+            ..Default::default()
+        })
+        .collect()
 }
 
 struct SetOnDrop(Arc<AtomicBool>);
@@ -1888,26 +1862,119 @@ fn header(request: &Request<impl Sized>, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+impl Parts {
+    /// Parts whose ListStatuses is answered by `suite`.
+    fn forwarding_statuses_to(suite: &TestSuite) -> Parts {
+        Parts {
+            real: Some(suite.url()),
+            ..Default::default()
+        }
+    }
+
+    /// From now on, the calls of each group wait for each other: no call of a group answers
+    /// before all of them have arrived (a method named twice waits for two of its calls).
+    /// A gateway that made them one after another would wait at the first one forever.
+    fn meet(&self, groups: &[&[&'static str]]) {
+        let mut meetings = self.meetings.lock().expect("meetings");
+        meetings.clear();
+        for group in groups {
+            let barrier = Arc::new(Barrier::new(group.len()));
+            for method in *group {
+                meetings.insert(method, barrier.clone());
+            }
+        }
+    }
+
+    /// Records the call, then waits at its meeting, if it has one.
+    async fn arrive<T>(&self, method: &'static str, request: &Request<T>) -> Seen {
+        let seen = Seen {
+            method,
+            authorization: header(request, "authorization"),
+            traceparent: header(request, "traceparent"),
+            tracestate: header(request, "tracestate"),
+            grpc_timeout: header(request, "grpc-timeout"),
+        };
+        self.seen.lock().expect("seen").push(seen.clone());
+        let meeting = self.meetings.lock().expect("meetings").get(method).cloned();
+        if let Some(barrier) = meeting {
+            barrier.wait().await;
+        }
+        seen
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen").clone()
+    }
+
+    /// The methods called so far, in the order they arrived.
+    fn methods(&self) -> Vec<&'static str> {
+        self.seen().iter().map(|seen| seen.method).collect()
+    }
+
+    /// Serves `routes` (some of these parts) on a port of their own until the returned
+    /// sender is dropped, and says where.
+    async fn serve(routes: tonic::service::Routes) -> (String, oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = stopped.await;
+                    },
+                )
+                .await;
+        });
+        (url, stop)
+    }
+}
+
+/// The calls of a part that no combined call makes: each answers UNIMPLEMENTED. Written as
+/// `#[tonic::async_trait]` writes an `async fn` of the trait, since it does not rewrite what a
+/// macro in its impl expands to.
+macro_rules! not_a_leg {
+    ($($method:ident($request:ty) -> $response:ty;)*) => {$(
+        fn $method<'life0, 'async_trait>(
+            &'life0 self,
+            _: Request<$request>,
+        ) -> Pin<
+            Box<dyn Future<Output = Result<Response<$response>, Status>> + Send + 'async_trait>,
+        >
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async { Err(Status::unimplemented("not a part of any combined call")) })
+        }
+    )*};
+}
+
 #[tonic::async_trait]
-impl StatusConfigService for FakeStatusConfig {
+impl StatusConfigService for Parts {
     async fn list_statuses(
         &self,
         request: Request<spb::ListStatusesRequest>,
     ) -> Result<Response<spb::ListStatusesResponse>, Status> {
-        let seen = Seen {
-            authorization: header(&request, "authorization"),
-            traceparent: header(&request, "traceparent"),
-            tracestate: header(&request, "tracestate"),
-            grpc_timeout: header(&request, "grpc-timeout"),
-        };
-        self.seen.lock().expect("seen").push(seen.clone());
+        let seen = self.arrive("ListStatuses", &request).await;
         if self.slow.load(Ordering::SeqCst) {
             let guard = SetOnDrop(self.abandoned.clone());
+            // The slow part under test: it works until its caller gives up.
             tokio::time::sleep(Duration::from_secs(120)).await;
             std::mem::forget(guard);
             return Err(Status::internal("the slow fake finished its work"));
         }
-        let mut real = StatusConfigServiceClient::connect(self.real.clone())
+        let Some(real) = &self.real else {
+            return Ok(Response::new(spb::ListStatusesResponse {
+                statuses: fake_statuses(),
+                ..Default::default()
+            }));
+        };
+        let mut real = StatusConfigServiceClient::connect(real.clone())
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut forwarded = Request::new(request.into_inner());
@@ -1919,97 +1986,203 @@ impl StatusConfigService for FakeStatusConfig {
         real.list_statuses(forwarded).await
     }
 
-    async fn get_status(
-        &self,
-        _: Request<spb::GetStatusRequest>,
-    ) -> Result<Response<spb::OpportunityStatus>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn create_status(
-        &self,
-        _: Request<spb::CreateStatusRequest>,
-    ) -> Result<Response<spb::OpportunityStatus>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn update_status(
-        &self,
-        _: Request<spb::UpdateStatusRequest>,
-    ) -> Result<Response<spb::OpportunityStatus>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn delete_status(
-        &self,
-        _: Request<spb::DeleteStatusRequest>,
-    ) -> Result<Response<spb::DeleteStatusResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn set_default_status(
-        &self,
-        _: Request<spb::SetDefaultStatusRequest>,
-    ) -> Result<Response<spb::OpportunityStatus>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn reorder_statuses(
-        &self,
-        _: Request<spb::ReorderStatusesRequest>,
-    ) -> Result<Response<spb::ReorderStatusesResponse>, Status> {
-        Err(Status::unimplemented("fake"))
+    not_a_leg! {
+        get_status(spb::GetStatusRequest) -> spb::OpportunityStatus;
+        create_status(spb::CreateStatusRequest) -> spb::OpportunityStatus;
+        update_status(spb::UpdateStatusRequest) -> spb::OpportunityStatus;
+        delete_status(spb::DeleteStatusRequest) -> spb::DeleteStatusResponse;
+        set_default_status(spb::SetDefaultStatusRequest) -> spb::OpportunityStatus;
+        reorder_statuses(spb::ReorderStatusesRequest) -> spb::ReorderStatusesResponse;
     }
 }
 
-/// The fake served on its own port, and a gateway-only process using it for statuses and
-/// the suite for the rest.
-struct WithFake {
-    fake: FakeStatusConfig,
+/// A fake opportunity in `status_id` of [`FAKE_CUSTOMER`].
+fn fake_opportunity(id: &str, status_id: &str) -> opb::Opportunity {
+    opb::Opportunity {
+        id: id.to_owned(),
+        customer_id: FAKE_CUSTOMER.to_owned(),
+        status_id: status_id.to_owned(),
+        title: format!("Fake in {status_id}"),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl OpportunityService for Parts {
+    type WatchOpportunityEventsStream =
+        tokio_stream::Empty<Result<opb::WatchOpportunityEventsResponse, Status>>;
+
+    async fn get_opportunity(
+        &self,
+        request: Request<opb::GetOpportunityRequest>,
+    ) -> Result<Response<opb::Opportunity>, Status> {
+        self.arrive("GetOpportunity", &request).await;
+        Ok(Response::new(fake_opportunity(
+            &request.get_ref().id,
+            INTERESTED,
+        )))
+    }
+
+    async fn list_status_history(
+        &self,
+        request: Request<opb::ListStatusHistoryRequest>,
+    ) -> Result<Response<opb::ListStatusHistoryResponse>, Status> {
+        self.arrive("ListStatusHistory", &request).await;
+        Ok(Response::new(opb::ListStatusHistoryResponse {
+            status_changes: vec![opb::StatusChange {
+                opportunity_id: request.get_ref().opportunity_id.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+    }
+
+    async fn list_opportunities(
+        &self,
+        request: Request<opb::ListOpportunitiesRequest>,
+    ) -> Result<Response<opb::ListOpportunitiesResponse>, Status> {
+        self.arrive("ListOpportunities", &request).await;
+        let status_id = request.get_ref().status_ids.first().cloned();
+        Ok(Response::new(opb::ListOpportunitiesResponse {
+            opportunities: vec![fake_opportunity(
+                &Uuid::new_v4().to_string(),
+                &status_id.unwrap_or_default(),
+            )],
+            ..Default::default()
+        }))
+    }
+
+    async fn get_pipeline_summary(
+        &self,
+        request: Request<opb::GetPipelineSummaryRequest>,
+    ) -> Result<Response<opb::GetPipelineSummaryResponse>, Status> {
+        self.arrive("GetPipelineSummary", &request).await;
+        Ok(Response::new(opb::GetPipelineSummaryResponse::default()))
+    }
+
+    async fn list_salespeople(
+        &self,
+        request: Request<opb::ListSalespeopleRequest>,
+    ) -> Result<Response<opb::ListSalespeopleResponse>, Status> {
+        self.arrive("ListSalespeople", &request).await;
+        Ok(Response::new(opb::ListSalespeopleResponse {
+            salespeople: request
+                .get_ref()
+                .ids
+                .iter()
+                .map(|id| opb::Salesperson {
+                    id: id.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }))
+    }
+
+    not_a_leg! {
+        create_opportunity(opb::CreateOpportunityRequest) -> opb::Opportunity;
+        update_opportunity(opb::UpdateOpportunityRequest) -> opb::Opportunity;
+        change_opportunity_status(opb::ChangeOpportunityStatusRequest)
+            -> opb::ChangeOpportunityStatusResponse;
+        watch_opportunity_events(opb::WatchOpportunityEventsRequest)
+            -> Self::WatchOpportunityEventsStream;
+    }
+}
+
+/// A fake customer with the id asked for.
+fn fake_customer(id: &str) -> cpb::Customer {
+    cpb::Customer {
+        id: id.to_owned(),
+        display_name: format!("Customer {id}"),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl CustomerService for Parts {
+    async fn get_customer(
+        &self,
+        request: Request<cpb::GetCustomerRequest>,
+    ) -> Result<Response<cpb::Customer>, Status> {
+        self.arrive("GetCustomer", &request).await;
+        Ok(Response::new(fake_customer(&request.get_ref().id)))
+    }
+
+    async fn list_customers(
+        &self,
+        request: Request<cpb::ListCustomersRequest>,
+    ) -> Result<Response<cpb::ListCustomersResponse>, Status> {
+        self.arrive("ListCustomers", &request).await;
+        Ok(Response::new(cpb::ListCustomersResponse {
+            customers: request
+                .get_ref()
+                .ids
+                .iter()
+                .map(|id| fake_customer(id))
+                .collect(),
+            ..Default::default()
+        }))
+    }
+
+    not_a_leg! {
+        create_customer(cpb::CreateCustomerRequest) -> cpb::Customer;
+        update_customer(cpb::UpdateCustomerRequest) -> cpb::Customer;
+        delete_customer(cpb::DeleteCustomerRequest) -> cpb::Customer;
+    }
+}
+
+/// Fake parts and a gateway-only process that uses them.
+struct WithParts {
+    parts: Parts,
     gateway: GatewayOnly,
-    _stop_fake: oneshot::Sender<()>,
+    _stop_parts: oneshot::Sender<()>,
 }
 
-impl WithFake {
-    async fn start(suite: &TestSuite) -> WithFake {
-        let fake = FakeStatusConfig {
-            real: suite.url(),
-            slow: Arc::new(AtomicBool::new(false)),
-            seen: Arc::new(Mutex::new(Vec::new())),
-            abandoned: Arc::new(AtomicBool::new(false)),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind port 0");
-        let fake_url = format!("http://{}", listener.local_addr().expect("addr"));
-        let (stop_fake, stopped) = oneshot::channel::<()>();
-        let service = StatusConfigServiceServer::new(fake.clone());
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async move {
-                        let _ = stopped.await;
-                    },
-                )
-                .await;
-        });
+impl WithParts {
+    /// The fake status-config service (answered from `suite`) and the suite for the rest.
+    async fn statuses_only(suite: &TestSuite) -> WithParts {
+        let parts = Parts::forwarding_statuses_to(suite);
+        let (url, stop) = Parts::serve(tonic::service::Routes::new(
+            StatusConfigServiceServer::new(parts.clone()),
+        ))
+        .await;
         let gateway = GatewayOnly::start(Endpoints {
             customer: suite.url(),
             opportunity: suite.url(),
-            status_config: fake_url,
+            status_config: url,
         })
         .await;
-        WithFake {
-            fake,
+        WithParts {
+            parts,
             gateway,
-            _stop_fake: stop_fake,
+            _stop_parts: stop,
+        }
+    }
+
+    /// Every part fake: no suite, no database.
+    async fn all() -> WithParts {
+        let parts = Parts::default();
+        let (url, stop) = Parts::serve(
+            tonic::service::Routes::new(StatusConfigServiceServer::new(parts.clone()))
+                .add_service(CustomerServiceServer::new(parts.clone()))
+                .add_service(OpportunityServiceServer::new(parts.clone())),
+        )
+        .await;
+        let gateway = GatewayOnly::start(Endpoints {
+            customer: url.clone(),
+            opportunity: url.clone(),
+            status_config: url,
+        })
+        .await;
+        WithParts {
+            parts,
+            gateway,
+            _stop_parts: stop,
         }
     }
 
     fn seen(&self) -> Vec<Seen> {
-        self.fake.seen.lock().expect("seen").clone()
+        self.parts.seen()
     }
 }
 
@@ -2035,8 +2208,8 @@ const TRACESTATE: &str = "salesopp=t61rcWkgMzE";
 async fn the_callers_token_deadline_and_trace_context_go_downstream() {
     let mut w = World::new().await;
     let book = Book::seed(&mut w).await;
-    let with_fake = WithFake::start(&w.suite).await;
-    let mut client = with_fake.gateway.client().await;
+    let with_parts = WithParts::statuses_only(&w.suite).await;
+    let mut client = with_parts.gateway.client().await;
     let rep = rep_token();
 
     // With a deadline and a trace context.
@@ -2054,9 +2227,12 @@ async fn the_callers_token_deadline_and_trace_context_go_downstream() {
         .await
         .expect("detail through the fake")
         .into_inner();
-    assert_eq!(status_ids(&detail.pipeline_statuses), PIPELINE.to_vec());
+    assert_eq!(
+        status_ids(&detail.pipeline_statuses),
+        SHIPPED_STATUSES.to_vec()
+    );
     assert_eq!(detail.opportunity.expect("o").id, book.o1.id);
-    let seen = with_fake.seen();
+    let seen = with_parts.seen();
     assert_eq!(seen.len(), 1, "one ListStatuses call: {seen:?}");
     let seen = &seen[0];
     assert_eq!(
@@ -2079,7 +2255,7 @@ async fn the_callers_token_deadline_and_trace_context_go_downstream() {
         .expect("board through the fake")
         .into_inner();
     assert_eq!(board, w.board_of(&rep, "", 0).await);
-    let seen = with_fake.seen();
+    let seen = with_parts.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[1].grpc_timeout, None);
     assert_eq!(seen[1].traceparent, None);
@@ -2108,9 +2284,9 @@ fn is_client_deadline(status: &Status) -> bool {
 async fn a_deadline_shorter_than_a_slow_part_ends_the_call_and_the_part() {
     let mut w = World::new().await;
     let book = Book::seed(&mut w).await;
-    let with_fake = WithFake::start(&w.suite).await;
-    with_fake.fake.slow.store(true, Ordering::SeqCst);
-    let mut client = with_fake.gateway.client().await;
+    let with_parts = WithParts::statuses_only(&w.suite).await;
+    with_parts.parts.slow.store(true, Ordering::SeqCst);
+    let mut client = with_parts.gateway.client().await;
 
     let mut request = authed(
         &rep_token(),
@@ -2130,7 +2306,7 @@ async fn a_deadline_shorter_than_a_slow_part_ends_the_call_and_the_part() {
         "a deadline error: {status:?}"
     );
     // The part got the caller's remaining time, not more.
-    let seen = with_fake.seen();
+    let seen = with_parts.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     let forwarded = grpc_timeout(
         seen[0]
@@ -2144,7 +2320,7 @@ async fn a_deadline_shorter_than_a_slow_part_ends_the_call_and_the_part() {
     );
     // And the part's work is abandoned once the deadline passes, not left running.
     let started = tokio::time::Instant::now();
-    while !with_fake.fake.abandoned.load(Ordering::SeqCst) {
+    while !with_parts.parts.abandoned.load(Ordering::SeqCst) {
         assert!(
             started.elapsed() < PATIENCE,
             "the slow part was never cancelled"
@@ -2179,6 +2355,10 @@ async fn server_answer<T: std::fmt::Debug>(
             "the call never reached the server"
         );
     }
+    // The one wait by time: nothing signals that the server's answer has reached the
+    // client's connection, and polling the call to find out would let the client's own
+    // deadline timer answer instead. A try whose answer still came from that timer is
+    // inconclusive, never a pass (the callers check `from_the_wire`).
     tokio::time::sleep(wait).await;
     call.await.expect_err("a failure")
 }
@@ -2190,9 +2370,9 @@ async fn the_gateway_answers_deadline_exceeded_when_the_deadline_passes() {
     let rep = rep_token();
 
     // A part slower than the caller's deadline (the fake status-config service).
-    let with_fake = WithFake::start(&w.suite).await;
-    with_fake.fake.slow.store(true, Ordering::SeqCst);
-    let mut client = with_fake.gateway.client().await;
+    let with_parts = WithParts::statuses_only(&w.suite).await;
+    with_parts.parts.slow.store(true, Ordering::SeqCst);
+    let mut client = with_parts.gateway.client().await;
     // The server's answer must be in before the client looks (see `server_answer`); on a
     // loaded machine it may come later than the first wait, so a try whose answer came from
     // the client's own timer is inconclusive and made again with a longer wait.
@@ -2206,10 +2386,10 @@ async fn the_gateway_answers_deadline_exceeded_when_the_deadline_passes() {
             },
         );
         request.set_timeout(Duration::from_secs(1));
-        let seen_before = with_fake.seen().len();
+        let seen_before = with_parts.seen().len();
         let answer = server_answer(
             client.get_opportunity_with_history(request),
-            || with_fake.seen().len() > seen_before,
+            || with_parts.seen().len() > seen_before,
             wait,
         )
         .await;
@@ -2332,67 +2512,147 @@ async fn a_deadline_shorter_than_the_work_fails_the_call() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The demo's story, end to end through the gateway
+// Concurrency: the independent legs of a combined call are in flight together. Every part
+// is fake, and the legs of one round wait for each other at a barrier (`Parts::meet`): a
+// gateway calling them one after another would wait at the first forever and fail by the
+// deadline. Nothing is timed.
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn the_demo_runs_end_to_end_through_the_gateway() {
-    let suite = TestSuite::spawn().await;
-    let text = salesopp::demo::run(&suite.url(), SECRET)
-        .await
-        .expect("the demo runs");
-    println!("{text}");
-    assert!(text.contains("บริษัท สยามพาณิชย์ จำกัด"), "{text}");
-    assert!(text.contains("ปิดการขายสำเร็จ"), "{text}");
-    for thai in [
-        "สนใจ",
-        "นำเสนอ",
-        "ส่ง Email",
-        "เสนอราคา",
-        "พิจารณา และเปรียบเทียบ",
-        "ปิดการขายไม่สำเร็จ",
-    ] {
-        assert!(text.contains(thai), "{thai} in {text}");
+/// An opportunity id for the fake parts (they answer any).
+const FAKE_OPPORTUNITY: &str = "6f1c1a8e-0000-4000-8000-0000000000fa";
+
+/// `message` with the rep's token and a deadline no healthy call comes near: only legs that
+/// never meet reach it.
+fn patient<T>(message: T) -> Request<T> {
+    let mut request = authed(&rep_token(), message);
+    request.set_timeout(PATIENCE);
+    request
+}
+
+/// The answer of a combined call whose legs had to meet.
+#[track_caller]
+fn met<T>(result: Result<Response<T>, Status>, call: &str) -> T {
+    result
+        .unwrap_or_else(|status| {
+            panic!("{call}: its legs never met (called one after another?): {status:?}")
+        })
+        .into_inner()
+}
+
+fn sorted(methods: &[&'static str]) -> Vec<&'static str> {
+    let mut methods = methods.to_vec();
+    methods.sort_unstable();
+    methods
+}
+
+/// Every leg carried the caller's token (the fakes check nothing; the gateway forwards).
+#[track_caller]
+fn assert_every_leg_carried_the_rep(seen: &[Seen]) {
+    let bearer = format!("Bearer {}", rep_token());
+    for leg in seen {
+        assert_eq!(
+            leg.authorization.as_deref(),
+            Some(bearer.as_str()),
+            "{leg:?}"
+        );
     }
-    // Step 4: the manager's view of the salesperson's pipeline, through the gateway.
-    let (before, detail) = text
-        .split_once("5. The opportunity with its status history")
-        .expect("step 5");
-    let (_, board) = before.split_once("4. ").expect("step 4");
-    assert!(
-        board.contains("* บริษัท สยามพาณิชย์ จำกัด / ระบบ ERP สำหรับคลังสินค้า"),
-        "the won opportunity with its customer's name on the board: {board}"
-    );
-    let won_line = board
-        .lines()
-        .find(|line| line.contains("ปิดการขายสำเร็จ"))
-        .expect("the Closed won stage");
-    assert!(
-        won_line.contains("THB 1,250,000 x1 (weighted THB 1,250,000)"),
-        "{won_line}"
+}
+
+#[tokio::test]
+async fn the_detail_asks_for_the_opportunity_its_history_and_the_statuses_at_once() {
+    let with_parts = WithParts::all().await;
+    let first_round = ["GetOpportunity", "ListStatusHistory", "ListStatuses"];
+    with_parts.parts.meet(&[&first_round]);
+    let mut client = with_parts.gateway.client().await;
+
+    let detail = met(
+        client
+            .get_opportunity_with_history(patient(gpb::GetOpportunityWithHistoryRequest {
+                opportunity_id: FAKE_OPPORTUNITY.to_owned(),
+                history_page_size: 0,
+            }))
+            .await,
+        "GetOpportunityWithHistory",
     );
     assert_eq!(
-        board.lines().filter(|line| line.contains("* ")).count(),
-        1,
-        "{board}"
+        detail.opportunity.expect("the opportunity").id,
+        FAKE_OPPORTUNITY
     );
-    // Step 5: the detail through the gateway, with five history lines, oldest first.
-    assert!(detail.contains("closed: yes"), "{detail}");
-    assert!(detail.contains("[Closed won]"), "{detail}");
-    let history: Vec<&str> = detail
-        .lines()
-        .filter(|line| line.contains(" -> ") && line.contains(" by "))
-        .collect();
-    assert_eq!(history.len(), 5, "{detail}");
-    assert!(history[0].trim_start().starts_with("(created)"), "{detail}");
-    for (line, to) in history.iter().zip([
-        "Interested 10%",
-        "Sent email 30%",
-        "Quotation 50%",
-        "Considering and comparing 70%",
-        "Closed won 100%",
-    ]) {
-        assert!(line.contains(to), "{to} in {line}");
-        assert!(line.contains("Somchai Jaidee"), "{line}");
+    assert_eq!(detail.customer.expect("the customer").id, FAKE_CUSTOMER);
+    assert_eq!(detail.status_history.len(), 1);
+    assert_eq!(status_ids(&detail.pipeline_statuses), [INTERESTED, WON]);
+    assert_eq!(detail.current_status.expect("its status").id, INTERESTED);
+    // The customer follows the first round: it needs the opportunity's customer_id.
+    let methods = with_parts.parts.methods();
+    assert_eq!(methods.len(), 4, "{methods:?}");
+    assert_eq!(sorted(&methods[..3]), sorted(&first_round));
+    assert_eq!(methods[3], "GetCustomer");
+    assert_every_leg_carried_the_rep(&with_parts.seen());
+}
+
+#[tokio::test]
+async fn the_overview_asks_for_its_four_parts_at_once() {
+    let with_parts = WithParts::all().await;
+    let legs = [
+        "GetCustomer",
+        "ListOpportunities",
+        "ListStatuses",
+        "GetPipelineSummary",
+    ];
+    with_parts.parts.meet(&[&legs]);
+    let mut client = with_parts.gateway.client().await;
+
+    let overview = met(
+        client
+            .get_customer_overview(patient(gpb::GetCustomerOverviewRequest {
+                customer_id: FAKE_CUSTOMER.to_owned(),
+                ..Default::default()
+            }))
+            .await,
+        "GetCustomerOverview",
+    );
+    assert_eq!(overview.customer.expect("the customer").id, FAKE_CUSTOMER);
+    assert_eq!(overview.opportunities.len(), 1);
+    assert_eq!(status_ids(&overview.statuses), [INTERESTED, WON]);
+    assert_eq!(sorted(&with_parts.parts.methods()), sorted(&legs));
+    assert_every_leg_carried_the_rep(&with_parts.seen());
+}
+
+#[tokio::test]
+async fn the_board_asks_for_its_parts_at_once_then_for_every_stage_at_once() {
+    let with_parts = WithParts::all().await;
+    let first_round = ["ListSalespeople", "GetPipelineSummary", "ListStatuses"];
+    // The fake status-config service answers two statuses: two stages, a page each.
+    let stages = ["ListOpportunities", "ListOpportunities"];
+    with_parts.parts.meet(&[&first_round, &stages]);
+    let mut client = with_parts.gateway.client().await;
+
+    let board = met(
+        client
+            .get_salesperson_pipeline(patient(gpb::GetSalespersonPipelineRequest::default()))
+            .await,
+        "GetSalespersonPipeline",
+    );
+    assert_eq!(board.salesperson.expect("the salesperson").id, REP_A1);
+    assert_eq!(board.stages.len(), 2);
+    for (stage, status) in board.stages.iter().zip([INTERESTED, WON]) {
+        assert_eq!(
+            stage.status.as_ref().expect("the stage's status").id,
+            status
+        );
+        assert_eq!(stage.opportunities.len(), 1, "{stage:?}");
+        let entry = &stage.opportunities[0];
+        assert_eq!(entry.opportunity.as_ref().expect("o").status_id, status);
+        assert_eq!(
+            entry.customer_display_name,
+            fake_customer(FAKE_CUSTOMER).display_name
+        );
     }
+    // Then the names of the customers on the board, in one batch.
+    let methods = with_parts.parts.methods();
+    assert_eq!(methods.len(), 6, "{methods:?}");
+    assert_eq!(sorted(&methods[..3]), sorted(&first_round));
+    assert_eq!(methods[3..5], stages);
+    assert_eq!(methods[5], "ListCustomers");
+    assert_every_leg_carried_the_rep(&with_parts.seen());
 }

@@ -21,22 +21,12 @@ use salesopp_proto::opportunity::v1 as opb;
 use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use salesopp_proto::statusconfig::v1 as spb;
 use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
+use salesopp_tests::fixtures::SHIPPED_STATUSES;
 use salesopp_tests::{TestSuite, authed, rep_token};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 const REP: &str = "rep-a1";
-
-// The shipped statuses' fixed ids (R2), in pipeline order.
-const STATUSES: [&str; 7] = [
-    "00000000-0000-4000-8000-000000000001",
-    "00000000-0000-4000-8000-000000000002",
-    "00000000-0000-4000-8000-000000000003",
-    "00000000-0000-4000-8000-000000000004",
-    "00000000-0000-4000-8000-000000000005",
-    "00000000-0000-4000-8000-000000000006",
-    "00000000-0000-4000-8000-000000000007",
-];
 
 const CUSTOMER: &str = "/salesopp.customer.v1.CustomerService/";
 const OPPORTUNITY: &str = "/salesopp.opportunity.v1.OpportunityService/";
@@ -309,7 +299,7 @@ async fn combined_calls_make_a_fixed_number_of_downstream_calls() {
         .statuses;
     assert_eq!(
         statuses.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-        STATUSES.to_vec()
+        SHIPPED_STATUSES.to_vec()
     );
     let status_count = statuses.len() as u64;
 
@@ -319,8 +309,8 @@ async fn combined_calls_make_a_fixed_number_of_downstream_calls() {
     for n in 0..3 {
         let customer = c.customer(&rep, &format!("ลูกค้า {n}")).await;
         let id = c.opportunity(&rep, &customer, n).await;
-        c.change(&rep, &id, STATUSES[1]).await;
-        c.change(&rep, &id, STATUSES[(n % 5) + 2]).await;
+        c.change(&rep, &id, SHIPPED_STATUSES[1]).await;
+        c.change(&rep, &id, SHIPPED_STATUSES[(n % 5) + 2]).await;
         customers.push(customer);
         opportunities.push(id);
     }
@@ -353,15 +343,16 @@ async fn combined_calls_make_a_fixed_number_of_downstream_calls() {
             customers[3 + (n % 20)].clone()
         };
         let id = c.opportunity(&rep, &customer, n + 3).await;
-        let target = STATUSES[n % STATUSES.len()];
-        if target != STATUSES[0] {
+        let target = SHIPPED_STATUSES[n % SHIPPED_STATUSES.len()];
+        if target != SHIPPED_STATUSES[0] {
             c.change(&rep, &id, target).await;
         }
         opportunities.push(id);
     }
     for n in 0..20 {
         // Round the first five statuses, never to the status it is already in.
-        c.change(&rep, &first_opportunity, STATUSES[n % 5]).await;
+        c.change(&rep, &first_opportunity, SHIPPED_STATUSES[n % 5])
+            .await;
     }
     assert_eq!(c.history_len(&rep, &first_opportunity).await, 23);
     let large = round(

@@ -70,7 +70,8 @@ select 'admin-1', 'Admin One', '', array['sales_admin']
 
 /// `$1` customers, ids `md5('customer-' || i)`: half Thai company names, half Latin; "สยาม"
 /// is in 1 Thai name of 37 (about 1.35% of all), "Acme" in 1 Latin name of 41 (about 1.2%).
-const SEED_CUSTOMERS: &str = r#"
+const SEED_CUSTOMERS: &str = concat!(
+    r#"
 insert into customers (id, code, display_name, email, phone, contact_name, owner_id,
                        created_by, updated_by, create_time, update_time)
 select md5('customer-' || i)::uuid,
@@ -97,14 +98,9 @@ select md5('customer-' || i)::uuid,
                          'Plastics','Systems','Solutions','Partners'])[1 + (i / 82) % 16]
         || ' Co., Ltd.'
     end,
-    case when i % 4 <> 0 then 'sales' || i || '@example' || (i % 50) || '.co.th' end,
-    case when i % 3 <> 0 then '+66' || (800000000 + (i::bigint * 7919) % 100000000) end,
-    case when i % 2 = 0
-        then 'คุณ' || (array['สมชาย','สมศรี','วิชัย','มาลี','ประยุทธ','สุดา','อำนาจ','นภา',
-                            'ธนา','กานดา'])[1 + i % 10]
-        else (array['Mr. John','Ms. Mary','Mr. Peter','Ms. Linda','Mr. David','Ms. Susan',
-                    'Mr. Tom','Ms. Anna','Mr. Chris','Ms. Kate'])[1 + i % 10]
-    end,
+"#,
+    salesopp_tests::seeded_customer_contacts!(),
+    r#"
     owner.id, owner.id, owner.id,
     now() - interval '800 days' + make_interval(secs => i),
     now() - make_interval(secs => (i::bigint * 7907) % 8000000)
@@ -112,7 +108,8 @@ from generate_series(1, $1::bigint) as i
 cross join lateral (
     select 'sp-' || lpad((1 + (hashint8(i * 8 + 1)::bigint + 2147483648) % 200)::text, 3, '0') as id
 ) as owner
-"#;
+"#
+);
 
 /// `$1` opportunities, ids `md5('opportunity-' || i)`, each attribute drawn from its own hash
 /// of `i` so none correlates with another: owners uniform over the 200 salespeople, customers

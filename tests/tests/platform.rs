@@ -1028,12 +1028,14 @@ async fn schema_check_waits_for_an_unreachable_database() {
         .expect_err("the database is unreachable");
     assert!(error.to_string().contains("not reachable"), "{error}");
 
-    // Retried until the database comes back.
+    // Retried until the database comes back: it tries again and again while the relay is
+    // cut (each try a refused connection), and has not given up.
+    let refused = relay.refused();
     let waiting = tokio::spawn({
         let pool = pool.clone();
         async move { salesopp::wait_for_schema(&pool, Duration::from_secs(60)).await }
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    relay.until_refused(refused + 3).await;
     assert!(
         !waiting.is_finished(),
         "wait_for_schema gave up while the database was unreachable"

@@ -19,6 +19,7 @@ use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServ
 use salesopp_relay::{LeaseConfig, Relay, RelayConfig};
 use salesopp_tests::nats::{NatsServer, stored_messages};
 use salesopp_tests::relay_process::RelayCommand;
+use salesopp_tests::wait::placed_head;
 use salesopp_tests::{TestSuite, authed, rep_token};
 use sqlx::PgPool;
 use tonic::transport::Channel;
@@ -212,6 +213,8 @@ async fn count(nats: &NatsServer, stream: &str) -> usize {
 
 /// A relay running in this process until stopped.
 struct Running {
+    /// The relay's NATS client, to see what the relay sees of NATS.
+    client: async_nats::Client,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -220,7 +223,7 @@ async fn start_relay(db: &PgPool, nats_url: &str, config: RelayConfig) -> (Relay
     let client = salesopp_relay::connect(nats_url)
         .await
         .expect("a NATS client (it connects in the background)");
-    let relay = Relay::new(db.clone(), client, config);
+    let relay = Relay::new(db.clone(), client.clone(), config);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn({
         let relay = relay.clone();
@@ -232,7 +235,7 @@ async fn start_relay(db: &PgPool, nats_url: &str, config: RelayConfig) -> (Relay
                 .await
         }
     });
-    (relay, Running { stop, task })
+    (relay, Running { client, stop, task })
 }
 
 impl Running {
@@ -353,15 +356,25 @@ async fn relay_survives_nats_stopped_mid_stream_every_event_once_in_order() {
     let config = config("nats-restart");
     // A backlog, so NATS stops while the relay is publishing it.
     write_events(&suite, 3, 60).await;
-    let (_relay, running) = start_relay(&suite.db, &nats.url(), config.clone()).await;
+    let (relay, running) = start_relay(&suite.db, &nats.url(), config.clone()).await;
     wait_until("the relay publishes", || async {
         count(&nats, &config.stream).await >= 5
     })
     .await;
     nats.stop().await;
-    // Events written while NATS is down, the relay retrying meanwhile.
+    // Events written while NATS is down: once the relay's client has seen NATS go and the
+    // events are placed, the relay has them to publish and cannot, so it retries meanwhile.
     write_events(&suite, 2, 15).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until("the relay's client sees NATS down", || async {
+        running.client.connection_state() == async_nats::connection::State::Disconnected
+    })
+    .await;
+    let head = placed_head(&suite.db).await;
+    let offset = relay.offset().await.expect("the relay's offset");
+    assert!(
+        offset < head,
+        "the relay is behind while NATS is down: {offset} < {head}"
+    );
     nats.start().await;
     write_events(&suite, 1, 10).await;
     assert_every_event_once_in_order(&nats, &config.stream, &suite.db).await;

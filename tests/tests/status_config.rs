@@ -13,9 +13,10 @@ use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfig
 use salesopp_tests::fixtures::{
     CONSIDERING, INTERESTED, LOST, PRESENTED, QUOTATION, SENT_EMAIL, WON, mask,
 };
+use salesopp_tests::wait::until_a_lock_wait;
 use salesopp_tests::{
-    TestSuite, admin_token, authed, expect_code, expect_invalid, field_violations, manager_token,
-    rep_token, token,
+    TestSuite, admin_token, authed, expect_code, expect_invalid, expect_invalid_fields,
+    field_violations, manager_token, rep_token, token,
 };
 use sqlx::PgPool;
 use tonic::Code;
@@ -469,7 +470,7 @@ async fn r02_create_status_validates_display_name_probability_and_request() {
         "status",
     );
     // Every problem is reported at once.
-    let failed = expect_invalid(
+    expect_invalid_fields(
         api.create_status(admin(pb::CreateStatusRequest {
             status: Some(pb::OpportunityStatus {
                 display_name: " ".into(),
@@ -480,17 +481,13 @@ async fn r02_create_status_validates_display_name_probability_and_request() {
             request_id: "r".repeat(101),
         }))
         .await,
-        "status.display_name",
+        &[
+            "request_id",
+            "status.display_name",
+            "status.probability",
+            "status.position",
+        ],
     );
-    let fields: BTreeSet<String> = field_violations(&failed).into_iter().map(|v| v.0).collect();
-    for field in [
-        "request_id",
-        "status.display_name",
-        "status.probability",
-        "status.position",
-    ] {
-        assert!(fields.contains(field), "{field} missing from {fields:?}");
-    }
     // request_id bounds.
     let mut request = create_request(draft("Negotiation", "เจรจา", 60));
     request.request_id = "r".repeat(101);
@@ -2525,19 +2522,12 @@ async fn r06_delete_status_counts_opportunities_moved_in_concurrently() {
     });
     // Let the delete run as far as it goes while the move is in flight: until it finishes or
     // waits for a lock (polled; no timing is asserted).
-    for _ in 0..200 {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity
-             where datname = current_database() and wait_event_type = 'Lock'",
-        )
-        .fetch_one(&suite.db)
-        .await
-        .expect("pg_stat_activity");
-        if waiting > 0 || deleting.is_finished() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    until_a_lock_wait(
+        &suite.db,
+        "the delete neither finished nor waited for the move",
+        || deleting.is_finished(),
+    )
+    .await;
     tx.commit().await.expect("commit the move");
     let result = deleting.await.expect("delete task");
     // Either order of the two is fine; an opportunity left in an archived status is not.

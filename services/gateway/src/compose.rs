@@ -24,7 +24,8 @@ pub const DEFAULT_PAGE_SIZE: i32 = 50;
 pub const MAX_PAGE_SIZE: i32 = 500;
 pub const DEFAULT_PER_STAGE: i32 = 100;
 
-/// The three services, each reached through one (multiplexed) channel.
+/// The three services, each reached through one (multiplexed) channel. A call borrows its
+/// client mutably, so each concurrent leg has a clone of its own (sharing the channel).
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub customers: CustomerServiceClient<Channel>,
@@ -84,29 +85,23 @@ impl Clients {
             request.history_page_size,
             DEFAULT_PAGE_SIZE,
         )?;
-        let get = async {
-            leg(
-                Part::Opportunity,
-                self.opportunities.clone().get_opportunity(
-                    forward.request(opportunity::GetOpportunityRequest { id: id.clone() }),
-                ),
-            )
-            .await
-        };
-        let history = async {
-            leg(
-                Part::Opportunity,
-                self.opportunities
-                    .clone()
-                    .list_status_history(forward.request(opportunity::ListStatusHistoryRequest {
-                        opportunity_id: id.clone(),
-                        page_size: history_page_size,
-                        page_token: String::new(),
-                        newest_first: false,
-                    })),
-            )
-            .await
-        };
+        let (mut opportunities, mut histories) =
+            (self.opportunities.clone(), self.opportunities.clone());
+        let get = leg(
+            Part::Opportunity,
+            opportunities.get_opportunity(
+                forward.request(opportunity::GetOpportunityRequest { id: id.clone() }),
+            ),
+        );
+        let history = leg(
+            Part::Opportunity,
+            histories.list_status_history(forward.request(opportunity::ListStatusHistoryRequest {
+                opportunity_id: id.clone(),
+                page_size: history_page_size,
+                page_token: String::new(),
+                newest_first: false,
+            })),
+        );
         // The customer needs the opportunity's customer_id: it follows the first round.
         let (opportunity, history, statuses) =
             tokio::try_join!(get, history, self.live_statuses(forward))?;
@@ -140,43 +135,34 @@ impl Clients {
     ) -> Result<pb::GetCustomerOverviewResponse, Status> {
         let id = uuid_field("customer_id", &request.customer_id, "the customer's id")?;
         let page_size = page_size("page_size", request.page_size, DEFAULT_PAGE_SIZE)?;
-        let get = async {
-            leg(
-                Part::Customer,
-                self.customers
-                    .clone()
-                    .get_customer(forward.request(customer::GetCustomerRequest { id: id.clone() })),
-            )
-            .await
-        };
-        let list = async {
-            leg(
-                Part::Opportunity,
-                self.opportunities
-                    .clone()
-                    .list_opportunities(forward.request(opportunity::ListOpportunitiesRequest {
-                        customer_id: id.clone(),
-                        page_size,
-                        page_token: request.page_token.clone(),
-                        ..Default::default()
-                    })),
-            )
-            .await
-        };
-        let summary = async {
-            leg(
-                Part::Opportunity,
-                self.opportunities
-                    .clone()
-                    .get_pipeline_summary(forward.request(
-                        opportunity::GetPipelineSummaryRequest {
-                            customer_id: id.clone(),
-                            ..Default::default()
-                        },
-                    )),
-            )
-            .await
-        };
+        let (mut customers, mut lists, mut summaries) = (
+            self.customers.clone(),
+            self.opportunities.clone(),
+            self.opportunities.clone(),
+        );
+        let get = leg(
+            Part::Customer,
+            customers
+                .get_customer(forward.request(customer::GetCustomerRequest { id: id.clone() })),
+        );
+        let list = leg(
+            Part::Opportunity,
+            lists.list_opportunities(forward.request(opportunity::ListOpportunitiesRequest {
+                customer_id: id.clone(),
+                page_size,
+                page_token: request.page_token.clone(),
+                ..Default::default()
+            })),
+        );
+        let summary = leg(
+            Part::Opportunity,
+            summaries.get_pipeline_summary(forward.request(
+                opportunity::GetPipelineSummaryRequest {
+                    customer_id: id.clone(),
+                    ..Default::default()
+                },
+            )),
+        );
         let (customer, list, statuses, summary) =
             tokio::try_join!(get, list, self.live_statuses(forward), summary)?;
         let open_totals = sum_totals(
@@ -211,59 +197,50 @@ impl Clients {
             request.opportunities_per_stage,
             DEFAULT_PER_STAGE,
         )?;
-        let people = async {
-            leg(
-                Part::Opportunity,
-                self.opportunities.clone().list_salespeople(forward.request(
-                    opportunity::ListSalespeopleRequest {
-                        ids: vec![salesperson_id.clone()],
-                        page_size: 1,
-                        ..Default::default()
-                    },
-                )),
-            )
-            .await
-        };
-        let summary = async {
-            leg(
-                Part::Opportunity,
-                self.opportunities
-                    .clone()
-                    .get_pipeline_summary(forward.request(
-                        opportunity::GetPipelineSummaryRequest {
-                            owner_ids: vec![salesperson_id.clone()],
-                            expected_close_date_from: request.expected_close_date_from,
-                            expected_close_date_to: request.expected_close_date_to,
-                            ..Default::default()
-                        },
-                    )),
-            )
-            .await
-        };
+        let (mut salespeople, mut summaries) =
+            (self.opportunities.clone(), self.opportunities.clone());
+        let people = leg(
+            Part::Opportunity,
+            salespeople.list_salespeople(forward.request(opportunity::ListSalespeopleRequest {
+                ids: vec![salesperson_id.clone()],
+                page_size: 1,
+                ..Default::default()
+            })),
+        );
+        let summary = leg(
+            Part::Opportunity,
+            summaries.get_pipeline_summary(forward.request(
+                opportunity::GetPipelineSummaryRequest {
+                    owner_ids: vec![salesperson_id.clone()],
+                    expected_close_date_from: request.expected_close_date_from,
+                    expected_close_date_to: request.expected_close_date_to,
+                    ..Default::default()
+                },
+            )),
+        );
         // One page per stage, all at once: the number of calls follows the number of
         // statuses, never the number of opportunities.
         let stages = async {
             let statuses = self.live_statuses(forward).await?;
-            let pages = futures::future::try_join_all(statuses.iter().map(|status| {
-                let mut client = self.opportunities.clone();
-                let request = opportunity::ListOpportunitiesRequest {
-                    owner_ids: vec![salesperson_id.clone()],
-                    status_ids: vec![status.id.clone()],
-                    expected_close_date_from: request.expected_close_date_from,
-                    expected_close_date_to: request.expected_close_date_to,
-                    page_size: per_stage,
-                    // Within a stage, the sales closing soonest first (unknown dates last).
-                    order_by: "expected_close_date".to_owned(),
-                    ..Default::default()
-                };
-                async move {
+            let mut clients = vec![self.opportunities.clone(); statuses.len()];
+            let pages = futures::future::try_join_all(statuses.iter().zip(&mut clients).map(
+                |(status, client)| {
+                    let request = opportunity::ListOpportunitiesRequest {
+                        owner_ids: vec![salesperson_id.clone()],
+                        status_ids: vec![status.id.clone()],
+                        expected_close_date_from: request.expected_close_date_from,
+                        expected_close_date_to: request.expected_close_date_to,
+                        page_size: per_stage,
+                        // Within a stage, the sales closing soonest first (unknown dates last).
+                        order_by: "expected_close_date".to_owned(),
+                        ..Default::default()
+                    };
                     leg(
                         Part::Opportunity,
                         client.list_opportunities(forward.request(request)),
                     )
-                    .await
-                }
-            }))
+                },
+            ))
             .await?;
             Ok::<_, Status>((statuses, pages))
         };
@@ -323,24 +300,23 @@ impl Clients {
         ids: BTreeSet<String>,
     ) -> Result<BTreeMap<String, String>, Status> {
         let ids: Vec<String> = ids.into_iter().collect();
-        let batches =
-            futures::future::try_join_all(ids.chunks(MAX_PAGE_SIZE as usize).map(|chunk| {
-                let mut client = self.customers.clone();
+        let chunks: Vec<&[String]> = ids.chunks(MAX_PAGE_SIZE as usize).collect();
+        let mut clients = vec![self.customers.clone(); chunks.len()];
+        let batches = futures::future::try_join_all(chunks.iter().zip(&mut clients).map(
+            |(chunk, client)| {
                 let request = customer::ListCustomersRequest {
                     ids: chunk.to_vec(),
                     page_size: MAX_PAGE_SIZE,
                     show_archived: true,
                     ..Default::default()
                 };
-                async move {
-                    leg(
-                        Part::Customer,
-                        client.list_customers(forward.request(request)),
-                    )
-                    .await
-                }
-            }))
-            .await?;
+                leg(
+                    Part::Customer,
+                    client.list_customers(forward.request(request)),
+                )
+            },
+        ))
+        .await?;
         Ok(batches
             .into_iter()
             .flat_map(|batch| batch.customers)
