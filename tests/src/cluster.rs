@@ -5,7 +5,8 @@
 //! The cluster is made with the machine's own `initdb` and driven with `pg_ctl` (the highest
 //! version found under `/usr/lib/postgresql/*/bin`, else `pg_config --bindir`): trust
 //! authentication for `127.0.0.1`, `fsync = off` (nothing here survives an OS crash anyway),
-//! a free port picked at creation. Postgres refuses to run as root, so when the test runs as
+//! a free port picked at creation ([`PgCluster::serve_tls`] and [`PgCluster::require_tls`]
+//! make it a server that speaks TLS, and only TLS, over TCP). Postgres refuses to run as root, so when the test runs as
 //! root every Postgres program runs as the `postgres` OS user, which owns the directory.
 //!
 //! Every method blocks on the program it runs, off the async runtime (`spawn_blocking`), and
@@ -108,6 +109,32 @@ impl PgCluster {
     /// trust rules of [`init`](Self::init) needs those removed from the file first.
     pub fn allow(&self, line: &str) {
         self.ctl.append("pg_hba.conf", line);
+    }
+
+    /// Serves TLS from the next (re)start: `certificate` (PEM, the server's certificate and
+    /// any intermediates) and its `key` (PEM) go to `server.crt` and `server.key` in the data
+    /// directory, owned by the server's OS user and readable by it alone (Postgres refuses a
+    /// key others may read), and `ssl = on`. Add [`require_tls`](Self::require_tls) to refuse
+    /// connections without it.
+    pub fn serve_tls(&self, certificate: &str, key: &str) {
+        self.ctl.write("server.crt", certificate);
+        self.ctl.write("server.key", key);
+        self.set("ssl", "on");
+        self.set("ssl_cert_file", "server.crt");
+        self.set("ssl_key_file", "server.key");
+    }
+
+    /// Replaces `pg_hba.conf` so that TCP connections are trusted only over TLS
+    /// (`hostssl all all 127.0.0.1/32 trust`, no `host` line): one without TLS is refused with
+    /// "no pg_hba.conf entry ... no encryption". The Unix socket stays trusted. Applies from
+    /// the next (re)start.
+    pub fn require_tls(&self) {
+        self.ctl.write(
+            "pg_hba.conf",
+            "# salesopp test cluster: TLS or nothing over TCP\n\
+             local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n",
+        );
     }
 
     /// The data directory (owned by the OS user the server runs as; see
@@ -274,6 +301,31 @@ impl Ctl {
             .open(&path)
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         writeln!(opened, "{text}").unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    /// Writes `file` of the data directory anew, as the server's OS user would: owned by
+    /// it, mode 0600.
+    fn write(&self, file: &str, text: &str) {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.data.join(file);
+        let mut opened = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        opened
+            .write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        // An existing file keeps its mode through `open`: set it.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        if self.as_postgres {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+        }
     }
 
     fn log_tail(&self) -> String {

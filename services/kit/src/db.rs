@@ -1,9 +1,17 @@
-//! The Postgres pool, the embedded migrations of `migrations/`, and the start-up check that
-//! refuses a schema older than this build needs.
+//! The Postgres pool, the embedded migrations of `migrations/`, the start-up check that
+//! refuses a schema older than this build needs, and the one-line start-up error that says
+//! why the database's TLS check failed.
+//!
+//! TLS is configured by `DATABASE_URL` alone, as libpq reads it: `sslmode` (`disable`,
+//! `prefer` by default, `require`, `verify-ca`, `verify-full`) and `sslrootcert` (the CA's
+//! PEM file; the system's trusted CAs are trusted too). sqlx parses both; nothing here
+//! rewrites the options it made.
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use rustls::CertificateError;
+use sqlx::ConnectOptions as _;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{PgPool, migrate::Migrator};
 
 /// The one shared schema, embedded at build time.
@@ -31,10 +39,107 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
 /// Connects lazily: the process starts, serves health as NOT_SERVING, and connects when
 /// the database is reachable.
 pub fn connect_lazy(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    Ok(pool_options(max_connections).connect_lazy_with(connect_options(url)?))
+}
+
+/// The connect options of `url` (TLS included), as the suite connects with them. The error
+/// names no part of the URL: it may hold the password.
+pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     let options: PgConnectOptions = url
         .parse()
         .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid Postgres URL: {e}"))?;
-    Ok(pool_options(max_connections).connect_lazy_with(options.application_name("salesopp")))
+    Ok(options.application_name("salesopp"))
+}
+
+/// `error`, met connecting with `options` at start-up, as the one line a process exits
+/// with: the TLS check's failure and why ([`tls_failure`]), else the error itself.
+pub fn startup_error(error: &sqlx::Error, options: &PgConnectOptions) -> anyhow::Error {
+    match tls_failure(error, options) {
+        Some(why) => anyhow::anyhow!("database TLS: {why}"),
+        None => anyhow::anyhow!("database not reachable: {error}"),
+    }
+}
+
+/// Why the TLS check of a connection with `options` failed, `None` when `error` is not
+/// about TLS. Waiting cannot mend any of these: the caller stops at once.
+pub fn tls_failure(error: &sqlx::Error, options: &PgConnectOptions) -> Option<String> {
+    match error {
+        // sqlx's own words for the server's "N" to the SSLRequest; the others are about the
+        // configuration (a PEM that does not parse, a host name that is no server name).
+        sqlx::Error::Tls(cause) if cause.to_string() == "server does not support TLS" => {
+            Some(format!(
+                "the server does not offer TLS, and sslmode={} requires it",
+                ssl_mode_name(options.get_ssl_mode())
+            ))
+        }
+        sqlx::Error::Tls(cause) => Some(cause.to_string()),
+        sqlx::Error::Io(io) => {
+            let root_cert = root_cert(options);
+            let refused = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            match refused {
+                Some(refused) => Some(certificate_refused(refused, options, root_cert.as_deref())),
+                // sqlx reads the CA's file while connecting, after the server said yes to TLS.
+                None if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+                {
+                    root_cert
+                        .filter(|path| std::fs::File::open(path).is_err())
+                        .map(|path| format!("sslrootcert={path} cannot be read ({io})"))
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn certificate_refused(
+    refused: &rustls::Error,
+    options: &PgConnectOptions,
+    root_cert: Option<&str>,
+) -> String {
+    let certificate = match refused {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => match root_cert {
+            Some(path) => format!("is not signed by the CA in sslrootcert={path}"),
+            None => "is not signed by a CA this machine trusts (no sslrootcert given)".to_owned(),
+        },
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => format!("is not valid for the host name {}", options.get_host()),
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "has expired".to_owned(),
+        rustls::Error::InvalidCertificate(_) => "is refused".to_owned(),
+        _ => return format!("the handshake with the server failed ({refused})"),
+    };
+    format!("the server's certificate {certificate} ({refused})")
+}
+
+/// The `sslrootcert` file of `options` (URL or `PGSSLROOTCERT`), as sqlx keeps it: read
+/// back from its URL form, which is the one accessor sqlx offers. Only this query parameter
+/// is read; the URL (password included) goes nowhere.
+fn root_cert(options: &PgConnectOptions) -> Option<String> {
+    let url = options.to_url_lossy();
+    let (_, value) = url.query_pairs().find(|(key, _)| key == "sslrootcert")?;
+    Some(match value.strip_prefix("file: ") {
+        Some(path) => path.to_owned(),
+        None => "(an inline PEM)".to_owned(),
+    })
+}
+
+fn ssl_mode_name(mode: PgSslMode) -> &'static str {
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
 }
 
 /// Applies every pending migration.

@@ -231,18 +231,23 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Waits for the database and checks its schema; an older schema fails at once, an
-/// unreachable database is retried until `timeout`.
+/// Waits for the database and checks its schema; an older schema or a failed TLS check
+/// fails at once, an unreachable database is retried until `timeout`.
 pub async fn wait_for_schema(pool: &PgPool, timeout: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match salesopp_kit::db::applied_schema_version(pool).await {
             Ok(_) => return salesopp_kit::db::check_schema(pool).await,
-            Err(error) if tokio::time::Instant::now() < deadline => {
+            Err(error) => {
+                let options = pool.connect_options();
+                if salesopp_kit::db::tls_failure(&error, &options).is_some()
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    return Err(salesopp_kit::db::startup_error(&error, &options));
+                }
                 tracing::warn!(%error, "database not reachable yet: retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(error) => anyhow::bail!("database not reachable: {error}"),
         }
     }
 }

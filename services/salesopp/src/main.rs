@@ -376,11 +376,17 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate { database } => {
             salesopp_kit::telemetry::init();
-            if !sqlx::Postgres::database_exists(&database.database_url).await? {
-                sqlx::Postgres::create_database(&database.database_url).await?;
+            let url = &database.database_url;
+            let options = salesopp_kit::db::connect_options(url)?;
+            // The first connection: a failed TLS check ends here, in one line.
+            let exists = sqlx::Postgres::database_exists(url)
+                .await
+                .map_err(|error| salesopp_kit::db::startup_error(&error, &options))?;
+            if !exists {
+                sqlx::Postgres::create_database(url).await?;
                 tracing::info!("database created");
             }
-            let pool = salesopp_kit::db::connect_lazy(&database.database_url, 2)?;
+            let pool = salesopp_kit::db::pool_options(2).connect_lazy_with(options);
             salesopp_kit::db::migrate(&pool).await?;
             tracing::info!(
                 version = salesopp_kit::db::required_schema_version(),
