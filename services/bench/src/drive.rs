@@ -426,16 +426,16 @@ async fn worker(
         Workload::ChangeStatusCallers | Workload::Mix => {
             let sharing = tasks.div_ceil(reps.len()).max(1);
             let slot = task / reps.len();
-            let all: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            let all = sqlx::query!(
                 "select id, status_id from opportunities where owner_id = $1 order by id",
+                &caller_id
             )
-            .bind(&caller_id)
             .fetch_all(&context.db)
             .await?;
             all.into_iter()
                 .enumerate()
                 .filter(|(n, _)| n % sharing == slot)
-                .map(|(_, row)| row)
+                .map(|(_, row)| (row.id, row.status_id))
                 .collect()
         }
         _ => Vec::new(),
@@ -457,12 +457,16 @@ async fn worker(
 }
 
 async fn current_statuses(db: &PgPool, ids: &[Uuid]) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
-    Ok(
-        sqlx::query_as("select id, status_id from opportunities where id = any($1) order by id")
-            .bind(ids)
-            .fetch_all(db)
-            .await?,
+    let rows = sqlx::query!(
+        "select id, status_id from opportunities where id = any($1) order by id",
+        ids
     )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.id, row.status_id))
+        .collect())
 }
 
 /// What one task saw in the measured window.
@@ -656,9 +660,10 @@ async fn start_watchers(
     count: usize,
     count_from: SystemTime,
 ) -> anyhow::Result<Vec<Watcher>> {
-    let newest: i64 = sqlx::query_scalar("select coalesce(max(seq), 0) from opportunity_events")
-        .fetch_one(&context.db)
-        .await?;
+    let newest =
+        sqlx::query_scalar!(r#"select coalesce(max(seq), 0) as "newest!" from opportunity_events"#)
+            .fetch_one(&context.db)
+            .await?;
     let cursor = salesopp_outbox::cursor(newest);
     let token = context.tokens.mint(
         scheme::ADMIN_ID,

@@ -119,14 +119,17 @@ async fn measured_statements(
     context: &Arc<drive::Context>,
     workload: Workload,
 ) -> anyhow::Result<Option<f64>> {
-    let loaded: bool = sqlx::query_scalar(
-        "select current_setting('shared_preload_libraries') like '%pg_stat_statements%'",
+    let loaded = sqlx::query_scalar!(
+        r#"select current_setting('shared_preload_libraries') like '%pg_stat_statements%'
+               as "loaded!""#
     )
     .fetch_one(&context.db)
     .await?;
     if !loaded {
         return Ok(None);
     }
+    // The view is not in the schema the checked statements are built against: these run as
+    // they are.
     sqlx::query("create extension if not exists pg_stat_statements")
         .execute(&context.db)
         .await?;
@@ -297,7 +300,7 @@ async fn seed_database(args: &BenchArgs) -> anyhow::Result<Seeded> {
                 .application_name("salesopp-bench"),
         )
         .await?;
-    let postgres: String = sqlx::query_scalar("select version()")
+    let postgres = sqlx::query_scalar!(r#"select version() as "version!""#)
         .fetch_one(&db)
         .await?;
     let statuses = seed::statuses(&db).await?;

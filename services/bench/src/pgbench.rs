@@ -5,10 +5,15 @@
 //! - (a) **the call's own SQL**: the statements the service issues, in its order, with its
 //!   texts and the values it binds (typed as sqlx binds them), read from
 //!   services/opportunity/src/service.rs, store.rs, status_change.rs, events.rs and
-//!   services/kit/src/idempotency.rs and people.rs. One difference, said where it is: the
-//!   target status is chosen inside the status read (the next OPEN status after the current
-//!   one, the rule the suite's workload applies in Rust) since pgbench cannot know the
-//!   current status before reading it; it is a lookup in the 7-row status table.
+//!   services/kit/src/idempotency.rs and people.rs. GetOpportunity's SELECT, the move to the
+//!   new status and the event insert are not restated: they are the crates' own texts
+//!   (`store::GET_SQL`, `store::MOVE_TO_STATUS_SQL`, `outbox::write::APPEND_SQL`, which the
+//!   checked macros compile) with each `$n` mapped to a pgbench variable ([`as_pgbench`]).
+//!   Postgres infers those the types the macros checked the binds against. One difference,
+//!   said where it is: the target status is chosen inside the status read (the next OPEN
+//!   status after the current one, the rule the suite's workload applies in Rust) since
+//!   pgbench cannot know the current status before reading it; it is a lookup in the 7-row
+//!   status table.
 //! - (b) **the reference**: the same durable work in the fewest statements on the same
 //!   tables, indexes and triggers: update the row (returning what the history needs),
 //!   insert the history entry, the event with a payload of the size the suite writes, the
@@ -94,17 +99,17 @@ pub struct Inputs {
 /// A payload and a response the suite wrote during this run, else stand-ins of the sizes
 /// it writes (about 1.9 kB and 1.2 kB) when no change workload ran.
 pub async fn sample_sizes(db: &PgPool) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-    let payload: Option<Vec<u8>> = sqlx::query_scalar(
+    let payload = sqlx::query_scalar!(
         "select payload from opportunity_events
          where type = 'STATUS_CHANGED' and request_id is not null
-         order by id desc limit 1",
+         order by id desc limit 1"
     )
     .fetch_optional(db)
     .await?;
-    let response: Option<Vec<u8>> = sqlx::query_scalar(
+    let response = sqlx::query_scalar!(
         "select response from idempotency_records
          where method = 'ChangeOpportunityStatus' and length(response) > 0
-         order by create_time desc limit 1",
+         order by create_time desc limit 1"
     )
     .fetch_optional(db)
     .await?;
@@ -137,10 +142,38 @@ const NEXT_STATUS: &str = "coalesce(
         (select s.id from opportunity_statuses s
          where s.kind = 'OPEN' and not s.archived order by s.position limit 1))";
 
-/// GetOpportunity's own SELECT, taken from the opportunity crate so it cannot drift, up to
-/// its `where o.id = ` (the script appends the opportunity).
-fn get_sql() -> &'static str {
-    salesopp_opportunity::store::GET_SQL.trim_end_matches("$1")
+/// A statement of the service as pgbench runs it: each `$n` becomes `(values[n - 1])` (a
+/// pgbench variable or an expression of them), and sqlx's column overrides (`as "time!"`)
+/// the plain names that `\gset` makes variables of. Panics when `values` does not fit the
+/// statement: the script would not be the service's.
+fn as_pgbench(sql: &str, values: &[&str]) -> String {
+    let sql = salesopp_kit::db::plain_column_names(sql.trim_end());
+    let mut used = vec![false; values.len()];
+    let mut text = String::with_capacity(sql.len());
+    let mut rest = sql.as_str();
+    while let Some(at) = rest.find('$') {
+        text.push_str(&rest[..at]);
+        let digits = rest[at + 1..]
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len() - at - 1);
+        let n: usize = rest[at + 1..at + 1 + digits]
+            .parse()
+            .unwrap_or_else(|_| panic!("a `$` that is no parameter in:\n{sql}"));
+        let value = values
+            .get(n.wrapping_sub(1))
+            .unwrap_or_else(|| panic!("no value for ${n} in:\n{sql}"));
+        used[n - 1] = true;
+        text.push('(');
+        text.push_str(value);
+        text.push(')');
+        rest = &rest[at + 1 + digits..];
+    }
+    text.push_str(rest);
+    assert!(
+        used.iter().all(|u| *u),
+        "more values than parameters in:\n{sql}"
+    );
+    text
 }
 
 /// Picks this client's opportunity: numbered `client_id` modulo the clients.
@@ -157,7 +190,30 @@ impl Script {
         let response = hex(&inputs.stored_response);
         // The request hash is a SHA-256: 32 bytes.
         let hash = hex(&[0xab; 32]);
-        let get = get_sql();
+        // GetOpportunity's SELECT and, in the change, store::lock's second read.
+        let get = as_pgbench(salesopp_opportunity::store::GET_SQL, &[OPPORTUNITY]);
+        // The row moved and its clock read, returning `time` and what changed.
+        let move_to_status = as_pgbench(
+            salesopp_opportunity::store::MOVE_TO_STATUS_SQL,
+            &[OPPORTUNITY, ":to_id", ":to_kind", "null", ":caller"],
+        );
+        // The change's event, as the service appends it at the opportunity's next version.
+        let append_event = as_pgbench(
+            salesopp_outbox::write::APPEND_SQL,
+            &[
+                "gen_random_uuid()",
+                "'STATUS_CHANGED'",
+                OPPORTUNITY,
+                ":time",
+                ":caller",
+                ":caller_name",
+                "'pgbench-' || :r",
+                ":cur_owner_id",
+                "null",
+                &payload,
+                "(:cur_version)::bigint + 1",
+            ],
+        );
         let history_columns = "id, opportunity_id, sequence, from_status_id, from_display_name, \
             from_kind::text as from_kind, from_probability, to_status_id, to_display_name, \
             to_kind::text as to_kind, to_probability, changed_by_id, changed_by_name, change_time, \
@@ -165,7 +221,7 @@ impl Script {
             (extract(epoch from time_in_previous_status) * 1000000)::bigint as micros_in_previous_status, \
             lost_reason, request_id";
         match self {
-            Script::GetAsIssued => format!("\\set n random(1, :scale)\n{get}{OPPORTUNITY};\n"),
+            Script::GetAsIssued => format!("\\set n random(1, :scale)\n{get};\n"),
             Script::GetReference => {
                 format!("\\set n random(1, :scale)\nselect * from opportunities where id = {OPPORTUNITY};\n")
             }
@@ -186,20 +242,9 @@ select id, display_name, kind::text as kind, probability, archived
      where o.id = {OPPORTUNITY}) for share \\gset to_
 -- store::lock
 select id from opportunities where id = {OPPORTUNITY} for update;
-{get}{OPPORTUNITY} \\gset cur_
+{get} \\gset cur_
 -- store::move_to_status (reads the clock and returns what changed)
-update opportunities o
- set status_id = (:to_id)::uuid, state = (:to_kind)::text::status_kind,
-     close_time = case when (:to_kind)::text = 'OPEN' then null
-                       when o.state = 'OPEN' or o.state::text <> (:to_kind)::text then t.now
-                       else o.close_time end,
-     lost_reason = case when (:to_kind)::text = 'LOST' then null::text else null end,
-     status_change_time = t.now, updated_by = :caller,
-     revision = o.revision + 1, update_time = t.now
- from (select clock_timestamp() as now) t
- where o.id = {OPPORTUNITY}
- returning t.now as clock, o.close_time, o.lost_reason, o.revision,
-           (select display_name from salespeople where id = :caller) as updated_by_name \\gset
+{move_to_status} \\gset
 -- store::append_status_change
 insert into status_changes
      (opportunity_id, sequence, from_status_id, from_display_name, from_kind, from_probability,
@@ -209,20 +254,11 @@ insert into status_changes
          (select coalesce(max(sequence), 0) + 1 from status_changes where opportunity_id = {OPPORTUNITY}),
          (:cur_status_id)::uuid, :cur_status_name, (:cur_state)::text::status_kind, (:cur_probability)::smallint,
          (:to_id)::uuid, :to_display_name, (:to_kind)::text::status_kind, (:to_probability)::smallint,
-         :caller, :caller_name, (:clock)::timestamptz, '', :cur_currency_code, (:cur_amount)::text::numeric,
-         (:clock)::timestamptz - (:cur_status_change_time)::timestamptz, null, 'pgbench-' || :r)
+         :caller, :caller_name, (:time)::timestamptz, '', :cur_currency_code, (:cur_amount)::text::numeric,
+         (:time)::timestamptz - (:cur_status_change_time)::timestamptz, null, 'pgbench-' || :r)
  returning {history_columns};
--- events::append
-with bumped as (
-     update opportunities set version = (:cur_version)::bigint + 1
-     where id = {OPPORTUNITY} and version = (:cur_version)::bigint
-     returning version)
-insert into opportunity_events
-     (event_id, type, opportunity_id, occur_time, actor_id, actor_name, request_id,
-      owner_id, previous_owner_id, payload, version)
-select gen_random_uuid(), 'STATUS_CHANGED', {OPPORTUNITY}, (:clock)::timestamptz, :caller, :caller_name,
-       'pgbench-' || :r, :cur_owner_id, null, {payload}, bumped.version
-from bumped, (select pg_notify('salesopp_events', '')) wake;
+-- events::append (outbox::write::append)
+{append_event};
 -- kit idempotency::complete
 update idempotency_records set response = {response}
  where caller_id = :caller and method = 'ChangeOpportunityStatus' and request_id = 'pgbench-' || :r;
@@ -386,6 +422,19 @@ mod tests {
             event_payload: vec![1, 2, 255],
             stored_response: vec![0],
         }
+    }
+
+    #[test]
+    fn each_parameter_becomes_its_value_and_overrides_plain_names() {
+        let values = ["1", "2", "3", "4", "5", "6", "7", "8", ":nine", "'t' || :r"];
+        assert_eq!(
+            as_pgbench(
+                r#"select $1, $2, $3, $4, $5, $6, $7, $8, $9::text, $10 || $1 as "d!"
+                "#,
+                &values
+            ),
+            "select (1), (2), (3), (4), (5), (6), (7), (8), (:nine)::text, ('t' || :r) || (1) as d"
+        );
     }
 
     /// The counted statements are the script's: each ends with `;` or `\gset`.

@@ -97,11 +97,12 @@ pub async fn ensure(
     let mut admin_conn = PgConnection::connect_with(admin)
         .await
         .context("connect to the admin DATABASE_URL (scripts/ensure-postgres prints one)")?;
-    let exists: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-            .bind(name)
-            .fetch_one(&mut admin_conn)
-            .await?;
+    let exists = sqlx::query_scalar!(
+        r#"select exists (select 1 from pg_database where datname = $1) as "exists!""#,
+        name
+    )
+    .fetch_one(&mut admin_conn)
+    .await?;
     let options = admin.clone().database(name);
     if exists && !reseed {
         let pool = pool(&options, 1).await?;
@@ -197,24 +198,24 @@ async fn recorded(pool: &PgPool, plan: SeedPlan) -> anyhow::Result<Option<SeedOu
 
 /// The live statuses in pipeline order.
 pub async fn statuses(pool: &PgPool) -> anyhow::Result<Vec<Status>> {
-    let rows: Vec<(Uuid, String, String, i16, i32)> = sqlx::query_as(
-        "select id, display_name, kind::text, probability, position from opportunity_statuses
-         where not archived order by position",
+    let rows = sqlx::query!(
+        r#"select id, display_name, kind::text as "kind!", probability, position
+           from opportunity_statuses where not archived order by position"#
     )
     .fetch_all(pool)
     .await?;
     anyhow::ensure!(
-        rows.iter().any(|r| r.2 == "OPEN"),
+        rows.iter().any(|r| r.kind == "OPEN"),
         "the database has no OPEN status"
     );
     Ok(rows
         .into_iter()
-        .map(|(id, name, kind, probability, position)| Status {
-            id,
-            name,
-            kind,
-            probability,
-            position,
+        .map(|row| Status {
+            id: row.id,
+            name: row.display_name,
+            kind: row.kind,
+            probability: row.probability,
+            position: row.position,
         })
         .collect())
 }
@@ -316,13 +317,15 @@ async fn load(pool: &PgPool, plan: SeedPlan) -> anyhow::Result<(i64, i64)> {
         .execute(pool)
         .await?;
     // Sequences past what was loaded: the next event gets the next id and delivery position.
-    sqlx::query(
+    sqlx::query!(
         "select setval('opportunity_event_seq',
-                       coalesce((select max(seq) from opportunity_events), 0) + 1, false),
+                       coalesce((select max(seq) from opportunity_events), 0) + 1, false)
+                    as next_seq,
                 setval(pg_get_serial_sequence('opportunity_events', 'id'),
-                       coalesce((select max(id) from opportunity_events), 0) + 1, false)",
+                       coalesce((select max(id) from opportunity_events), 0) + 1, false)
+                    as next_id"
     )
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
     sqlx::query(AssertSqlSafe(format!(
         "analyze salespeople, {}",
@@ -343,15 +346,15 @@ async fn insert_salespeople(pool: &PgPool) -> anyhow::Result<()> {
     names.push(scheme::ADMIN_NAME.to_owned());
     teams.push(String::new());
     roles.push("sales_admin".to_owned());
-    sqlx::query(
+    sqlx::query!(
         "insert into salespeople (id, display_name, team, roles)
          select id, name, team, array[role]
          from unnest($1::text[], $2::text[], $3::text[], $4::text[]) as t(id, name, team, role)",
+        &ids,
+        &names,
+        &teams,
+        &roles
     )
-    .bind(&ids)
-    .bind(&names)
-    .bind(&teams)
-    .bind(&roles)
     .execute(pool)
     .await?;
     Ok(())
@@ -361,26 +364,34 @@ async fn insert_salespeople(pool: &PgPool) -> anyhow::Result<()> {
 /// keys that point at them), returning the statements that bring each back as it was.
 async fn drop_structures(pool: &PgPool) -> anyhow::Result<Vec<Rebuild>> {
     let tables: Vec<String> = LOADED.iter().map(|t| (*t).to_owned()).collect();
-    let constraints: Vec<(String, String, String, String)> = sqlx::query_as(
-        "select conrelid::regclass::text, conname::text, contype::text, pg_get_constraintdef(oid)
-         from pg_constraint
-         where (contype in ('p', 'u') and conrelid = any($1::text[]::regclass[]))
-            or (contype = 'f' and (conrelid = any($1::text[]::regclass[])
-                                   or confrelid = any($1::text[]::regclass[])))
-         order by contype = 'f' desc",
+    let constraints: Vec<(String, String, String, String)> = sqlx::query!(
+        r#"select conrelid::regclass::text as "table!", conname::text as "name!",
+                  contype::text as "kind!", pg_get_constraintdef(oid) as "definition!"
+           from pg_constraint
+           where (contype in ('p', 'u') and conrelid = any($1::text[]::regclass[]))
+              or (contype = 'f' and (conrelid = any($1::text[]::regclass[])
+                                     or confrelid = any($1::text[]::regclass[])))
+           order by contype = 'f' desc"#,
+        &tables
     )
-    .bind(&tables)
     .fetch_all(pool)
-    .await?;
-    let indexes: Vec<(String, String)> = sqlx::query_as(
-        "select i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
-         from pg_index i
-         where i.indrelid = any($1::text[]::regclass[])
-           and not exists (select 1 from pg_constraint c where c.conindid = i.indexrelid)",
+    .await?
+    .into_iter()
+    .map(|c| (c.table, c.name, c.kind, c.definition))
+    .collect();
+    let indexes: Vec<(String, String)> = sqlx::query!(
+        r#"select i.indexrelid::regclass::text as "name!",
+                  pg_get_indexdef(i.indexrelid) as "definition!"
+           from pg_index i
+           where i.indrelid = any($1::text[]::regclass[])
+             and not exists (select 1 from pg_constraint c where c.conindid = i.indexrelid)"#,
+        &tables
     )
-    .bind(&tables)
     .fetch_all(pool)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|i| (i.name, i.definition))
+    .collect();
     let mut rebuilds = Vec::new();
     // Foreign keys first (they depend on the keys), then the keys and indexes.
     for (table, name, kind, definition) in &constraints {

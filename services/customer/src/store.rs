@@ -1,6 +1,10 @@
 //! The SQL of the customer directory. Functions run on the executor they are given; the
-//! service decides the transaction. List queries are built with `QueryBuilder` because their
-//! shape varies with the filters, so each shape gets its own plan (and its index).
+//! service decides the transaction. Fixed statements are checked at build time (`query!`,
+//! `query_as!`; the offline data is in `.sqlx/`). List queries are built with `QueryBuilder`
+//! because their shape varies with the filters, so each shape gets its own plan (and its
+//! index).
+
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
@@ -49,17 +53,21 @@ impl CustomerRow {
     }
 }
 
-macro_rules! select_customer {
-    () => {
-        "select c.id, c.code, c.display_name, c.email, c.phone, c.contact_name, c.tax_id, c.address,
-                c.owner_id, c.archived, c.revision, c.create_time, c.update_time,
-                c.created_by, cb.display_name as created_by_name,
-                c.updated_by, ub.display_name as updated_by_name,
-                lower(c.display_name) as name_key
-         from customers c
-         join salespeople cb on cb.id = c.created_by
-         join salespeople ub on ub.id = c.updated_by "
-    };
+/// GetCustomer's SELECT, checked by [`get`]; every list reads the same columns
+/// ([`select_customer`]).
+const GET_SQL: &str = include_str!("../queries/get.sql");
+
+/// The select list and joins of every customer read: GetCustomer's statement up to its
+/// `where`, with plain column names for `FromRow`.
+static SELECT_CUSTOMER: LazyLock<String> = LazyLock::new(|| {
+    let select = GET_SQL.trim_end().strip_suffix("where c.id = $1");
+    salesopp_kit::db::plain_column_names(
+        select.expect("queries/get.sql ends with `where c.id = $1`"),
+    )
+});
+
+fn select_customer() -> &'static str {
+    &SELECT_CUSTOMER
 }
 
 /// The searched text, exactly the expression of `customer_search_trgm_idx` (migrations/),
@@ -71,8 +79,7 @@ pub async fn get<'e>(
     db: impl PgExecutor<'e>,
     id: Uuid,
 ) -> Result<Option<CustomerRow>, sqlx::Error> {
-    sqlx::query_as(concat!(select_customer!(), "where c.id = $1"))
-        .bind(id)
+    sqlx::query_file_as!(CustomerRow, "queries/get.sql", id)
         .fetch_optional(db)
         .await
 }
@@ -82,10 +89,13 @@ pub async fn lock(
     tx: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<(i64, bool, String)>, sqlx::Error> {
-    sqlx::query_as("select revision, archived, owner_id from customers where id = $1 for update")
-        .bind(id)
-        .fetch_optional(tx)
-        .await
+    let row = sqlx::query!(
+        "select revision, archived, owner_id from customers where id = $1 for update",
+        id
+    )
+    .fetch_optional(tx)
+    .await?;
+    Ok(row.map(|row| (row.revision, row.archived, row.owner_id)))
 }
 
 pub async fn insert(
@@ -94,21 +104,21 @@ pub async fn insert(
     owner_id: &str,
     actor_id: &str,
 ) -> Result<Uuid, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "insert into customers (code, display_name, email, phone, contact_name, tax_id, address,
                                 owner_id, created_by, updated_by)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
          returning id",
+        fields.code.as_deref(),
+        &fields.display_name,
+        fields.email.as_deref(),
+        fields.phone.as_deref(),
+        fields.contact_name.as_deref(),
+        fields.tax_id.as_deref(),
+        fields.address.as_deref(),
+        owner_id,
+        actor_id
     )
-    .bind(&fields.code)
-    .bind(&fields.display_name)
-    .bind(&fields.email)
-    .bind(&fields.phone)
-    .bind(&fields.contact_name)
-    .bind(&fields.tax_id)
-    .bind(&fields.address)
-    .bind(owner_id)
-    .bind(actor_id)
     .fetch_one(tx)
     .await
 }
@@ -120,23 +130,23 @@ pub async fn update(
     owner_id: &str,
     actor_id: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "update customers
          set code = $2, display_name = $3, email = $4, phone = $5, contact_name = $6,
              tax_id = $7, address = $8, owner_id = $9, updated_by = $10,
              revision = revision + 1, update_time = now()
          where id = $1",
+        id,
+        fields.code.as_deref(),
+        &fields.display_name,
+        fields.email.as_deref(),
+        fields.phone.as_deref(),
+        fields.contact_name.as_deref(),
+        fields.tax_id.as_deref(),
+        fields.address.as_deref(),
+        owner_id,
+        actor_id
     )
-    .bind(id)
-    .bind(&fields.code)
-    .bind(&fields.display_name)
-    .bind(&fields.email)
-    .bind(&fields.phone)
-    .bind(&fields.contact_name)
-    .bind(&fields.tax_id)
-    .bind(&fields.address)
-    .bind(owner_id)
-    .bind(actor_id)
     .execute(tx)
     .await?;
     Ok(())
@@ -144,23 +154,23 @@ pub async fn update(
 
 /// Opportunities of the customer still open: they block archiving.
 pub async fn open_opportunities(tx: &mut PgConnection, id: Uuid) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "select count(*) from opportunities where customer_id = $1 and state = 'OPEN'",
+    sqlx::query_scalar!(
+        r#"select count(*) as "count!" from opportunities where customer_id = $1 and state = 'OPEN'"#,
+        id
     )
-    .bind(id)
     .fetch_one(tx)
     .await
 }
 
 pub async fn archive(tx: &mut PgConnection, id: Uuid, actor_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "update customers
          set archived = true, archive_time = now(), updated_by = $2,
              revision = revision + 1, update_time = now()
          where id = $1",
+        id,
+        actor_id
     )
-    .bind(id)
-    .bind(actor_id)
     .execute(tx)
     .await?;
     Ok(())
@@ -209,7 +219,7 @@ pub fn list_query(
             .push_bind(pattern.clone())
             .push(")) ");
     }
-    query.push(select_customer!());
+    query.push(select_customer());
     query.push("where true");
     if filter.pattern.is_some() {
         query.push(" and c.id in (select id from matches)");
@@ -258,4 +268,25 @@ pub async fn list<'e>(
 ) -> Result<Vec<CustomerRow>, sqlx::Error> {
     let mut query = list_query(filter, after, limit);
     query.build_query_as().fetch_all(db).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_read_the_columns_of_get_by_their_plain_names() {
+        let select = select_customer();
+        assert!(select.starts_with("select c.id, c.code,"), "{select}");
+        assert!(
+            select
+                .trim_end()
+                .ends_with("join salespeople ub on ub.id = c.updated_by")
+        );
+        assert!(
+            select.contains("lower(c.display_name) as name_key"),
+            "{select}"
+        );
+        assert!(!select.contains('"'), "{select}");
+    }
 }

@@ -84,7 +84,7 @@ async fn watch_database(
     let probe_timeout = interval.max(Duration::from_secs(1));
     let mut last = None;
     loop {
-        let probe = sqlx::query("select 1").execute(&pool);
+        let probe = sqlx::query_scalar!("select 1 as reachable").fetch_one(&pool);
         let reachable = matches!(tokio::time::timeout(probe_timeout, probe).await, Ok(Ok(_)));
         let status = if reachable {
             ServingStatus::Serving

@@ -1,7 +1,11 @@
 //! The SQL of opportunities, their history and their events. Functions run on the executor
-//! they are given; the service decides the transaction. List and summary queries are built
-//! with `QueryBuilder` (their shape varies with the filters) and always carry the caller's
-//! visibility (R12) inside the SQL, so no row is read and then dropped in memory.
+//! they are given; the service decides the transaction. Every fixed statement is checked at
+//! build time (`query!`, `query_as!`; the offline data is in `.sqlx/`). List and summary
+//! queries are built with `QueryBuilder` (their shape varies with the filters) and always
+//! carry the caller's visibility (R12) inside the SQL, so no row is read and then dropped in
+//! memory.
+
+use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
@@ -52,30 +56,30 @@ impl OpportunityRow {
     }
 }
 
-macro_rules! select_opportunity {
-    () => {
-        "select o.id, o.customer_id, o.owner_id, ow.team as owner_team, o.title, o.currency_code,
-                o.amount::text as amount, o.expected_close_date, o.status_id,
-                s.display_name as status_name, s.probability, o.state::text as state,
-                o.lost_reason, o.next_step, o.close_time, o.status_change_time, o.revision, o.version,
-                o.create_time, o.update_time, o.created_by, cb.display_name as created_by_name,
-                o.updated_by, ub.display_name as updated_by_name
-         from opportunities o
-         join salespeople ow on ow.id = o.owner_id
-         join opportunity_statuses s on s.id = o.status_id
-         join salespeople cb on cb.id = o.created_by
-         join salespeople ub on ub.id = o.updated_by "
-    };
-}
+/// GetOpportunity's SELECT, checked by [`get`] (the benchmark's pgbench script runs this same
+/// text, and every list reads the same columns: [`select_opportunity`]).
+pub const GET_SQL: &str = include_str!("../queries/get.sql");
 
-/// GetOpportunity's SELECT (the benchmark's pgbench script runs this same text).
-pub const GET_SQL: &str = concat!(select_opportunity!(), "where o.id = $1");
+/// The select list and joins of every opportunity read: GetOpportunity's statement up to its
+/// `where`, with plain column names for `FromRow`.
+static SELECT_OPPORTUNITY: LazyLock<String> = LazyLock::new(|| {
+    let select = GET_SQL.trim_end().strip_suffix("where o.id = $1");
+    salesopp_kit::db::plain_column_names(
+        select.expect("queries/get.sql ends with `where o.id = $1`"),
+    )
+});
+
+fn select_opportunity() -> &'static str {
+    &SELECT_OPPORTUNITY
+}
 
 pub async fn get<'e>(
     db: impl PgExecutor<'e>,
     id: Uuid,
 ) -> Result<Option<OpportunityRow>, sqlx::Error> {
-    sqlx::query_as(GET_SQL).bind(id).fetch_optional(db).await
+    sqlx::query_file_as!(OpportunityRow, "queries/get.sql", id)
+        .fetch_optional(db)
+        .await
 }
 
 /// Reads the opportunity and locks it for the rest of the transaction: every change to one
@@ -84,11 +88,9 @@ pub async fn lock(tx: &mut PgConnection, id: Uuid) -> Result<Option<OpportunityR
     // The lock is taken on the opportunity alone, then the row read with its joins: a
     // `for update of o` on the joined query would re-check the join against the rows the
     // query first saw, and lose the opportunity when a concurrent change moved its status.
-    let locked: Option<Uuid> =
-        sqlx::query_scalar("select id from opportunities where id = $1 for update")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let locked = sqlx::query_scalar!("select id from opportunities where id = $1 for update", id)
+        .fetch_optional(&mut *tx)
+        .await?;
     match locked {
         Some(_) => get(tx, id).await,
         None => Ok(None),
@@ -100,10 +102,12 @@ pub async fn lock_in_status(
     tx: &mut PgConnection,
     status_id: Uuid,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("select id from opportunities where status_id = $1 order by id for update")
-        .bind(status_id)
-        .fetch_all(tx)
-        .await
+    sqlx::query_scalar!(
+        "select id from opportunities where status_id = $1 order by id for update",
+        status_id
+    )
+    .fetch_all(tx)
+    .await
 }
 
 /// A status as a change needs it.
@@ -121,11 +125,12 @@ pub async fn share_status(
     tx: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<StatusInfo>, sqlx::Error> {
-    sqlx::query_as(
-        "select id, display_name, kind::text as kind, probability, archived
-         from opportunity_statuses where id = $1 for share",
+    sqlx::query_as!(
+        StatusInfo,
+        r#"select id, display_name, kind::text as "kind!: StatusKind", probability, archived
+           from opportunity_statuses where id = $1 for share"#,
+        id
     )
-    .bind(id)
     .fetch_optional(tx)
     .await
 }
@@ -138,9 +143,10 @@ pub async fn share_status(
 pub async fn share_default_status(tx: &mut PgConnection) -> ApiResult<StatusInfo> {
     const ATTEMPTS: usize = 5;
     for _ in 0..ATTEMPTS {
-        let default: Option<StatusInfo> = sqlx::query_as(
-            "select id, display_name, kind::text as kind, probability, archived
-             from opportunity_statuses where is_default for share",
+        let default = sqlx::query_as!(
+            StatusInfo,
+            r#"select id, display_name, kind::text as "kind!: StatusKind", probability, archived
+               from opportunity_statuses where is_default for share"#
         )
         .fetch_optional(&mut *tx)
         .await?;
@@ -158,15 +164,14 @@ pub async fn share_default_status(tx: &mut PgConnection) -> ApiResult<StatusInfo
 /// The customer's `archived` flag, held FOR SHARE so it cannot be archived under a new
 /// opportunity (R1); `None` when no customer has the id.
 pub async fn share_customer(tx: &mut PgConnection, id: Uuid) -> Result<Option<bool>, sqlx::Error> {
-    sqlx::query_scalar("select archived from customers where id = $1 for share")
-        .bind(id)
+    sqlx::query_scalar!("select archived from customers where id = $1 for share", id)
         .fetch_optional(tx)
         .await
 }
 
 /// The database clock, read after the locks are held, so change times follow lock order.
 pub async fn clock(tx: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar("select clock_timestamp()")
+    sqlx::query_scalar!(r#"select clock_timestamp() as "now!""#)
         .fetch_one(tx)
         .await
 }
@@ -186,27 +191,29 @@ pub struct NewOpportunity<'a> {
 }
 
 pub async fn insert(tx: &mut PgConnection, new: &NewOpportunity<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    // The amount is bound as its decimal text (no decimal crate here) and the kind as its
+    // name, which the macro cannot match with `status_kind`: `as StatusKind` says so.
+    sqlx::query!(
         "insert into opportunities
              (id, customer_id, owner_id, title, currency_code, amount, expected_close_date,
               status_id, state, lost_reason, next_step, close_time, status_change_time,
               created_by, updated_by, create_time, update_time)
-         values ($1, $2, $3, $4, $5, $6::numeric, $7, $8, $9::status_kind, $10, $11,
-                 case when $9 = 'OPEN' then null else $12 end, $12, $13, $13, $12, $12)",
+         values ($1, $2, $3, $4, $5, $6::text::numeric, $7, $8, $9::status_kind, $10, $11,
+                 case when $9 = 'OPEN' then null else $12::timestamptz end, $12, $13, $13, $12, $12)",
+        new.id,
+        new.customer_id,
+        new.owner_id,
+        new.title,
+        new.amount.map(|m| m.currency_code.as_str()),
+        new.amount.map(Money::decimal),
+        new.expected_close_date,
+        new.status.id,
+        new.status.kind as StatusKind,
+        new.lost_reason,
+        new.next_step,
+        new.time,
+        new.actor_id,
     )
-    .bind(new.id)
-    .bind(new.customer_id)
-    .bind(new.owner_id)
-    .bind(new.title)
-    .bind(new.amount.map(|m| m.currency_code.as_str()))
-    .bind(new.amount.map(Money::decimal))
-    .bind(new.expected_close_date)
-    .bind(new.status.id)
-    .bind(new.status.kind)
-    .bind(new.lost_reason)
-    .bind(new.next_step)
-    .bind(new.time)
-    .bind(new.actor_id)
     .execute(tx)
     .await?;
     Ok(())
@@ -228,22 +235,22 @@ pub async fn update_fields(
     fields: &Fields<'_>,
     actor_id: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "update opportunities
-         set owner_id = $2, title = $3, currency_code = $4, amount = $5::numeric,
+         set owner_id = $2, title = $3, currency_code = $4, amount = $5::text::numeric,
              expected_close_date = $6, next_step = $7, lost_reason = $8, updated_by = $9,
              revision = revision + 1, update_time = clock_timestamp()
          where id = $1",
+        id,
+        fields.owner_id,
+        fields.title,
+        fields.amount.map(|m| m.currency_code.as_str()),
+        fields.amount.map(Money::decimal),
+        fields.expected_close_date,
+        fields.next_step,
+        fields.lost_reason,
+        actor_id,
     )
-    .bind(id)
-    .bind(fields.owner_id)
-    .bind(fields.title)
-    .bind(fields.amount.map(|m| m.currency_code.as_str()))
-    .bind(fields.amount.map(Money::decimal))
-    .bind(fields.expected_close_date)
-    .bind(fields.next_step)
-    .bind(fields.lost_reason)
-    .bind(actor_id)
     .execute(tx)
     .await?;
     Ok(())
@@ -260,6 +267,9 @@ pub struct Moved {
     pub updated_by_name: String,
 }
 
+/// [`move_to_status`]'s statement (the benchmark's pgbench script runs this same text).
+pub const MOVE_TO_STATUS_SQL: &str = include_str!("../queries/move_to_status.sql");
+
 /// Moves the opportunity to `status` now (R8): closes it on WON/LOST, reopens it on OPEN,
 /// keeps the lost reason only in LOST. One statement reads the clock, writes the row and
 /// returns what changed, so the caller needs no second read of the row.
@@ -270,25 +280,15 @@ pub async fn move_to_status(
     lost_reason: Option<&str>,
     actor_id: &str,
 ) -> Result<Moved, sqlx::Error> {
-    sqlx::query_as(
-        "update opportunities o
-         set status_id = $2, state = $3::status_kind,
-             close_time = case when $3 = 'OPEN' then null
-                               when o.state = 'OPEN' or o.state::text <> $3 then t.now
-                               else o.close_time end,
-             lost_reason = case when $3 = 'LOST' then $4 else null end,
-             status_change_time = t.now, updated_by = $5,
-             revision = o.revision + 1, update_time = t.now
-         from (select clock_timestamp() as now) t
-         where o.id = $1
-         returning t.now as time, o.close_time, o.lost_reason, o.revision,
-                   (select display_name from salespeople where id = $5) as updated_by_name",
+    sqlx::query_file_as!(
+        Moved,
+        "queries/move_to_status.sql",
+        id,
+        status.id,
+        status.kind as StatusKind,
+        lost_reason,
+        actor_id
     )
-    .bind(id)
-    .bind(status.id)
-    .bind(status.kind)
-    .bind(lost_reason)
-    .bind(actor_id)
     .fetch_one(tx)
     .await
 }
@@ -317,16 +317,6 @@ pub struct StatusChangeRow {
     pub request_id: Option<String>,
 }
 
-macro_rules! history_columns {
-    () => {
-        "id, opportunity_id, sequence, from_status_id, from_display_name, from_kind::text as from_kind,
-         from_probability, to_status_id, to_display_name, to_kind::text as to_kind, to_probability,
-         changed_by_id, changed_by_name, change_time, note, currency_code, amount::text as amount,
-         (extract(epoch from time_in_previous_status) * 1000000)::bigint as micros_in_previous_status,
-         lost_reason, request_id"
-    };
-}
-
 /// One history entry to append (R9): the snapshots are of this moment (R7).
 pub struct NewStatusChange<'a> {
     pub opportunity_id: Uuid,
@@ -350,36 +340,43 @@ pub async fn append_status_change(
         Some((status, entered)) => (Some(status), Some(entered)),
         None => (None, None),
     };
-    sqlx::query_as(concat!(
-        "insert into status_changes
-             (opportunity_id, sequence, from_status_id, from_display_name, from_kind, from_probability,
-              to_status_id, to_display_name, to_kind, to_probability, changed_by_id, changed_by_name,
-              change_time, note, currency_code, amount, time_in_previous_status, lost_reason, request_id)
-         values ($1,
-                 (select coalesce(max(sequence), 0) + 1 from status_changes where opportunity_id = $1),
-                 $2, $3, $4::status_kind, $5, $6, $7, $8::status_kind, $9, $10, $11, $12, $13, $14,
-                 $15::numeric, $12 - $16, $17, $18)
-         returning ",
-        history_columns!()
-    ))
-    .bind(change.opportunity_id)
-    .bind(from.map(|s| s.id))
-    .bind(from.map(|s| s.display_name.as_str()))
-    .bind(from.map(|s| s.kind))
-    .bind(from.map(|s| s.probability))
-    .bind(change.to.id)
-    .bind(&change.to.display_name)
-    .bind(change.to.kind)
-    .bind(change.to.probability)
-    .bind(change.actor_id)
-    .bind(change.actor_name)
-    .bind(change.time)
-    .bind(change.note)
-    .bind(change.amount.map(|m| m.currency_code.as_str()))
-    .bind(change.amount.map(Money::decimal))
-    .bind(entered)
-    .bind(change.lost_reason)
-    .bind(change.request_id)
+    sqlx::query_as!(
+        StatusChangeRow,
+        r#"insert into status_changes
+               (opportunity_id, sequence, from_status_id, from_display_name, from_kind, from_probability,
+                to_status_id, to_display_name, to_kind, to_probability, changed_by_id, changed_by_name,
+                change_time, note, currency_code, amount, time_in_previous_status, lost_reason, request_id)
+           values ($1,
+                   (select coalesce(max(sequence), 0) + 1 from status_changes where opportunity_id = $1),
+                   $2, $3, $4::status_kind, $5, $6, $7, $8::status_kind, $9, $10, $11, $12, $13, $14,
+                   $15::text::numeric, $12::timestamptz - $16::timestamptz, $17, $18)
+           returning id, opportunity_id, sequence, from_status_id, from_display_name,
+                     from_kind::text as "from_kind: StatusKind", from_probability, to_status_id,
+                     to_display_name, to_kind::text as "to_kind!: StatusKind", to_probability,
+                     changed_by_id, changed_by_name, change_time, note, currency_code,
+                     amount::text as amount,
+                     (extract(epoch from time_in_previous_status) * 1000000)::bigint
+                         as micros_in_previous_status,
+                     lost_reason, request_id"#,
+        change.opportunity_id,
+        from.map(|s| s.id),
+        from.map(|s| s.display_name.as_str()),
+        from.map(|s| s.kind) as Option<StatusKind>,
+        from.map(|s| s.probability),
+        change.to.id,
+        &change.to.display_name,
+        change.to.kind as StatusKind,
+        change.to.probability,
+        change.actor_id,
+        change.actor_name,
+        change.time,
+        change.note,
+        change.amount.map(|m| m.currency_code.as_str()),
+        change.amount.map(Money::decimal),
+        entered,
+        change.lost_reason,
+        change.request_id,
+    )
     .fetch_one(tx)
     .await
 }
@@ -393,27 +390,41 @@ pub async fn history<'e>(
     limit: i64,
 ) -> Result<Vec<StatusChangeRow>, sqlx::Error> {
     if newest_first {
-        sqlx::query_as(concat!(
-            "select ",
-            history_columns!(),
-            " from status_changes where opportunity_id = $1 and sequence < $2
-             order by sequence desc limit $3"
-        ))
-        .bind(opportunity_id)
-        .bind(after_sequence.unwrap_or(i32::MAX))
-        .bind(limit)
+        sqlx::query_as!(
+            StatusChangeRow,
+            r#"select id, opportunity_id, sequence, from_status_id, from_display_name,
+                      from_kind::text as "from_kind: StatusKind", from_probability, to_status_id,
+                      to_display_name, to_kind::text as "to_kind!: StatusKind", to_probability,
+                      changed_by_id, changed_by_name, change_time, note, currency_code,
+                      amount::text as amount,
+                      (extract(epoch from time_in_previous_status) * 1000000)::bigint
+                          as micros_in_previous_status,
+                      lost_reason, request_id
+               from status_changes where opportunity_id = $1 and sequence < $2
+               order by sequence desc limit $3"#,
+            opportunity_id,
+            after_sequence.unwrap_or(i32::MAX),
+            limit
+        )
         .fetch_all(db)
         .await
     } else {
-        sqlx::query_as(concat!(
-            "select ",
-            history_columns!(),
-            " from status_changes where opportunity_id = $1 and sequence > $2
-             order by sequence limit $3"
-        ))
-        .bind(opportunity_id)
-        .bind(after_sequence.unwrap_or(0))
-        .bind(limit)
+        sqlx::query_as!(
+            StatusChangeRow,
+            r#"select id, opportunity_id, sequence, from_status_id, from_display_name,
+                      from_kind::text as "from_kind: StatusKind", from_probability, to_status_id,
+                      to_display_name, to_kind::text as "to_kind!: StatusKind", to_probability,
+                      changed_by_id, changed_by_name, change_time, note, currency_code,
+                      amount::text as amount,
+                      (extract(epoch from time_in_previous_status) * 1000000)::bigint
+                          as micros_in_previous_status,
+                      lost_reason, request_id
+               from status_changes where opportunity_id = $1 and sequence > $2
+               order by sequence limit $3"#,
+            opportunity_id,
+            after_sequence.unwrap_or(0),
+            limit
+        )
         .fetch_all(db)
         .await
     }
@@ -548,7 +559,7 @@ pub fn list_query(
     after: Option<&ListAfter>,
     limit: i64,
 ) -> QueryBuilder<Postgres> {
-    let mut query = QueryBuilder::new(select_opportunity!());
+    let mut query = QueryBuilder::new(select_opportunity());
     query.push("where true");
     push_visibility(&mut query, visibility);
     push_filter(&mut query, filter);
@@ -700,12 +711,16 @@ pub async fn pipeline<'e>(
 pub async fn live_statuses<'e>(
     db: impl PgExecutor<'e>,
 ) -> Result<Vec<(Uuid, String, i32, i16, StatusKind)>, sqlx::Error> {
-    sqlx::query_as(
-        "select id, display_name, position, probability, kind::text from opportunity_statuses
-         where not archived order by position",
+    let rows = sqlx::query!(
+        r#"select id, display_name, position, probability, kind::text as "kind!: StatusKind"
+           from opportunity_statuses where not archived order by position"#
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|s| (s.id, s.display_name, s.position, s.probability, s.kind))
+        .collect())
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -759,4 +774,25 @@ pub fn salespeople_query(
         .push(" order by lower(display_name), id limit ")
         .push_bind(limit);
     query
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_read_the_columns_of_get_by_their_plain_names() {
+        let select = select_opportunity();
+        assert!(
+            select.starts_with("select o.id, o.customer_id,"),
+            "{select}"
+        );
+        assert!(
+            select
+                .trim_end()
+                .ends_with("join salespeople ub on ub.id = o.updated_by")
+        );
+        assert!(select.contains("o.state::text as state,"), "{select}");
+        assert!(!select.contains('"'), "{select}");
+    }
 }

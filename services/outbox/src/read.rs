@@ -56,37 +56,30 @@ pub enum ReadError {
     Database(#[from] sqlx::Error),
 }
 
-type Row = (
-    i64,
-    Option<i64>,
-    Option<String>,
-    Option<Uuid>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    Option<Vec<u8>>,
-);
-
 /// Up to `limit` placed events after position `after`, in position order.
 pub async fn read_after(pool: &PgPool, after: i64, limit: i64) -> Result<Page, ReadError> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "select r.deleted_through, e.seq, e.type, e.opportunity_id, e.owner_id,
-                e.previous_owner_id, so.team, sp.team, e.occur_time, e.payload
-         from event_retention r
-         left join lateral (
-             select * from opportunity_events
-             where seq > $1 order by seq limit $2) e on true
-         left join salespeople so on so.id = e.owner_id
-         left join salespeople sp on sp.id = e.previous_owner_id
-         order by e.seq",
+    // The event's columns are null on the retention row alone (no event after the
+    // position), a team when no salesperson has the id: `?` says so, since sqlx does not see
+    // through these outer joins.
+    let rows = sqlx::query!(
+        r#"select r.deleted_through, e.seq as "seq?", e.type as "event_type?",
+                  e.opportunity_id as "opportunity_id?", e.owner_id as "owner_id?",
+                  e.previous_owner_id, so.team as "owner_team?",
+                  sp.team as "previous_owner_team?", e.occur_time as "occur_time?",
+                  e.payload as "payload?"
+           from event_retention r
+           left join lateral (
+               select * from opportunity_events
+               where seq > $1 order by seq limit $2) e on true
+           left join salespeople so on so.id = e.owner_id
+           left join salespeople sp on sp.id = e.previous_owner_id
+           order by e.seq"#,
+        after,
+        limit
     )
-    .bind(after)
-    .bind(limit)
     .fetch_all(pool)
     .await?;
-    let deleted_through = rows.first().map_or(0, |row| row.0);
+    let deleted_through = rows.first().map_or(0, |row| row.deleted_through);
     if after < deleted_through {
         return Err(ReadError::Expired {
             after,
@@ -95,12 +88,12 @@ pub async fn read_after(pool: &PgPool, after: i64, limit: i64) -> Result<Page, R
     }
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
-        let (_, Some(seq), Some(event_type), Some(opportunity_id), Some(owner_id)) =
-            (row.0, row.1, row.2, row.3, row.4)
+        let (Some(seq), Some(event_type), Some(opportunity_id), Some(owner_id)) =
+            (row.seq, row.event_type, row.opportunity_id, row.owner_id)
         else {
             continue;
         };
-        let payload = row.9.unwrap_or_default();
+        let payload = row.payload.unwrap_or_default();
         let event = match pb::OpportunityEvent::decode(payload.as_slice()) {
             Ok(mut event) => {
                 event.cursor = cursor(seq);
@@ -116,10 +109,10 @@ pub async fn read_after(pool: &PgPool, after: i64, limit: i64) -> Result<Page, R
             event_type,
             opportunity_id,
             owner_id,
-            previous_owner_id: row.5,
-            owner_team: row.6,
-            previous_owner_team: row.7,
-            occur_time: row.8.unwrap_or_default(),
+            previous_owner_id: row.previous_owner_id,
+            owner_team: row.owner_team,
+            previous_owner_team: row.previous_owner_team,
+            occur_time: row.occur_time.unwrap_or_default(),
             event,
             payload,
         }));
@@ -144,19 +137,19 @@ pub struct Bounds {
 }
 
 pub async fn bounds(pool: &PgPool) -> Result<Bounds, sqlx::Error> {
-    let (oldest, latest, deleted_through_time): (i64, i64, Option<DateTime<Utc>>) =
-        sqlx::query_as(
-            "select r.deleted_through,
-                    greatest(r.deleted_through, coalesce((select max(seq) from opportunity_events), 0)),
-                    r.deleted_through_time
-             from event_retention r",
-        )
-        .fetch_one(pool)
-        .await?;
+    let bounds = sqlx::query!(
+        r#"select r.deleted_through,
+                  greatest(r.deleted_through, coalesce((select max(seq) from opportunity_events), 0))
+                      as "latest!",
+                  r.deleted_through_time
+           from event_retention r"#
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(Bounds {
-        oldest,
-        latest,
-        deleted_through_time,
+        oldest: bounds.deleted_through,
+        latest: bounds.latest,
+        deleted_through_time: bounds.deleted_through_time,
     })
 }
 
@@ -175,10 +168,10 @@ pub async fn position_at(pool: &PgPool, time: DateTime<Utc>) -> Result<i64, Read
             oldest: bounds.oldest,
         });
     }
-    let first: Option<i64> = sqlx::query_scalar(
+    let first = sqlx::query_scalar!(
         "select min(seq) from opportunity_events where occur_time >= $1 and seq is not null",
+        time
     )
-    .bind(time)
     .fetch_one(pool)
     .await?;
     Ok(match first {

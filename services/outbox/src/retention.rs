@@ -67,33 +67,34 @@ pub async fn sweep(
             return Ok(swept);
         }
         // The oldest placed events, and how many of them, from the start, are past it.
-        let (deleted, through, through_time): (i64, Option<i64>, Option<DateTime<Utc>>) =
-            sqlx::query_as(
-                "with head as (
-                     select e.seq, e.occur_time,
-                            bool_and(e.occur_time < $2) over (order by e.seq) as old
-                     from opportunity_events e, event_retention r
-                     where e.seq > r.deleted_through
-                     order by e.seq limit $1),
-                 gone as (
-                     delete from opportunity_events e
-                     using head
-                     where e.seq = head.seq and head.old
-                     returning e.seq, e.occur_time)
-                 select count(*), max(seq), max(occur_time) from gone",
-            )
-            .bind(retention.batch)
-            .bind(events_before)
-            .fetch_one(&mut *tx)
-            .await?;
-        if let Some(through) = through {
-            sqlx::query(
+        let gone = sqlx::query!(
+            r#"with head as (
+                   select e.seq, e.occur_time,
+                          bool_and(e.occur_time < $2) over (order by e.seq) as old
+                   from opportunity_events e, event_retention r
+                   where e.seq > r.deleted_through
+                   order by e.seq limit $1),
+               gone as (
+                   delete from opportunity_events e
+                   using head
+                   where e.seq = head.seq and head.old
+                   returning e.seq, e.occur_time)
+               select count(*) as "deleted!", max(seq) as through, max(occur_time) as through_time
+               from gone"#,
+            retention.batch,
+            events_before
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let deleted = gone.deleted;
+        if let Some(through) = gone.through {
+            sqlx::query!(
                 "update event_retention
                  set deleted_through = greatest(deleted_through, $1),
                      deleted_through_time = greatest(deleted_through_time, $2)",
+                through,
+                gone.through_time
             )
-            .bind(through)
-            .bind(through_time)
             .execute(&mut *tx)
             .await?;
         }
@@ -109,13 +110,13 @@ pub async fn sweep(
         if !try_lock(&mut tx).await? {
             return Ok(swept);
         }
-        let deleted = sqlx::query(
+        let deleted = sqlx::query!(
             "delete from idempotency_records
              where ctid = any(array(select ctid from idempotency_records
                                     where create_time < $2 limit $1))",
+            retention.batch,
+            records_before
         )
-        .bind(retention.batch)
-        .bind(records_before)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -136,10 +137,12 @@ pub async fn sweep(
 }
 
 async fn try_lock(tx: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
-        .bind(RETENTION_LOCK)
-        .fetch_one(tx)
-        .await
+    sqlx::query_scalar!(
+        r#"select pg_try_advisory_xact_lock($1) as "locked!""#,
+        RETENTION_LOCK
+    )
+    .fetch_one(tx)
+    .await
 }
 
 /// Sweeps every `retention.interval` until the task is dropped; errors are logged and the

@@ -72,17 +72,16 @@ async fn sequence_batch(conn: &mut PgConnection) -> Result<(usize, bool), sqlx::
     let mut tx = conn.begin().await?;
     // Batches one at a time, whoever runs them (the active sequencer, a test): positions
     // become visible in increasing order and no event is placed twice. Writers never take it.
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(BATCH_LOCK)
-        .execute(&mut *tx)
+    sqlx::query_scalar!("select pg_advisory_xact_lock($1)", BATCH_LOCK)
+        .fetch_one(&mut *tx)
         .await?;
     // Unplaced events of transactions that have all ended, oldest first, each with whether
     // the event of its previous version is itself still unplaced.
-    let candidates: Vec<(i64, Uuid, i64, bool)> = sqlx::query_as(
-        "select e.id, e.opportunity_id, e.version,
+    let candidates: Vec<(i64, Uuid, i64, bool)> = sqlx::query!(
+        r#"select e.id, e.opportunity_id, e.version,
                 exists (select 1 from opportunity_events p
                         where p.opportunity_id = e.opportunity_id
-                          and p.version = e.version - 1 and p.seq is null) as waits
+                          and p.version = e.version - 1 and p.seq is null) as "waits!"
          from opportunity_events e
          where e.seq is null
            and e.xact_id::text::bigint < (
@@ -97,17 +96,20 @@ async fn sequence_batch(conn: &mut PgConnection) -> Result<(usize, bool), sqlx::
                  on a.datname = current_database() and a.pid <> pg_backend_pid()
                 and a.backend_xid is not null)
          order by e.xact_id, e.id
-         limit $1",
+         limit $1"#,
+        BATCH
     )
-    .bind(BATCH)
     .fetch_all(&mut *tx)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|e| (e.id, e.opportunity_id, e.version, e.waits))
+    .collect();
     let full = candidates.len() as i64 == BATCH;
     let ready = ready_in_order(&candidates);
     if !ready.is_empty() {
-        sqlx::query(
-            // Materialized: positions are drawn once, in placement order (a subquery could
-            // be rescanned by the join and draw them again).
+        // Materialized: positions are drawn once, in placement order (a subquery could be
+        // rescanned by the join and draw them again).
+        sqlx::query!(
             "with placed as materialized (
                  select u.id, nextval('opportunity_event_seq') as seq
                  from unnest($1::bigint[]) with ordinality as u(id, position)
@@ -115,15 +117,13 @@ async fn sequence_batch(conn: &mut PgConnection) -> Result<(usize, bool), sqlx::
              update opportunity_events e set seq = placed.seq
              from placed
              where e.id = placed.id and e.seq is null",
+            &ready
         )
-        .bind(&ready)
         .execute(&mut *tx)
         .await?;
         // Delivered at commit, when the positions become visible.
-        sqlx::query("select pg_notify($1, '')")
-            .bind(PLACED_CHANNEL)
-            .bind(&ready)
-            .execute(&mut *tx)
+        sqlx::query_scalar!("select pg_notify($1, '')", PLACED_CHANNEL)
+            .fetch_one(&mut *tx)
             .await?;
     }
     tx.commit().await?;
@@ -171,10 +171,12 @@ pub async fn run(pool: PgPool) {
 async fn run_once(pool: &PgPool) -> Result<(), sqlx::Error> {
     // A connection of its own: the session lock lives as long as it does.
     let mut conn = pool.acquire().await?.detach();
-    let active: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
-        .bind(SEQUENCER_LOCK)
-        .fetch_one(&mut conn)
-        .await?;
+    let active = sqlx::query_scalar!(
+        r#"select pg_try_advisory_lock($1) as "active!""#,
+        SEQUENCER_LOCK
+    )
+    .fetch_one(&mut conn)
+    .await?;
     if !active {
         return Ok(());
     }

@@ -77,7 +77,7 @@ impl Lease {
     /// trusted until that instant; `None`: another process holds it.
     pub async fn acquire(&self) -> Result<Option<Instant>, sqlx::Error> {
         let sent = Instant::now();
-        let epoch: Option<i64> = sqlx::query_scalar(
+        let epoch = sqlx::query_scalar!(
             "insert into event_relay_leases as l
                  (relay_name, holder, holder_name, expire_time)
              values ($1, $2, $3, now() + make_interval(secs => $4))
@@ -91,11 +91,11 @@ impl Lease {
                  expire_time = excluded.expire_time
              where l.holder = excluded.holder or l.expire_time <= now()
              returning epoch",
+            &self.relay_name,
+            self.holder,
+            &self.holder_name,
+            self.config.ttl.as_secs_f64()
         )
-        .bind(&self.relay_name)
-        .bind(self.holder)
-        .bind(&self.holder_name)
-        .bind(self.config.ttl.as_secs_f64())
         .fetch_optional(&self.pool)
         .await?;
         Ok(epoch.map(|_| sent + self.config.ttl.saturating_sub(self.config.margin())))
@@ -103,12 +103,12 @@ impl Lease {
 
     /// Gives the lease up (when ours), so a standby takes it at its next poll.
     pub async fn release(&self) -> Result<bool, sqlx::Error> {
-        let released = sqlx::query(
+        let released = sqlx::query!(
             "update event_relay_leases set expire_time = now() - interval '1 millisecond'
              where relay_name = $1 and holder = $2 and expire_time > now()",
+            &self.relay_name,
+            self.holder
         )
-        .bind(&self.relay_name)
-        .bind(self.holder)
         .execute(&self.pool)
         .await?;
         Ok(released.rows_affected() == 1)
@@ -117,8 +117,8 @@ impl Lease {
     /// Records that every event up to position `through` is published, when (and only
     /// when) this process still holds the lease; `false` when it does not.
     pub async fn record(&self, through: i64) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "with lease as (
+        sqlx::query_scalar!(
+            r#"with lease as (
                  select 1 from event_relay_leases
                  where relay_name = $1 and holder = $2 and expire_time > now()
                  for share),
@@ -127,11 +127,11 @@ impl Lease {
                  set last_event_id = greatest(last_event_id, $3), update_time = now()
                  where relay_name = $1 and exists (select 1 from lease)
                  returning 1)
-             select exists (select 1 from lease) and exists (select 1 from moved)",
+             select exists (select 1 from lease) and exists (select 1 from moved) as "recorded!""#,
+            &self.relay_name,
+            self.holder,
+            through
         )
-        .bind(&self.relay_name)
-        .bind(self.holder)
-        .bind(through)
         .fetch_one(&self.pool)
         .await
     }

@@ -232,10 +232,10 @@ impl Relay {
 
     /// The position of the last event recorded as published (0 when none).
     pub async fn offset(&self) -> anyhow::Result<i64> {
-        let offset: Option<i64> = sqlx::query_scalar(
+        let offset = sqlx::query_scalar!(
             "select last_event_id from event_relay_offsets where relay_name = $1",
+            &self.config.name
         )
-        .bind(&self.config.name)
         .fetch_optional(&self.pool)
         .await?;
         Ok(offset.unwrap_or(0))
@@ -368,10 +368,10 @@ impl Relay {
         if !signals.may_publish() {
             return Ok(());
         }
-        sqlx::query(
+        sqlx::query!(
             "insert into event_relay_offsets (relay_name) values ($1) on conflict do nothing",
+            &self.config.name
         )
-        .bind(&self.config.name)
         .execute(&self.pool)
         .await?;
         let recorded = self.offset().await?;
@@ -509,16 +509,16 @@ impl Relay {
             Err(error) => error.to_string(),
             Ok(_) => "the payload did not decode when read".to_owned(),
         };
-        let inserted = sqlx::query(
+        let inserted = sqlx::query!(
             "insert into event_dead_letters
                  (relay_name, seq, event_id, event_type, opportunity_id, payload, error)
              select $1, e.seq, e.event_id, e.type, e.opportunity_id, e.payload, $3
              from opportunity_events e where e.seq = $2
              on conflict do nothing",
+            &self.config.name,
+            stored.seq,
+            &error
         )
-        .bind(&self.config.name)
-        .bind(stored.seq)
-        .bind(&error)
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 1 {
@@ -580,11 +580,11 @@ impl Relay {
             .as_str()
             .parse::<uuid::Uuid>()
             .ok()?;
-        sqlx::query_scalar("select seq from opportunity_events where event_id = $1")
-            .bind(id)
+        sqlx::query_scalar!("select seq from opportunity_events where event_id = $1", id)
             .fetch_optional(&self.pool)
             .await
             .ok()
+            .flatten()
             .flatten()
     }
 
@@ -617,17 +617,18 @@ impl Relay {
     /// Sets the lag gauges from the recorded position: events placed after it (counted up
     /// to 100,000) and the age of the oldest of them.
     async fn update_lag(&self) -> Result<(), sqlx::Error> {
-        let (behind, age): (i64, Option<f64>) = sqlx::query_as(
-            "select count(*), extract(epoch from now() - min(e.occur_time))::float8
+        let lag = sqlx::query!(
+            r#"select count(*) as "behind!", extract(epoch from now() - min(e.occur_time))::float8 as age
              from (select e.occur_time
                    from opportunity_events e
                    where e.seq > coalesce((select last_event_id from event_relay_offsets
                                            where relay_name = $1), 0)
-                   order by e.seq limit 100000) e",
+                   order by e.seq limit 100000) e"#,
+            &self.config.name
         )
-        .bind(&self.config.name)
         .fetch_one(&self.pool)
         .await?;
+        let (behind, age) = (lag.behind, lag.age);
         let metrics = &salesopp_kit::metrics::metrics().events;
         metrics.relay_lag_events.set(behind);
         metrics.relay_lag_seconds.set(age.unwrap_or(0.0).max(0.0));
@@ -646,10 +647,10 @@ impl Relay {
         let (_stop_tx, stop) = watch::channel(false);
         let mut signals = Signals { lease, stop };
         self.ensure_stream(&mut signals).await?;
-        sqlx::query(
+        sqlx::query!(
             "insert into event_relay_offsets (relay_name) values ($1) on conflict do nothing",
+            &self.config.name
         )
-        .bind(&self.config.name)
         .execute(&self.pool)
         .await?;
         let mut position = self.offset().await?;

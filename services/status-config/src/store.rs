@@ -1,5 +1,6 @@
-//! The SQL of the status configuration. Every function runs on the executor it is given, so
-//! the service decides the transaction; the schema backs each rule (R3, R4) as well.
+//! The SQL of the status configuration, checked at build time (`query!`, `query_as!`; the
+//! offline data is in `.sqlx/`). Every function runs on the executor it is given, so the
+//! service decides the transaction; the schema backs each rule (R3, R4) as well.
 
 use std::collections::BTreeMap;
 
@@ -36,30 +37,25 @@ impl StatusRow {
     }
 }
 
-/// The columns of [`StatusRow`], as a literal so queries stay `&'static str` (no dynamic SQL).
-macro_rules! columns {
-    () => {
-        "id, display_name, localized_names, probability, kind::text as kind, position, \
-         is_default, archived, revision, create_time, update_time"
-    };
-}
-
 /// Serializes configuration writers: positions and the default are decided over the whole
 /// table. Opportunity writes (row and key-share locks) are not blocked by this mode.
 pub async fn lock_for_configuration(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("lock table opportunity_statuses in share row exclusive mode")
+    sqlx::query!("lock table opportunity_statuses in share row exclusive mode")
         .execute(tx)
         .await?;
     Ok(())
 }
 
 pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<StatusRow>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "select ",
-        columns!(),
-        " from opportunity_statuses where id = $1"
-    ))
-    .bind(id)
+    sqlx::query_as!(
+        StatusRow,
+        r#"select id, display_name,
+                  localized_names as "localized_names: Json<BTreeMap<String, String>>",
+                  probability, kind::text as "kind!: StatusKind", position, is_default, archived,
+                  revision, create_time, update_time
+           from opportunity_statuses where id = $1"#,
+        id
+    )
     .fetch_optional(db)
     .await
 }
@@ -73,12 +69,15 @@ pub async fn get_for_update(
     tx: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<StatusRow>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "select ",
-        columns!(),
-        " from opportunity_statuses where id = $1 for no key update"
-    ))
-    .bind(id)
+    sqlx::query_as!(
+        StatusRow,
+        r#"select id, display_name,
+                  localized_names as "localized_names: Json<BTreeMap<String, String>>",
+                  probability, kind::text as "kind!: StatusKind", position, is_default, archived,
+                  revision, create_time, update_time
+           from opportunity_statuses where id = $1 for no key update"#,
+        id
+    )
     .fetch_optional(tx)
     .await
 }
@@ -90,28 +89,34 @@ pub async fn list<'e>(
     after_position: Option<i32>,
     limit: i64,
 ) -> Result<Vec<StatusRow>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "select ",
-        columns!(),
-        " from opportunity_statuses
-         where ($1 or not archived) and position > $2
-         order by position
-         limit $3"
-    ))
-    .bind(show_archived)
-    .bind(after_position.unwrap_or(0))
-    .bind(limit)
+    sqlx::query_as!(
+        StatusRow,
+        r#"select id, display_name,
+                  localized_names as "localized_names: Json<BTreeMap<String, String>>",
+                  probability, kind::text as "kind!: StatusKind", position, is_default, archived,
+                  revision, create_time, update_time
+           from opportunity_statuses
+           where ($1 or not archived) and position > $2
+           order by position
+           limit $3"#,
+        show_archived,
+        after_position.unwrap_or(0),
+        limit
+    )
     .fetch_all(db)
     .await
 }
 
 /// The live (non-archived) statuses in pipeline order.
 pub async fn list_live(tx: &mut PgConnection) -> Result<Vec<StatusRow>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "select ",
-        columns!(),
-        " from opportunity_statuses where not archived order by position"
-    ))
+    sqlx::query_as!(
+        StatusRow,
+        r#"select id, display_name,
+                  localized_names as "localized_names: Json<BTreeMap<String, String>>",
+                  probability, kind::text as "kind!: StatusKind", position, is_default, archived,
+                  revision, create_time, update_time
+           from opportunity_statuses where not archived order by position"#
+    )
     .fetch_all(tx)
     .await
 }
@@ -122,35 +127,39 @@ pub async fn insert(
     status: &NewStatus,
     position: i32,
 ) -> Result<StatusRow, sqlx::Error> {
-    sqlx::query("update opportunity_statuses set position = position + 1 where position >= $1")
-        .bind(position)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "update opportunity_statuses set position = position + 1 where position >= $1",
+        position
+    )
+    .execute(&mut *tx)
+    .await?;
     if status.make_default {
         clear_default(&mut *tx).await?;
     }
-    sqlx::query_as(concat!(
-        "insert into opportunity_statuses
-             (display_name, localized_names, probability, kind, position, is_default)
-         values ($1, $2, $3, 'OPEN', $4, $5)
-         returning ",
-        columns!(),
-        ""
-    ))
-    .bind(status.display_name.as_str())
-    .bind(Json(status.localized_names.as_map()))
-    .bind(i16::from(status.probability))
-    .bind(position)
-    .bind(status.make_default)
+    sqlx::query_as!(
+        StatusRow,
+        r#"insert into opportunity_statuses
+               (display_name, localized_names, probability, kind, position, is_default)
+           values ($1, $2, $3, 'OPEN', $4, $5)
+           returning id, display_name,
+                     localized_names as "localized_names: Json<BTreeMap<String, String>>",
+                     probability, kind::text as "kind!: StatusKind", position, is_default,
+                     archived, revision, create_time, update_time"#,
+        status.display_name.as_str(),
+        Json(status.localized_names.as_map()) as _,
+        i16::from(status.probability),
+        position,
+        status.make_default
+    )
     .fetch_one(tx)
     .await
 }
 
 async fn clear_default(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "update opportunity_statuses
          set is_default = false, revision = revision + 1, update_time = now()
-         where is_default",
+         where is_default"
     )
     .execute(tx)
     .await?;
@@ -164,19 +173,21 @@ pub async fn update(
     localized_names: &BTreeMap<String, String>,
     probability: i16,
 ) -> Result<StatusRow, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "update opportunity_statuses
-         set display_name = $2, localized_names = $3, probability = $4,
-             revision = revision + 1, update_time = now()
-         where id = $1
-         returning ",
-        columns!(),
-        ""
-    ))
-    .bind(id)
-    .bind(display_name)
-    .bind(Json(localized_names))
-    .bind(probability)
+    sqlx::query_as!(
+        StatusRow,
+        r#"update opportunity_statuses
+           set display_name = $2, localized_names = $3, probability = $4,
+               revision = revision + 1, update_time = now()
+           where id = $1
+           returning id, display_name,
+                     localized_names as "localized_names: Json<BTreeMap<String, String>>",
+                     probability, kind::text as "kind!: StatusKind", position, is_default,
+                     archived, revision, create_time, update_time"#,
+        id,
+        display_name,
+        Json(localized_names) as _,
+        probability
+    )
     .fetch_one(tx)
     .await
 }
@@ -184,53 +195,63 @@ pub async fn update(
 /// R4: makes `id` the default and the previous default not, in the caller's transaction.
 pub async fn set_default(tx: &mut PgConnection, id: Uuid) -> Result<StatusRow, sqlx::Error> {
     clear_default(&mut *tx).await?;
-    sqlx::query_as(concat!(
-        "update opportunity_statuses
-         set is_default = true, revision = revision + 1, update_time = now()
-         where id = $1
-         returning ",
-        columns!(),
-        ""
-    ))
-    .bind(id)
+    sqlx::query_as!(
+        StatusRow,
+        r#"update opportunity_statuses
+           set is_default = true, revision = revision + 1, update_time = now()
+           where id = $1
+           returning id, display_name,
+                     localized_names as "localized_names: Json<BTreeMap<String, String>>",
+                     probability, kind::text as "kind!: StatusKind", position, is_default,
+                     archived, revision, create_time, update_time"#,
+        id
+    )
     .fetch_one(tx)
     .await
 }
 
 /// How many opportunities are in the status (R6).
 pub async fn opportunities_in(tx: &mut PgConnection, id: Uuid) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("select count(*) from opportunities where status_id = $1")
-        .bind(id)
-        .fetch_one(tx)
-        .await
+    sqlx::query_scalar!(
+        r#"select count(*) as "count!" from opportunities where status_id = $1"#,
+        id
+    )
+    .fetch_one(tx)
+    .await
 }
 
 /// Archives a status and moves it after every other, keeping live positions 1..n.
 pub async fn archive(tx: &mut PgConnection, id: Uuid) -> Result<StatusRow, sqlx::Error> {
-    let old_position: i32 =
-        sqlx::query_scalar("select position from opportunity_statuses where id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-    sqlx::query(
+    let old_position = sqlx::query_scalar!(
+        "select position from opportunity_statuses where id = $1",
+        id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query!(
         "update opportunity_statuses
          set archived = true, archive_time = now(), revision = revision + 1, update_time = now(),
              position = (select max(position) + 1 from opportunity_statuses)
          where id = $1",
+        id
     )
-    .bind(id)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("update opportunity_statuses set position = position - 1 where position > $1")
-        .bind(old_position)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query_as(concat!(
-        "select ",
-        columns!(),
-        " from opportunity_statuses where id = $1"
-    ))
-    .bind(id)
+    sqlx::query!(
+        "update opportunity_statuses set position = position - 1 where position > $1",
+        old_position
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query_as!(
+        StatusRow,
+        r#"select id, display_name,
+                  localized_names as "localized_names: Json<BTreeMap<String, String>>",
+                  probability, kind::text as "kind!: StatusKind", position, is_default, archived,
+                  revision, create_time, update_time
+           from opportunity_statuses where id = $1"#,
+        id
+    )
     .fetch_one(tx)
     .await
 }
@@ -238,7 +259,7 @@ pub async fn archive(tx: &mut PgConnection, id: Uuid) -> Result<StatusRow, sqlx:
 /// Sets the live statuses' positions to their order in `ids` (1-based); archived statuses
 /// follow them in their previous order. Bumps the etag of statuses whose position changed.
 pub async fn reorder(tx: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "with wanted as (
              select id, ordinality::int as position from unnest($1::uuid[]) with ordinality as t(id, ordinality)
          ),
@@ -251,8 +272,8 @@ pub async fn reorder(tx: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Er
          set position = target.position, revision = s.revision + 1, update_time = now()
          from target
          where s.id = target.id and s.position <> target.position",
+        ids
     )
-    .bind(ids)
     .execute(tx)
     .await?;
     Ok(())
