@@ -112,33 +112,34 @@ async fn claim<Resp: Message + Default>(
     let Some(request_id) = retry.request_id() else {
         return Ok(Claim::New);
     };
-    let claimed: Option<i32> = sqlx::query_scalar(
-        "insert into idempotency_records (caller_id, method, request_id, request_hash, response)
+    let claimed = sqlx::query_scalar!(
+        r#"insert into idempotency_records (caller_id, method, request_id, request_hash, response)
          values ($1, $2, $3, $4, '')
          on conflict (caller_id, method, request_id) do update
              set request_hash = excluded.request_hash, response = '', create_time = now()
              where idempotency_records.create_time < now() - make_interval(hours => $5)
-         returning 1",
+         returning 1 as "claimed!""#,
+        caller,
+        retry.method,
+        request_id,
+        &retry.hash,
+        RETENTION_HOURS as i32,
     )
-    .bind(caller)
-    .bind(retry.method)
-    .bind(request_id)
-    .bind(&retry.hash)
-    .bind(RETENTION_HOURS as i32)
     .fetch_optional(&mut *tx)
     .await?;
     if claimed.is_some() {
         return Ok(Claim::New);
     }
-    let (first_hash, response): (Vec<u8>, Vec<u8>) = sqlx::query_as(
+    let first = sqlx::query!(
         "select request_hash, response from idempotency_records
          where caller_id = $1 and method = $2 and request_id = $3",
+        caller,
+        retry.method,
+        request_id,
     )
-    .bind(caller)
-    .bind(retry.method)
-    .bind(request_id)
     .fetch_one(&mut *tx)
     .await?;
+    let (first_hash, response) = (first.request_hash, first.response);
     if first_hash != retry.hash {
         return Err(ApiError::invalid(
             "request_id",
@@ -160,14 +161,14 @@ async fn complete<Resp: Message>(
     let Some(request_id) = retry.request_id() else {
         return Ok(());
     };
-    sqlx::query(
+    sqlx::query!(
         "update idempotency_records set response = $4
          where caller_id = $1 and method = $2 and request_id = $3",
+        caller,
+        retry.method,
+        request_id,
+        response.encode_to_vec(),
     )
-    .bind(caller)
-    .bind(retry.method)
-    .bind(request_id)
-    .bind(response.encode_to_vec())
     .execute(&mut *tx)
     .await?;
     Ok(())

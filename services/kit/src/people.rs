@@ -25,14 +25,14 @@ pub async fn record(tx: &mut PgConnection, principal: &Principal) -> Result<(), 
         return Ok(());
     }
     let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
-    sqlx::query(
+    sqlx::query!(
         "insert into salespeople (id, display_name, team, roles) values ($1, $2, $3, $4)
          on conflict (id) do nothing",
+        principal.id,
+        principal.display_name,
+        principal.team,
+        &roles as &[&str],
     )
-    .bind(&principal.id)
-    .bind(&principal.display_name)
-    .bind(&principal.team)
-    .bind(&roles)
     .execute(tx)
     .await?;
     Ok(())
@@ -42,17 +42,17 @@ pub async fn record(tx: &mut PgConnection, principal: &Principal) -> Result<(), 
 /// roles, and `last_seen_time`.
 async fn upsert(pool: &sqlx::PgPool, principal: &Principal) -> Result<(), sqlx::Error> {
     let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
-    sqlx::query(
+    sqlx::query!(
         "insert into salespeople (id, display_name, team, roles)
          values ($1, $2, $3, $4)
          on conflict (id) do update
              set display_name = excluded.display_name, team = excluded.team,
                  roles = excluded.roles, last_seen_time = now()",
+        principal.id,
+        principal.display_name,
+        principal.team,
+        &roles as &[&str],
     )
-    .bind(&principal.id)
-    .bind(&principal.display_name)
-    .bind(&principal.team)
-    .bind(&roles)
     .execute(pool)
     .await?;
     Ok(())
@@ -60,8 +60,7 @@ async fn upsert(pool: &sqlx::PgPool, principal: &Principal) -> Result<(), sqlx::
 
 /// The team of a recorded salesperson; `None` when they have never called the suite.
 pub async fn team_of(tx: &mut PgConnection, id: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("select team from salespeople where id = $1")
-        .bind(id)
+    sqlx::query_scalar!("select team from salespeople where id = $1", id)
         .fetch_optional(tx)
         .await
 }

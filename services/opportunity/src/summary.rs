@@ -98,15 +98,17 @@ pub async fn pipeline<'e>(
 /// finds the lock taken and returns 0). The number of deltas moved.
 pub async fn fold(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
-        .bind(FOLD_LOCK)
-        .fetch_one(&mut *tx)
-        .await?;
+    let locked = sqlx::query_scalar!(
+        r#"select pg_try_advisory_xact_lock($1) as "locked!""#,
+        FOLD_LOCK
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     if !locked {
         return Ok(0);
     }
-    let moved: i64 = sqlx::query_scalar(
-        "with moved as (
+    let moved = sqlx::query_scalar!(
+        r#"with moved as (
              delete from pipeline_deltas
              where id in (select id from pipeline_deltas order by id limit $1)
              returning owner_id, status_id, currency_code, count, amount
@@ -120,9 +122,9 @@ pub async fn fold(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
              on conflict (owner_id, status_id, currency_code) do update
                  set count = t.count + excluded.count, amount = t.amount + excluded.amount
          )
-         select coalesce(sum(deltas), 0)::bigint from summed",
+         select coalesce(sum(deltas), 0)::bigint as "moved!" from summed"#,
+        batch
     )
-    .bind(batch)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
