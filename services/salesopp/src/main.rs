@@ -209,31 +209,35 @@ const SECRET_HELP: &str = "The suite's HS256 secret: the tokens are signed with 
 const ISSUER_HELP: &str = "The `iss` claim the suite requires: put into the tokens";
 const AUDIENCE_HELP: &str = "The `aud` claim the suite requires: put into the tokens";
 
+/// What `salesopp serve` takes.
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Host only this service (one Kubernetes Deployment each); all of them when absent.
+    #[arg(long, env = "SALESOPP_SERVICE")]
+    pub service: Option<ServiceKind>,
+    /// Postgres URL; required unless only the gateway is served.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Most connections the pool opens.
+    #[arg(long, env = "SALESOPP_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    db_max_connections: u32,
+    #[command(flatten)]
+    auth: AuthArgs,
+    #[command(flatten)]
+    listen: ListenArgs,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    #[command(flatten)]
+    events: EventArgs,
+    /// Seconds to wait for the database at start-up.
+    #[arg(long, env = "SALESOPP_STARTUP_TIMEOUT_SECONDS", default_value_t = 60)]
+    startup_timeout_seconds: u64,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve every service on one port, or one service with --service.
-    Serve {
-        /// Host only this service (one Kubernetes Deployment each); all of them when absent.
-        #[arg(long, env = "SALESOPP_SERVICE")]
-        service: Option<ServiceKind>,
-        /// Postgres URL; required unless only the gateway is served.
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: Option<String>,
-        /// Most connections the pool opens.
-        #[arg(long, env = "SALESOPP_DB_MAX_CONNECTIONS", default_value_t = 10)]
-        db_max_connections: u32,
-        #[command(flatten)]
-        auth: AuthArgs,
-        #[command(flatten)]
-        listen: ListenArgs,
-        #[command(flatten)]
-        gateway: GatewayArgs,
-        #[command(flatten)]
-        events: EventArgs,
-        /// Seconds to wait for the database at start-up.
-        #[arg(long, env = "SALESOPP_STARTUP_TIMEOUT_SECONDS", default_value_t = 60)]
-        startup_timeout_seconds: u64,
-    },
+    Serve(Box<ServeArgs>),
     /// Create the database if it is missing and apply every pending migration.
     Migrate {
         #[command(flatten)]
@@ -306,67 +310,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve {
-            service,
-            database_url,
-            db_max_connections,
-            auth,
-            listen,
-            gateway,
-            events,
-            startup_timeout_seconds,
-        } => {
-            salesopp_kit::telemetry::init();
-            let authenticator = auth.authenticator().await?;
-            let services = match service {
-                Some(one) => vec![one],
-                None => ServiceKind::ALL.to_vec(),
-            };
-            let pool = if services.iter().any(|s| s.needs_database()) {
-                let url = database_url.ok_or_else(|| {
-                    anyhow::anyhow!("DATABASE_URL is required to serve {services:?}")
-                })?;
-                let pool = salesopp_kit::db::connect_lazy(&url, db_max_connections)?;
-                salesopp::wait_for_schema(&pool, Duration::from_secs(startup_timeout_seconds))
-                    .await?;
-                Some(pool)
-            } else {
-                None
-            };
-            // Alone, the gateway is told where the services are; beside them, it uses this port.
-            let gateway_endpoints = if service == Some(ServiceKind::Gateway) {
-                Some(gateway.endpoints()?)
-            } else {
-                None
-            };
-            let listener = tokio::net::TcpListener::bind(listen.listen).await?;
-            let metrics_listener = match listen.metrics_listen {
-                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
-                None => None,
-            };
-            salesopp::serve(
-                ServeConfig {
-                    pool,
-                    auth: authenticator,
-                    services,
-                    gateway_endpoints,
-                    grace: listen.shutdown_grace(),
-                    health_interval: listen.health_interval(),
-                    metrics_listener,
-                    streams: salesopp_opportunity::events::StreamConfig {
-                        heartbeat: events.event_heartbeat,
-                        streams_per_caller: events.event_streams_per_caller,
-                    },
-                    retention: salesopp_outbox::retention::Retention {
-                        events: events.event_retention,
-                        ..Default::default()
-                    },
-                },
-                listener,
-                salesopp_kit::serve::shutdown_signal(),
-            )
-            .await
-        }
+        Command::Serve(args) => serve(*args).await,
         Command::Relay(args) => relay(args).await,
         Command::Demo { url, listen, auth } => {
             let url = salesopp::demo::suite_url(url.as_deref(), listen.listen);
@@ -374,26 +318,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{story}");
             Ok(())
         }
-        Command::Migrate { database } => {
-            salesopp_kit::telemetry::init();
-            let url = &database.database_url;
-            let options = salesopp_kit::db::connect_options(url)?;
-            // The first connection: a failed TLS check ends here, in one line.
-            let exists = sqlx::Postgres::database_exists(url)
-                .await
-                .map_err(|error| salesopp_kit::db::startup_error(&error, &options))?;
-            if !exists {
-                sqlx::Postgres::create_database(url).await?;
-                tracing::info!("database created");
-            }
-            let pool = salesopp_kit::db::pool_options(2).connect_lazy_with(options);
-            salesopp_kit::db::migrate(&pool).await?;
-            tracing::info!(
-                version = salesopp_kit::db::required_schema_version(),
-                "schema up to date"
-            );
-            Ok(())
-        }
+        Command::Migrate { database } => migrate(database).await,
         Command::Bench(args) => {
             salesopp_bench::run(*args).await?;
             Ok(())
@@ -417,4 +342,88 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `salesopp serve`: the services asked for, on one port, until SIGTERM or Ctrl-C.
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
+        service,
+        database_url,
+        db_max_connections,
+        auth,
+        listen,
+        gateway,
+        events,
+        startup_timeout_seconds,
+    } = args;
+    salesopp_kit::telemetry::init();
+    let authenticator = auth.authenticator().await?;
+    let services = match service {
+        Some(one) => vec![one],
+        None => ServiceKind::ALL.to_vec(),
+    };
+    let pool = if services.iter().any(|s| s.needs_database()) {
+        let url = database_url
+            .ok_or_else(|| anyhow::anyhow!("DATABASE_URL is required to serve {services:?}"))?;
+        let pool = salesopp_kit::db::connect_lazy(&url, db_max_connections)?;
+        salesopp::wait_for_schema(&pool, Duration::from_secs(startup_timeout_seconds)).await?;
+        Some(pool)
+    } else {
+        None
+    };
+    // Alone, the gateway is told where the services are; beside them, it uses this port.
+    let gateway_endpoints = if service == Some(ServiceKind::Gateway) {
+        Some(gateway.endpoints()?)
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(listen.listen).await?;
+    let metrics_listener = match listen.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
+    salesopp::serve(
+        ServeConfig {
+            pool,
+            auth: authenticator,
+            services,
+            gateway_endpoints,
+            grace: listen.shutdown_grace(),
+            health_interval: listen.health_interval(),
+            metrics_listener,
+            streams: salesopp_opportunity::events::StreamConfig {
+                heartbeat: events.event_heartbeat,
+                streams_per_caller: events.event_streams_per_caller,
+            },
+            retention: salesopp_outbox::retention::Retention {
+                events: events.event_retention,
+                ..Default::default()
+            },
+        },
+        listener,
+        salesopp_kit::serve::shutdown_signal(),
+    )
+    .await
+}
+
+/// `salesopp migrate`: the database created when missing, every pending migration applied.
+async fn migrate(database: DatabaseArgs) -> anyhow::Result<()> {
+    salesopp_kit::telemetry::init();
+    let url = &database.database_url;
+    let options = salesopp_kit::db::connect_options(url)?;
+    // The first connection: a failed TLS check ends here, in one line.
+    let exists = sqlx::Postgres::database_exists(url)
+        .await
+        .map_err(|error| salesopp_kit::db::startup_error(&error, &options))?;
+    if !exists {
+        sqlx::Postgres::create_database(url).await?;
+        tracing::info!("database created");
+    }
+    let pool = salesopp_kit::db::pool_options(2).connect_lazy_with(options);
+    salesopp_kit::db::migrate(&pool).await?;
+    tracing::info!(
+        version = salesopp_kit::db::required_schema_version(),
+        "schema up to date"
+    );
+    Ok(())
 }
