@@ -665,6 +665,30 @@ pub fn pipeline_query(
     visibility: &Visibility,
     filter: &OpportunityFilter,
 ) -> QueryBuilder<Postgres> {
+    pipeline_groups(PipelineSource::Rows, visibility, filter)
+}
+
+/// What a pipeline summary aggregates: a relation named `o` with the opportunities' columns
+/// `owner_id`, `status_id`, `state`, `currency_code` and `amount`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelineSource {
+    /// The opportunities themselves: one row each.
+    Rows,
+    /// Groups of opportunities that share owner, status and currency, `count` rows each, with
+    /// `amount` their sum (`crate::summary`): the SQL of that relation.
+    Groups(&'static str),
+}
+
+/// The summary's grouping sets over `source`, with the caller's visibility and the filters.
+pub fn pipeline_groups(
+    source: PipelineSource,
+    visibility: &Visibility,
+    filter: &OpportunityFilter,
+) -> QueryBuilder<Postgres> {
+    let (count, from) = match source {
+        PipelineSource::Rows => ("count(*)", "opportunities o"),
+        PipelineSource::Groups(relation) => ("sum(o.count)::bigint", relation),
+    };
     let mut query = QueryBuilder::new(
         "select g.grouping, g.owner_id, sp.display_name as owner_name, g.status_id,
                 g.state::text as state, g.currency_code, g.count, g.total::text as total,
@@ -674,12 +698,16 @@ pub fn pipeline_query(
                     case when grouping(o.owner_id) = 0 then o.owner_id end as owner_id,
                     case when grouping(o.status_id) = 0 then o.status_id end as status_id,
                     case when grouping(o.state) = 0 then o.state end as state,
-                    o.currency_code, count(*) as count, sum(o.amount) as total,
-                    sum(o.amount * s.probability) as weighted_x100
-             from opportunities o
-             join opportunity_statuses s on s.id = o.status_id
-             where true",
+                    o.currency_code, ",
     );
+    query
+        .push(count)
+        .push(
+            " as count, sum(o.amount) as total, sum(o.amount * s.probability) as weighted_x100
+             from ",
+        )
+        .push(from)
+        .push(" join opportunity_statuses s on s.id = o.status_id where true");
     push_visibility(&mut query, visibility);
     push_filter(&mut query, filter);
     query.push(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
 
 use crate::domain::Visibility;
-use crate::store::{OpportunityFilter, PipelineRow, push_filter, push_visibility};
+use crate::store::{OpportunityFilter, PipelineRow, PipelineSource, pipeline_groups};
 
 /// The lock one replica's fold holds.
 const FOLD_LOCK: i64 = 0x5a1e_5000_f01d;
@@ -33,53 +33,26 @@ pub fn answers(filter: &OpportunityFilter) -> bool {
         && filter.pattern.is_none()
 }
 
-/// The summary's groups from the totals and the deltas not folded yet, in one statement (one
-/// snapshot, so exact): the same rows, in the same order, as the aggregate over the
-/// opportunities. The derived table is called `o`, with the opportunities' column names, so
-/// the visibility and filters render as they do there.
+/// The totals and the deltas not folded yet, as groups of opportunities with the
+/// opportunities' column names (`o`), and `count`: the pipeline's grouping sets over them are
+/// the same rows, in the same order, as over the opportunities themselves. One statement,
+/// so one snapshot: exact.
+const GROUPS: &str = "(
+    select t.owner_id, t.status_id, st.kind as state,
+           nullif(t.currency_code, '') as currency_code,
+           sum(t.count) as count,
+           case when t.currency_code <> '' then sum(t.amount) end as amount
+    from (select owner_id, status_id, currency_code, count, amount from pipeline_totals
+          union all
+          select owner_id, status_id, currency_code, count, amount from pipeline_deltas) t
+    join opportunity_statuses st on st.id = t.status_id
+    group by t.owner_id, t.status_id, st.kind, t.currency_code
+    having sum(t.count) <> 0
+) o";
+
+/// The summary's query over the totals.
 pub fn query(visibility: &Visibility, filter: &OpportunityFilter) -> QueryBuilder<Postgres> {
-    let mut query = QueryBuilder::new(
-        "select g.grouping, g.owner_id, sp.display_name as owner_name, g.status_id,
-                g.state::text as state, g.currency_code, g.count, g.total::text as total,
-                g.weighted_x100::text as weighted_x100
-         from (
-             select grouping(o.owner_id, o.status_id, o.state) as grouping,
-                    case when grouping(o.owner_id) = 0 then o.owner_id end as owner_id,
-                    case when grouping(o.status_id) = 0 then o.status_id end as status_id,
-                    case when grouping(o.state) = 0 then o.state end as state,
-                    o.currency_code, sum(o.count)::bigint as count, sum(o.amount) as total,
-                    sum(o.amount * s.probability) as weighted_x100
-             from (
-                 select t.owner_id, t.status_id, st.kind as state,
-                        nullif(t.currency_code, '') as currency_code,
-                        sum(t.count) as count,
-                        case when t.currency_code <> '' then sum(t.amount) end as amount
-                 from (select owner_id, status_id, currency_code, count, amount
-                       from pipeline_totals
-                       union all
-                       select owner_id, status_id, currency_code, count, amount
-                       from pipeline_deltas) t
-                 join opportunity_statuses st on st.id = t.status_id
-                 group by t.owner_id, t.status_id, st.kind, t.currency_code
-                 having sum(t.count) <> 0
-             ) o
-             join opportunity_statuses s on s.id = o.status_id
-             where true",
-    );
-    push_visibility(&mut query, visibility);
-    push_filter(&mut query, filter);
-    query.push(
-        " group by grouping sets ((o.status_id, o.currency_code),
-                                  (o.owner_id, o.status_id, o.currency_code),
-                                  (o.owner_id, o.state, o.currency_code),
-                                  (o.state, o.currency_code))
-         ) g
-         left join salespeople sp on sp.id = g.owner_id
-         left join opportunity_statuses st on st.id = g.status_id
-         order by g.grouping, sp.display_name, g.owner_id, st.position, g.state,
-                  g.currency_code nulls first",
-    );
-    query
+    pipeline_groups(PipelineSource::Groups(GROUPS), visibility, filter)
 }
 
 pub async fn pipeline<'e>(
