@@ -74,6 +74,16 @@ async fn set_all(reporter: &HealthReporter, names: &[&'static str], status: Serv
     }
 }
 
+/// Ends every `grpc.health.v1.Health/Watch` stream once it has sent the NOT_SERVING just
+/// set: an open watch (gRPC client-side health checking keeps one on every connection) would
+/// otherwise hold its connection, and the drain, until the grace period ran out.
+async fn end_watches(reporter: &mut HealthReporter, names: &[&'static str]) {
+    reporter.clear_service_status("").await;
+    for name in names {
+        reporter.clear_service_status(name).await;
+    }
+}
+
 /// Probes the database forever, reporting every service SERVING or NOT_SERVING.
 async fn watch_database(
     pool: PgPool,
@@ -181,14 +191,17 @@ pub async fn serve(
     let local_addr = options.listener.local_addr()?;
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = options.shutdown;
-    let drain_reporter = reporter.clone();
+    let mut drain_reporter = reporter.clone();
     let drain_names = names.clone();
     let signal = async move {
         shutdown.await;
-        if let Some(watcher) = &watcher {
+        if let Some(watcher) = watcher {
             watcher.abort();
+            // Stopped for good, so it cannot report SERVING again after NOT_SERVING.
+            let _ = watcher.await;
         }
         set_all(&drain_reporter, &drain_names, ServingStatus::NotServing).await;
+        end_watches(&mut drain_reporter, &drain_names).await;
         let _ = stopping_tx.send(());
     };
     tracing::info!(%local_addr, services = ?names, "serving");
