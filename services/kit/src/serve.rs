@@ -31,6 +31,9 @@ pub struct ServeOptions {
     pub health_interval: Duration,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listener: Option<TcpListener>,
+    /// Told `true` once shutdown has begun and readiness reads NOT_SERVING: what must end
+    /// then, before the calls in flight (open event streams, which clients resume elsewhere).
+    pub draining: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -193,6 +196,7 @@ pub async fn serve(
     let shutdown = options.shutdown;
     let mut drain_reporter = reporter.clone();
     let drain_names = names.clone();
+    let draining = options.draining;
     let signal = async move {
         shutdown.await;
         if let Some(watcher) = watcher {
@@ -201,6 +205,9 @@ pub async fn serve(
             let _ = watcher.await;
         }
         set_all(&drain_reporter, &drain_names, ServingStatus::NotServing).await;
+        if let Some(draining) = draining {
+            let _ = draining.send(true);
+        }
         end_watches(&mut drain_reporter, &drain_names).await;
         let _ = stopping_tx.send(());
     };

@@ -199,12 +199,9 @@ pub async fn serve(
         }
     }
     let routes = routes(&config, listener.local_addr()?, feed.as_ref())?;
-    // Open streams end at once with UNAVAILABLE when shutdown begins (their consumers
-    // reconnect elsewhere); unary calls in flight finish within the grace period.
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    };
+    // Once shutdown has begun and readiness reads NOT_SERVING, open streams end at once with
+    // UNAVAILABLE (their consumers reconnect elsewhere); unary calls in flight finish within
+    // the grace period.
     let served = salesopp_kit::serve(
         config.pool,
         routes,
@@ -212,6 +209,7 @@ pub async fn serve(
         ServeOptions {
             listener,
             shutdown: Box::pin(shutdown),
+            draining: Some(stop),
             grace: config.grace,
             health_interval: config.health_interval,
             metrics_listener: config.metrics_listener,
