@@ -260,3 +260,99 @@ async fn the_outbox_backlog_shows_events_waiting_to_be_placed() {
     })
     .await;
 }
+
+/// The `salesopp_...` metric names in `text` (PromQL, or a file of it).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("salesopp_") {
+        let preceded = rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        if !preceded {
+            names.insert(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every `expr` of a Grafana dashboard, wherever it is in the JSON.
+fn exprs(value: &serde_json::Value, found: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match value {
+                    serde_json::Value::String(expr) if key == "expr" => found.push(expr.clone()),
+                    other => exprs(other, found),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, found)),
+        _ => {}
+    }
+}
+
+/// The dashboard and the alerts in `deploy/` query only metrics the program exports: every
+/// `salesopp_...` name in them is a sample name of a running suite's scrape (a histogram
+/// read as `x_bucket`, `x_sum`, `x_count`, as PromQL reads it).
+#[tokio::test]
+async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
+    let _turn = TURN.lock().await;
+    let prod = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kustomize/overlays/prod/monitoring"
+    );
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{prod}/dashboard.json")).expect("dashboard.json"),
+    )
+    .expect("the dashboard is JSON");
+    let mut found = Vec::new();
+    exprs(&dashboard, &mut found);
+    let dashboard_names = metric_names(&found.join("\n"));
+    let rule_names = metric_names(
+        &std::fs::read_to_string(format!("{prod}/prometheusrule.yaml"))
+            .expect("prometheusrule.yaml"),
+    );
+    // What the issue asks the dashboard to show, and the alerts to watch.
+    for name in [
+        "salesopp_grpc_calls_total",
+        "salesopp_grpc_call_seconds_bucket",
+        "salesopp_db_pool_connections",
+        "salesopp_event_outbox_backlog_seconds",
+        "salesopp_event_relay_lag_seconds",
+    ] {
+        assert!(dashboard_names.contains(name), "the dashboard shows {name}");
+    }
+    for name in [
+        "salesopp_grpc_calls_total",
+        "salesopp_grpc_call_seconds_bucket",
+        "salesopp_db_up",
+        "salesopp_event_relay_lag_seconds",
+        "salesopp_event_outbox_backlog_seconds",
+    ] {
+        assert!(rule_names.contains(name), "an alert reads {name}");
+    }
+
+    let mut world = world_with_metrics().await;
+    let addr = metrics_addr(&world);
+    make_calls(&mut world).await;
+    let scraped = scrape_until(addr, "the pool and database gauges", |s| {
+        s.value("salesopp_db_up", &[]) == Some(1.0)
+    })
+    .await;
+    let exported = scraped.names();
+    let missing: Vec<_> = dashboard_names
+        .union(&rule_names)
+        .filter(|name| !exported.contains(*name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "queried but not exported: {missing:?}; exported: {exported:?}"
+    );
+}
