@@ -11,6 +11,7 @@ pub mod fixtures;
 pub mod nats;
 pub mod relay;
 pub mod relay_process;
+pub mod scrape;
 pub mod wait;
 pub mod world;
 
@@ -140,6 +141,8 @@ impl Drop for TestDatabase {
 #[derive(Debug)]
 pub struct TestSuite {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when [`SuiteOptions::metrics`] asked for it.
+    pub metrics_addr: Option<SocketAddr>,
     /// A pool on the test's database, for fixtures and for checking what was written.
     pub db: PgPool,
     shutdown: Option<oneshot::Sender<()>>,
@@ -155,6 +158,8 @@ pub struct SuiteOptions {
     pub audience: Option<String>,
     pub health_interval: Duration,
     pub streams: salesopp_opportunity::events::StreamConfig,
+    /// Serve `/metrics` on a port of its own (`TestSuite::metrics_addr`).
+    pub metrics: bool,
 }
 
 impl Default for SuiteOptions {
@@ -164,6 +169,7 @@ impl Default for SuiteOptions {
             audience: None,
             health_interval: Duration::from_millis(100),
             streams: Default::default(),
+            metrics: false,
         }
     }
 }
@@ -190,6 +196,18 @@ impl TestSuite {
             .await
             .expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
+        let metrics_listener = if options.metrics {
+            Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind port 0"),
+            )
+        } else {
+            None
+        };
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("local addr"));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let config = ServeConfig {
             pool: Some(service_pool),
@@ -198,7 +216,7 @@ impl TestSuite {
             gateway_endpoints: None,
             grace: Duration::from_secs(5),
             health_interval: options.health_interval,
-            metrics_listener: None,
+            metrics_listener,
             streams: options.streams,
             retention: Default::default(),
         };
@@ -208,6 +226,7 @@ impl TestSuite {
         let db = database.pool().await;
         TestSuite {
             addr,
+            metrics_addr,
             db,
             shutdown: Some(shutdown_tx),
             server: Some(server),

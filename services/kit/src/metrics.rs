@@ -1,11 +1,14 @@
 //! Prometheus metrics, served over plain HTTP on `SALESOPP_METRICS_LISTEN` (`/metrics`):
-//! calls per method and status code, call latency per method, the database pool, and the
-//! change feed (events placed, streamed and relayed; open streams; lags; dead letters).
+//! calls per method and status code, call latency per method, the database pool and
+//! whether the database answers, and the change feed (events placed, streamed and relayed;
+//! open streams; the outbox backlog and the relay's lag; dead letters).
 //!
 //! The status code is read from the response head: tonic answers every error as a
 //! trailers-only response, so `grpc-status` is there for errors; a response without it
 //! completed its headers normally and is counted as OK (an error raised mid-stream by a
-//! streaming call is the one case counted as OK).
+//! streaming call is the one case counted as OK). The `code` label is the code's canonical
+//! name (`OK`, `INVALID_ARGUMENT`, `NOT_FOUND`, ...), as dashboards and alerts spell it;
+//! `transport` when the call failed below gRPC.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +29,9 @@ pub struct Metrics {
     pub calls: IntCounterVec,
     pub latency: HistogramVec,
     pub pool: IntGaugeVec,
+    /// 1 while the database answers the health probe, 0 while it does not (processes with
+    /// a database only).
+    pub database_up: IntGauge,
     pub events: Events,
 }
 
@@ -33,6 +39,11 @@ pub struct Metrics {
 pub struct Events {
     /// Events given their delivery position by the sequencer (written and committed).
     pub placed: IntCounter,
+    /// Events committed that the sequencer has still to place, counted
+    /// up to 100,000.
+    pub outbox_backlog_events: IntGauge,
+    /// The age of the oldest event the sequencer has still to place.
+    pub outbox_backlog_seconds: Gauge,
     /// Events sent to WatchOpportunityEvents streams.
     pub streamed: IntCounter,
     /// Open WatchOpportunityEvents streams.
@@ -77,16 +88,32 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["state"],
     )
     .expect("pool metric");
+    let database_up = IntGauge::new(
+        "db_up",
+        "1 while the database answers the health probe, 0 while it does not",
+    )
+    .expect("database metric");
     for collector in [
         Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(latency.clone()),
         Box::new(pool.clone()),
+        Box::new(database_up.clone()),
     ] {
         registry.register(collector).expect("register metric");
     }
     let events = Events {
         placed: IntCounter::new("events_placed_total", "events placed in the feed")
             .expect("metric"),
+        outbox_backlog_events: IntGauge::new(
+            "event_outbox_backlog_events",
+            "events written that the sequencer has still to place",
+        )
+        .expect("metric"),
+        outbox_backlog_seconds: Gauge::new(
+            "event_outbox_backlog_seconds",
+            "age of the oldest event the sequencer has still to place",
+        )
+        .expect("metric"),
         streamed: IntCounter::new("events_streamed_total", "events sent to streams")
             .expect("metric"),
         open_streams: IntGauge::new("event_streams_open", "open event streams").expect("metric"),
@@ -128,6 +155,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     };
     for collector in [
         Box::new(events.placed.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(events.outbox_backlog_events.clone()),
+        Box::new(events.outbox_backlog_seconds.clone()),
         Box::new(events.streamed.clone()),
         Box::new(events.open_streams.clone()),
         Box::new(events.stream_lag.clone()),
@@ -144,6 +173,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         calls,
         latency,
         pool,
+        database_up,
         events,
     }
 });
@@ -152,32 +182,47 @@ pub fn metrics() -> &'static Metrics {
     &METRICS
 }
 
+/// The canonical names of the gRPC status codes, by number (`grpc-status`).
+pub const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The `code` label of a `grpc-status` value: its canonical name; `UNKNOWN` for a number
+/// outside the 17 codes (as gRPC itself reads one).
+pub fn code_label(grpc_status: &str) -> &'static str {
+    grpc_status
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|code| CODE_NAMES.get(code))
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
 /// Calls of `method` (e.g. `/salesopp.opportunity.v1.OpportunityService/GetOpportunity`)
 /// so far, every code together.
 pub fn calls_of(method: &str) -> u64 {
-    [
-        "0",
-        "1",
-        "2",
-        "3",
-        "4",
-        "5",
-        "6",
-        "7",
-        "8",
-        "9",
-        "10",
-        "11",
-        "12",
-        "13",
-        "14",
-        "15",
-        "16",
-        "transport",
-    ]
-    .iter()
-    .map(|code| METRICS.calls.with_label_values(&[method, code]).get())
-    .sum()
+    CODE_NAMES
+        .iter()
+        .chain(&["transport"])
+        .map(|code| METRICS.calls.with_label_values(&[method, code]).get())
+        .sum()
 }
 
 /// The method label: the gRPC path for the suite's and the standard services, `other` for
@@ -236,13 +281,12 @@ where
                     .headers()
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
-                    .unwrap_or("0")
-                    .to_owned(),
-                Err(_) => "transport".to_owned(),
+                    .map_or("OK", code_label),
+                Err(_) => "transport",
             };
             METRICS
                 .calls
-                .with_label_values(&[method.as_str(), code.as_str()])
+                .with_label_values(&[method.as_str(), code])
                 .inc();
             METRICS
                 .latency
@@ -277,5 +321,33 @@ pub async fn serve(listener: TcpListener, pool: Option<PgPool>) {
     );
     if let Err(error) = axum::serve(listener, app).await {
         tracing::error!(%error, "metrics server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_labelled_by_their_canonical_names() {
+        assert_eq!(code_label("0"), "OK");
+        assert_eq!(code_label("3"), "INVALID_ARGUMENT");
+        assert_eq!(code_label("5"), "NOT_FOUND");
+        assert_eq!(code_label("14"), "UNAVAILABLE");
+        assert_eq!(code_label("16"), "UNAUTHENTICATED");
+        assert_eq!(code_label("17"), "UNKNOWN");
+        assert_eq!(code_label("x"), "UNKNOWN");
+        // The same names as tonic's codes (`InvalidArgument` is INVALID_ARGUMENT), in order.
+        for (number, name) in CODE_NAMES.iter().enumerate() {
+            let code = tonic::Code::from_i32(i32::try_from(number).expect("small"));
+            let mut snake = String::new();
+            for (i, c) in format!("{code:?}").chars().enumerate() {
+                if c.is_uppercase() && i > 0 {
+                    snake.push('_');
+                }
+                snake.push(c.to_ascii_uppercase());
+            }
+            assert_eq!(&snake, name);
+        }
     }
 }

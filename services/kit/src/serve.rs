@@ -99,6 +99,9 @@ async fn watch_database(
     loop {
         let probe = sqlx::query_scalar!("select 1 as reachable").fetch_one(&pool);
         let reachable = matches!(tokio::time::timeout(probe_timeout, probe).await, Ok(Ok(_)));
+        crate::metrics::metrics()
+            .database_up
+            .set(i64::from(reachable));
         let status = if reachable {
             ServingStatus::Serving
         } else {

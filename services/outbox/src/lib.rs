@@ -7,12 +7,14 @@
 //! - [`sequencer`]: gives committed events their delivery position (`seq`) in commit order
 //!   and per opportunity in version order, without any lock on writers; one active across
 //!   replicas.
+//! - [`backlog`]: how many written events wait to be placed, and for how long (metrics).
 //! - [`read`]: the ordered reader by position, with the retention horizon in the same
 //!   snapshot; [`cursor`]: positions as opaque cursors.
 //! - [`tail`]: one reader per process that fans new events out to every open stream, woken
 //!   by the sequencer's NOTIFY.
 //! - [`retention`]: deletes what is past its retention, oldest first, one replica at a time.
 
+pub mod backlog;
 pub mod cursor;
 pub mod read;
 pub mod retention;

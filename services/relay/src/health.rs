@@ -44,6 +44,9 @@ pub async fn serve(
 }
 
 async fn report(reporter: &HealthReporter, status: RelayStatus) {
+    salesopp_kit::metrics::metrics()
+        .database_up
+        .set(i64::from(status.database_reachable));
     reporter
         .set_service_status("", serving(status.healthy()))
         .await;

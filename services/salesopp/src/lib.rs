@@ -169,7 +169,8 @@ pub async fn serve(
     let names: Vec<&'static str> = config.services.iter().map(|s| s.grpc_name()).collect();
     let hosts = |kinds: &[ServiceKind]| config.services.iter().any(|s| kinds.contains(s));
     // Background work, each task ending with the process:
-    // - processes that write events also place them (one active across replicas);
+    // - processes that write events also place them (one active across replicas) and
+    //   measure what waits to be placed;
     // - processes that stream events run one tail for all their streams;
     // - every process with a database sweeps retention and folds the pipeline's deltas into
     //   its totals (one sweeping, one folding at a time).
@@ -180,6 +181,10 @@ pub async fn serve(
         if hosts(&[ServiceKind::Opportunity, ServiceKind::StatusConfig]) {
             tasks.push(AbortOnDrop(tokio::spawn(salesopp_outbox::sequencer::run(
                 pool.clone(),
+            ))));
+            tasks.push(AbortOnDrop(tokio::spawn(salesopp_outbox::backlog::run(
+                pool.clone(),
+                salesopp_outbox::backlog::INTERVAL,
             ))));
             tasks.push(AbortOnDrop(tokio::spawn(salesopp_outbox::retention::run(
                 pool.clone(),
