@@ -153,6 +153,29 @@ pub async fn bounds(pool: &PgPool) -> Result<Bounds, sqlx::Error> {
     })
 }
 
+/// Waits (a little: the sequencer places within milliseconds) until every committed event
+/// that occurred before `time` has its position, so that none of them can be placed after the
+/// position [`position_at`] picks and be sent as if it occurred later.
+async fn placed_before(pool: &PgPool, time: DateTime<Utc>) -> Result<(), ReadError> {
+    let deadline = tokio::time::Instant::now() + PLACEMENT_PATIENCE;
+    loop {
+        let waiting = sqlx::query_scalar!(
+            r#"select exists (select 1 from opportunity_events
+                              where seq is null and occur_time < $1) as "waiting!""#,
+            time
+        )
+        .fetch_one(pool)
+        .await?;
+        if !waiting || tokio::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// How long [`position_at`] waits for the sequencer: past it, the stream starts anyway.
+const PLACEMENT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The position to resume after so that every placed event that occurred at or after
 /// `time` follows (with, possibly, some that occurred a little earlier but committed
 /// later); the latest position when none did. `Expired` when events of that time were
@@ -168,6 +191,7 @@ pub async fn position_at(pool: &PgPool, time: DateTime<Utc>) -> Result<i64, Read
             oldest: bounds.oldest,
         });
     }
+    placed_before(pool, time).await?;
     let first = sqlx::query_scalar!(
         "select min(seq) from opportunity_events where occur_time >= $1 and seq is not null",
         time
