@@ -218,32 +218,7 @@ impl Clients {
                 },
             )),
         );
-        // One page per stage, all at once: the number of calls follows the number of
-        // statuses, never the number of opportunities.
-        let stages = async {
-            let statuses = self.live_statuses(forward).await?;
-            let mut clients = vec![self.opportunities.clone(); statuses.len()];
-            let pages = futures::future::try_join_all(statuses.iter().zip(&mut clients).map(
-                |(status, client)| {
-                    let request = opportunity::ListOpportunitiesRequest {
-                        owner_ids: vec![salesperson_id.clone()],
-                        status_ids: vec![status.id.clone()],
-                        expected_close_date_from: request.expected_close_date_from,
-                        expected_close_date_to: request.expected_close_date_to,
-                        page_size: per_stage,
-                        // Within a stage, the sales closing soonest first (unknown dates last).
-                        order_by: "expected_close_date".to_owned(),
-                        ..Default::default()
-                    };
-                    leg(
-                        Part::Opportunity,
-                        client.list_opportunities(forward.request(request)),
-                    )
-                },
-            ))
-            .await?;
-            Ok::<_, Status>((statuses, pages))
-        };
+        let stages = self.stage_pages(forward, &salesperson_id, &request, per_stage);
         let (people, summary, (statuses, pages)) = tokio::try_join!(people, summary, stages)?;
         let salesperson = people.salespeople.into_iter().next().ok_or_else(|| {
             Status::from(salesopp_kit::ApiError::not_found(
@@ -262,35 +237,50 @@ impl Clients {
             .flat_map(|page| page.opportunities.iter().map(|o| o.customer_id.clone()))
             .collect();
         let names = self.customer_names(forward, customer_ids).await?;
-        let mut totals: BTreeMap<String, Vec<opportunity::CurrencyTotal>> = summary
-            .by_status
-            .into_iter()
-            .map(|s| (s.status_id, s.totals))
-            .collect();
-        let stages = statuses
-            .into_iter()
-            .zip(pages)
-            .map(|(status, page)| pb::PipelineStage {
-                totals: totals.remove(&status.id).unwrap_or_default(),
-                more_opportunities: !page.next_page_token.is_empty(),
-                opportunities: page
-                    .opportunities
-                    .into_iter()
-                    .map(|o| pb::PipelineOpportunity {
-                        customer_display_name: names
-                            .get(&o.customer_id)
-                            .cloned()
-                            .unwrap_or_default(),
-                        opportunity: Some(o),
-                    })
-                    .collect(),
-                status: Some(status),
-            })
-            .collect();
+        let stages = board(statuses, pages, summary, &names);
         Ok(pb::GetSalespersonPipelineResponse {
             salesperson: Some(salesperson),
             stages,
         })
+    }
+
+    /// One page of the salesperson's opportunities per live stage, all at once: the number
+    /// of calls follows the number of statuses, never the number of opportunities.
+    async fn stage_pages(
+        &self,
+        forward: &Forward,
+        salesperson_id: &str,
+        request: &pb::GetSalespersonPipelineRequest,
+        per_stage: i32,
+    ) -> Result<
+        (
+            Vec<statusconfig::OpportunityStatus>,
+            Vec<opportunity::ListOpportunitiesResponse>,
+        ),
+        Status,
+    > {
+        let statuses = self.live_statuses(forward).await?;
+        let mut clients = vec![self.opportunities.clone(); statuses.len()];
+        let pages = futures::future::try_join_all(statuses.iter().zip(&mut clients).map(
+            |(status, client)| {
+                let request = opportunity::ListOpportunitiesRequest {
+                    owner_ids: vec![salesperson_id.to_owned()],
+                    status_ids: vec![status.id.clone()],
+                    expected_close_date_from: request.expected_close_date_from,
+                    expected_close_date_to: request.expected_close_date_to,
+                    page_size: per_stage,
+                    // Within a stage, the sales closing soonest first (unknown dates last).
+                    order_by: "expected_close_date".to_owned(),
+                    ..Default::default()
+                };
+                leg(
+                    Part::Opportunity,
+                    client.list_opportunities(forward.request(request)),
+                )
+            },
+        ))
+        .await?;
+        Ok((statuses, pages))
     }
 
     /// Customer names by id, in batches of the list's maximum page.
@@ -360,4 +350,36 @@ fn money(currency_code: &str, nanos: i128) -> common::Money {
         units: i64::try_from(nanos / 1_000_000_000).unwrap_or(i64::MAX),
         nanos: (nanos % 1_000_000_000) as i32,
     }
+}
+
+/// The board's stages: each live status with its totals and its page of opportunities,
+/// each named with its customer.
+fn board(
+    statuses: Vec<statusconfig::OpportunityStatus>,
+    pages: Vec<opportunity::ListOpportunitiesResponse>,
+    summary: opportunity::GetPipelineSummaryResponse,
+    names: &BTreeMap<String, String>,
+) -> Vec<pb::PipelineStage> {
+    let mut totals: BTreeMap<String, Vec<opportunity::CurrencyTotal>> = summary
+        .by_status
+        .into_iter()
+        .map(|s| (s.status_id, s.totals))
+        .collect();
+    statuses
+        .into_iter()
+        .zip(pages)
+        .map(|(status, page)| pb::PipelineStage {
+            totals: totals.remove(&status.id).unwrap_or_default(),
+            more_opportunities: !page.next_page_token.is_empty(),
+            opportunities: page
+                .opportunities
+                .into_iter()
+                .map(|o| pb::PipelineOpportunity {
+                    customer_display_name: names.get(&o.customer_id).cloned().unwrap_or_default(),
+                    opportunity: Some(o),
+                })
+                .collect(),
+            status: Some(status),
+        })
+        .collect()
 }

@@ -136,6 +136,43 @@ fn incoming(
     })
 }
 
+/// Reflection v1 and v1alpha over the suite's descriptors, health's and the error details'.
+fn reflection(
+    names: &[&'static str],
+) -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(salesopp_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc error details, so generic clients decode them.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            // Both reflection versions' own descriptors, so either one can be described
+            // (`buf curl --list-methods` asks v1 about v1alpha).
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+            .with_service_name(HEALTH_SERVICE)
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for name in names {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    Ok((reflection_v1, reflection_v1alpha))
+}
+
 /// Serves `routes` (the salesopp services, already wrapped in authentication) with health
 /// and reflection until `options.shutdown` resolves and in-flight calls finish (or the
 /// grace period ends). `service_names` are the fully qualified names in `routes`.
@@ -165,30 +202,7 @@ pub async fn serve(
         }
     };
 
-    let reflection = || {
-        let mut builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(salesopp_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // google.rpc error details, so generic clients decode them.
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            // Both reflection versions' own descriptors, so either one can be described
-            // (`buf curl --list-methods` asks v1 about v1alpha).
-            .include_reflection_service(false)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            )
-            .with_service_name(HEALTH_SERVICE)
-            .with_service_name("grpc.reflection.v1.ServerReflection")
-            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
-        for name in &names {
-            builder = builder.with_service_name(*name);
-        }
-        builder
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-
+    let (reflection_v1, reflection_v1alpha) = reflection(&names)?;
     let routes = routes
         .add_service(health_service)
         .add_service(reflection_v1)

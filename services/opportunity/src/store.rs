@@ -506,6 +506,11 @@ pub fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &OpportunityFilte
             .push_bind(filter.states.clone())
             .push("::status_kind[])");
     }
+    push_close_dates_and_text(query, filter);
+}
+
+/// The expected close date range and the free text (R13) of `filter`.
+fn push_close_dates_and_text(query: &mut QueryBuilder<Postgres>, filter: &OpportunityFilter) {
     // The close-date range is written on the expression the close-date indexes hold
     // (`coalesce(expected_close_date, 'infinity')`), so it is their index condition; on the
     // bare column it could only filter a walk of them. Same rows: an unknown date is never

@@ -94,16 +94,7 @@ pub async fn read_after(pool: &PgPool, after: i64, limit: i64) -> Result<Page, R
             continue;
         };
         let payload = row.payload.unwrap_or_default();
-        let event = match pb::OpportunityEvent::decode(payload.as_slice()) {
-            Ok(mut event) => {
-                event.cursor = cursor(seq);
-                Some(event)
-            }
-            Err(error) => {
-                tracing::error!(seq, %error, "an outbox event does not decode: skipped");
-                None
-            }
-        };
+        let event = decode(seq, &payload);
         events.push(Arc::new(StoredEvent {
             seq,
             event_type,
@@ -123,6 +114,21 @@ pub async fn read_after(pool: &PgPool, after: i64, limit: i64) -> Result<Page, R
         events,
         through,
     })
+}
+
+/// The event stored at `seq`, with its cursor; `None` (logged) when its payload does not
+/// decode, so readers skip it and the relay sets it aside.
+fn decode(seq: i64, payload: &[u8]) -> Option<pb::OpportunityEvent> {
+    match pb::OpportunityEvent::decode(payload) {
+        Ok(mut event) => {
+            event.cursor = cursor(seq);
+            Some(event)
+        }
+        Err(error) => {
+            tracing::error!(seq, %error, "an outbox event does not decode: skipped");
+            None
+        }
+    }
 }
 
 /// Where the retained feed begins and ends now.

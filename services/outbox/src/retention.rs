@@ -62,65 +62,19 @@ pub async fn sweep(
     let mut swept = Swept::default();
     let events_before = before(now, retention.events);
     loop {
-        let mut tx = pool.begin().await?;
-        if !try_lock(&mut tx).await? {
+        let Some(deleted) = delete_events(pool, retention.batch, events_before).await? else {
             return Ok(swept);
-        }
-        // The oldest placed events, and how many of them, from the start, are past it.
-        let gone = sqlx::query!(
-            r#"with head as (
-                   select e.seq, e.occur_time,
-                          bool_and(e.occur_time < $2) over (order by e.seq) as old
-                   from opportunity_events e, event_retention r
-                   where e.seq > r.deleted_through
-                   order by e.seq limit $1),
-               gone as (
-                   delete from opportunity_events e
-                   using head
-                   where e.seq = head.seq and head.old
-                   returning e.seq, e.occur_time)
-               select count(*) as "deleted!", max(seq) as through, max(occur_time) as through_time
-               from gone"#,
-            retention.batch,
-            events_before
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let deleted = gone.deleted;
-        if let Some(through) = gone.through {
-            sqlx::query!(
-                "update event_retention
-                 set deleted_through = greatest(deleted_through, $1),
-                     deleted_through_time = greatest(deleted_through_time, $2)",
-                through,
-                gone.through_time
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        swept.events += deleted as u64;
-        if deleted < retention.batch {
+        };
+        swept.events += deleted;
+        if deleted < retention.batch as u64 {
             break;
         }
     }
     let records_before = before(now, retention.idempotency);
     loop {
-        let mut tx = pool.begin().await?;
-        if !try_lock(&mut tx).await? {
+        let Some(deleted) = delete_records(pool, retention.batch, records_before).await? else {
             return Ok(swept);
-        }
-        let deleted = sqlx::query!(
-            "delete from idempotency_records
-             where ctid = any(array(select ctid from idempotency_records
-                                    where create_time < $2 limit $1))",
-            retention.batch,
-            records_before
-        )
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
+        };
         swept.idempotency_records += deleted;
         if deleted < retention.batch as u64 {
             break;
@@ -134,6 +88,77 @@ pub async fn sweep(
         .with_label_values(&["idempotency_records"])
         .inc_by(swept.idempotency_records);
     Ok(swept)
+}
+
+/// One batch of the oldest events past retention, deleted with the horizon moved past them
+/// in the same transaction; `None` when another replica is sweeping.
+async fn delete_events(
+    pool: &PgPool,
+    batch: i64,
+    events_before: DateTime<Utc>,
+) -> Result<Option<u64>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if !try_lock(&mut tx).await? {
+        return Ok(None);
+    }
+    // The oldest placed events, and how many of them, from the start, are past it.
+    let gone = sqlx::query!(
+        r#"with head as (
+               select e.seq, e.occur_time,
+                      bool_and(e.occur_time < $2) over (order by e.seq) as old
+               from opportunity_events e, event_retention r
+               where e.seq > r.deleted_through
+               order by e.seq limit $1),
+           gone as (
+               delete from opportunity_events e
+               using head
+               where e.seq = head.seq and head.old
+               returning e.seq, e.occur_time)
+           select count(*) as "deleted!", max(seq) as through, max(occur_time) as through_time
+           from gone"#,
+        batch,
+        events_before
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let deleted = gone.deleted;
+    if let Some(through) = gone.through {
+        sqlx::query!(
+            "update event_retention
+             set deleted_through = greatest(deleted_through, $1),
+                 deleted_through_time = greatest(deleted_through_time, $2)",
+            through,
+            gone.through_time
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Some(deleted as u64))
+}
+
+/// One batch of idempotency records past retention; `None` when another replica is sweeping.
+async fn delete_records(
+    pool: &PgPool,
+    batch: i64,
+    records_before: DateTime<Utc>,
+) -> Result<Option<u64>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if !try_lock(&mut tx).await? {
+        return Ok(None);
+    }
+    let deleted = sqlx::query!(
+        "delete from idempotency_records
+         where ctid = any(array(select ctid from idempotency_records
+                                where create_time < $2 limit $1))",
+        batch,
+        records_before
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(Some(deleted))
 }
 
 async fn try_lock(tx: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {

@@ -283,41 +283,10 @@ impl Relay {
         let query_timeout = config.renew_interval.max(Duration::from_secs(1));
         let mut held = false;
         while !*done.borrow() {
-            match tokio::time::timeout(query_timeout, self.lease.acquire()).await {
-                Ok(Ok(Some(until))) => {
-                    if !held {
-                        tracing::info!(holder = %self.lease.holder, "relay lease taken: publishing");
-                    }
-                    held = true;
-                    lease.send_replace(Some(until));
-                    self.status.send_modify(|status| {
-                        status.active = true;
-                        status.database_reachable = true;
-                    });
-                }
-                Ok(Ok(None)) => {
-                    if held {
-                        tracing::warn!("relay lease held by another process: standing by");
-                    }
-                    held = false;
-                    lease.send_replace(None);
-                    self.status.send_modify(|status| {
-                        status.active = false;
-                        status.database_reachable = true;
-                    });
-                }
-                // The lease, if held, runs out by itself: publishing stops at its end.
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "relay lease: database unreachable");
-                    self.status
-                        .send_modify(|status| status.database_reachable = false);
-                }
-                Err(_) => {
-                    tracing::warn!("relay lease: the database did not answer in time");
-                    self.status
-                        .send_modify(|status| status.database_reachable = false);
-                }
-            }
+            held = self
+                .renew(query_timeout, &lease, held)
+                .await
+                .unwrap_or(held);
             if let Err(error) = self.update_lag().await {
                 tracing::debug!(%error, "relay lag not measured");
             }
@@ -338,6 +307,52 @@ impl Relay {
             Err(error) => tracing::warn!(%error, "relay lease not released: it expires by itself"),
         }
         self.status.send_modify(|status| status.active = false);
+    }
+
+    /// One try to take or renew the lease: whether it is held now (`None`: the database did
+    /// not say, and a lease held runs out by itself, so publishing stops at its end).
+    async fn renew(
+        &self,
+        query_timeout: Duration,
+        lease: &watch::Sender<Option<Instant>>,
+        held: bool,
+    ) -> Option<bool> {
+        match tokio::time::timeout(query_timeout, self.lease.acquire()).await {
+            Ok(Ok(Some(until))) => {
+                if !held {
+                    tracing::info!(holder = %self.lease.holder, "relay lease taken: publishing");
+                }
+                lease.send_replace(Some(until));
+                self.status.send_modify(|status| {
+                    status.active = true;
+                    status.database_reachable = true;
+                });
+                Some(true)
+            }
+            Ok(Ok(None)) => {
+                if held {
+                    tracing::warn!("relay lease held by another process: standing by");
+                }
+                lease.send_replace(None);
+                self.status.send_modify(|status| {
+                    status.active = false;
+                    status.database_reachable = true;
+                });
+                Some(false)
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "relay lease: database unreachable");
+                self.status
+                    .send_modify(|status| status.database_reachable = false);
+                None
+            }
+            Err(_) => {
+                tracing::warn!("relay lease: the database did not answer in time");
+                self.status
+                    .send_modify(|status| status.database_reachable = false);
+                None
+            }
+        }
     }
 
     /// Publishes during each term of holding the lease, until shutdown.
