@@ -186,47 +186,61 @@ impl Script {
     /// The pgbench script. Variables: `scale`, `nclients`, `caller`, `caller_name` (given
     /// with -D), `client_id` (pgbench's own).
     pub fn text(self, inputs: &Inputs) -> String {
-        let payload = hex(&inputs.event_payload);
-        let response = hex(&inputs.stored_response);
-        // The request hash is a SHA-256: 32 bytes.
-        let hash = hex(&[0xab; 32]);
-        // GetOpportunity's SELECT and, in the change, store::lock's second read.
-        let get = as_pgbench(salesopp_opportunity::store::GET_SQL, &[OPPORTUNITY]);
-        // The row moved and its clock read, returning `time` and what changed.
-        let move_to_status = as_pgbench(
-            salesopp_opportunity::store::MOVE_TO_STATUS_SQL,
-            &[OPPORTUNITY, ":to_id", ":to_kind", "null", ":caller"],
-        );
-        // The change's event, as the service appends it at the opportunity's next version.
-        let append_event = as_pgbench(
-            salesopp_outbox::write::APPEND_SQL,
-            &[
-                "gen_random_uuid()",
-                "'STATUS_CHANGED'",
-                OPPORTUNITY,
-                ":time",
-                ":caller",
-                ":caller_name",
-                "'pgbench-' || :r",
-                ":cur_owner_id",
-                "null",
-                &payload,
-                "(:cur_version)::bigint + 1",
-            ],
-        );
-        let history_columns = "id, opportunity_id, sequence, from_status_id, from_display_name, \
-            from_kind::text as from_kind, from_probability, to_status_id, to_display_name, \
-            to_kind::text as to_kind, to_probability, changed_by_id, changed_by_name, change_time, \
-            note, currency_code, amount::text as amount, \
-            (extract(epoch from time_in_previous_status) * 1000000)::bigint as micros_in_previous_status, \
-            lost_reason, request_id";
         match self {
-            Script::GetAsIssued => format!("\\set n random(1, :scale)\n{get};\n"),
+            Script::GetAsIssued => format!("\\set n random(1, :scale)\n{};\n", get_sql()),
             Script::GetReference => {
-                format!("\\set n random(1, :scale)\nselect * from opportunities where id = {OPPORTUNITY};\n")
+                format!(
+                    "\\set n random(1, :scale)\nselect * from opportunities where id = {OPPORTUNITY};\n"
+                )
             }
-            Script::ChangeAsIssued => format!(
-                "{PICK_OWN}BEGIN;
+            Script::ChangeAsIssued => change_as_issued(inputs),
+            Script::ChangeReference => change_reference(inputs),
+        }
+    }
+}
+
+/// GetOpportunity's SELECT and, in the change, store::lock's second read.
+fn get_sql() -> String {
+    as_pgbench(salesopp_opportunity::store::GET_SQL, &[OPPORTUNITY])
+}
+
+/// The 10 statements ChangeOpportunityStatus issues, the store's own texts where it has them.
+fn change_as_issued(inputs: &Inputs) -> String {
+    let payload = hex(&inputs.event_payload);
+    let response = hex(&inputs.stored_response);
+    // The request hash is a SHA-256: 32 bytes.
+    let hash = hex(&[0xab; 32]);
+    let get = get_sql();
+    // The row moved and its clock read, returning `time` and what changed.
+    let move_to_status = as_pgbench(
+        salesopp_opportunity::store::MOVE_TO_STATUS_SQL,
+        &[OPPORTUNITY, ":to_id", ":to_kind", "null", ":caller"],
+    );
+    // The change's event, as the service appends it at the opportunity's next version.
+    let append_event = as_pgbench(
+        salesopp_outbox::write::APPEND_SQL,
+        &[
+            "gen_random_uuid()",
+            "'STATUS_CHANGED'",
+            OPPORTUNITY,
+            ":time",
+            ":caller",
+            ":caller_name",
+            "'pgbench-' || :r",
+            ":cur_owner_id",
+            "null",
+            &payload,
+            "(:cur_version)::bigint + 1",
+        ],
+    );
+    let history_columns = "id, opportunity_id, sequence, from_status_id, from_display_name, \
+        from_kind::text as from_kind, from_probability, to_status_id, to_display_name, \
+        to_kind::text as to_kind, to_probability, changed_by_id, changed_by_name, change_time, \
+        note, currency_code, amount::text as amount, \
+        (extract(epoch from time_in_previous_status) * 1000000)::bigint as micros_in_previous_status, \
+        lost_reason, request_id";
+    format!(
+        "{PICK_OWN}BEGIN;
 -- kit idempotency::claim
 insert into idempotency_records (caller_id, method, request_id, request_hash, response)
  values (:caller, 'ChangeOpportunityStatus', 'pgbench-' || :r, {hash}, '')
@@ -251,11 +265,11 @@ insert into status_changes
       to_status_id, to_display_name, to_kind, to_probability, changed_by_id, changed_by_name,
       change_time, note, currency_code, amount, time_in_previous_status, lost_reason, request_id)
  values ({OPPORTUNITY},
-         (select coalesce(max(sequence), 0) + 1 from status_changes where opportunity_id = {OPPORTUNITY}),
-         (:cur_status_id)::uuid, :cur_status_name, (:cur_state)::text::status_kind, (:cur_probability)::smallint,
-         (:to_id)::uuid, :to_display_name, (:to_kind)::text::status_kind, (:to_probability)::smallint,
-         :caller, :caller_name, (:time)::timestamptz, '', :cur_currency_code, (:cur_amount)::text::numeric,
-         (:time)::timestamptz - (:cur_status_change_time)::timestamptz, null, 'pgbench-' || :r)
+ (select coalesce(max(sequence), 0) + 1 from status_changes where opportunity_id = {OPPORTUNITY}),
+ (:cur_status_id)::uuid, :cur_status_name, (:cur_state)::text::status_kind, (:cur_probability)::smallint,
+ (:to_id)::uuid, :to_display_name, (:to_kind)::text::status_kind, (:to_probability)::smallint,
+ :caller, :caller_name, (:time)::timestamptz, '', :cur_currency_code, (:cur_amount)::text::numeric,
+ (:time)::timestamptz - (:cur_status_change_time)::timestamptz, null, 'pgbench-' || :r)
  returning {history_columns};
 -- events::append (outbox::write::append)
 {append_event};
@@ -264,9 +278,17 @@ update idempotency_records set response = {response}
  where caller_id = :caller and method = 'ChangeOpportunityStatus' and request_id = 'pgbench-' || :r;
 COMMIT;
 "
-            ),
-            Script::ChangeReference => format!(
-                "{PICK_OWN}BEGIN;
+    )
+}
+
+/// The same durable work in the fewest statements, on the same tables and indexes.
+fn change_reference(inputs: &Inputs) -> String {
+    let payload = hex(&inputs.event_payload);
+    let response = hex(&inputs.stored_response);
+    // The request hash is a SHA-256: 32 bytes.
+    let hash = hex(&[0xab; 32]);
+    format!(
+        "{PICK_OWN}BEGIN;
 update opportunities o
  set status_id = t.id, state = t.kind,
      close_time = case when t.kind = 'OPEN' then null else coalesce(o.close_time, now()) end,
@@ -276,32 +298,30 @@ update opportunities o
       opportunity_statuses t
  where o.id = {OPPORTUNITY} and prev.id = o.id and t.id = {NEXT_STATUS}
  returning c.id as from_id, c.display_name as from_name, c.kind::text as from_kind,
-           c.probability as from_probability, t.id as to_id, t.display_name as to_name,
-           t.kind::text as to_kind, t.probability as to_probability,
-           prev.status_change_time as entered, o.currency_code, o.amount::text as amount,
-           o.version, o.owner_id \\gset
+   c.probability as from_probability, t.id as to_id, t.display_name as to_name,
+   t.kind::text as to_kind, t.probability as to_probability,
+   prev.status_change_time as entered, o.currency_code, o.amount::text as amount,
+   o.version, o.owner_id \\gset
 insert into status_changes
      (opportunity_id, sequence, from_status_id, from_display_name, from_kind, from_probability,
       to_status_id, to_display_name, to_kind, to_probability, changed_by_id, changed_by_name,
       change_time, note, currency_code, amount, time_in_previous_status, request_id)
  values ({OPPORTUNITY},
-         (select coalesce(max(sequence), 0) + 1 from status_changes where opportunity_id = {OPPORTUNITY}),
-         (:from_id)::uuid, :from_name, (:from_kind)::text::status_kind, (:from_probability)::smallint,
-         (:to_id)::uuid, :to_name, (:to_kind)::text::status_kind, (:to_probability)::smallint,
-         :caller, :caller_name, now(), '', :currency_code, (:amount)::text::numeric,
-         now() - (:entered)::timestamptz, 'pgbench-' || :r);
+ (select coalesce(max(sequence), 0) + 1 from status_changes where opportunity_id = {OPPORTUNITY}),
+ (:from_id)::uuid, :from_name, (:from_kind)::text::status_kind, (:from_probability)::smallint,
+ (:to_id)::uuid, :to_name, (:to_kind)::text::status_kind, (:to_probability)::smallint,
+ :caller, :caller_name, now(), '', :currency_code, (:amount)::text::numeric,
+ now() - (:entered)::timestamptz, 'pgbench-' || :r);
 insert into opportunity_events
      (event_id, type, opportunity_id, occur_time, actor_id, actor_name, request_id, owner_id,
       payload, version)
  values (gen_random_uuid(), 'STATUS_CHANGED', {OPPORTUNITY}, now(), :caller, :caller_name,
-         'pgbench-' || :r, :owner_id, {payload}, (:version)::bigint);
+ 'pgbench-' || :r, :owner_id, {payload}, (:version)::bigint);
 insert into idempotency_records (caller_id, method, request_id, request_hash, response)
  values (:caller, 'ChangeOpportunityStatus', 'pgbench-' || :r, {hash}, {response});
 COMMIT;
 "
-            ),
-        }
-    }
+    )
 }
 
 /// Runs `script` with pgbench: a warmup pass, then the measured one with a per-transaction
