@@ -190,21 +190,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<report::Report> {
 
     let round_trips = round_trips(&context, &workloads).await;
 
-    let pgbench_results = if args.no_pgbench {
-        Vec::new()
-    } else {
-        let inputs = PgbenchRun {
-            db: &db,
-            database_url: &bench_url,
-            scale: plan.scale,
-            args: &args,
-        };
-        match run_pgbench(&inputs, &workloads).await {
-            Ok(results) => results,
-            Err(error) => {
-                let _ = suite.stop().await;
-                return Err(error);
-            }
+    let inputs = PgbenchRun {
+        db: &db,
+        database_url: &bench_url,
+        scale: plan.scale,
+        args: &args,
+    };
+    let pgbench_results = match run_pgbench(&inputs, &workloads).await {
+        Ok(results) => results,
+        Err(error) => {
+            let _ = suite.stop().await;
+            return Err(error);
         }
     };
     suite.stop().await?;
@@ -229,15 +225,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<report::Report> {
         ratios: Vec::new(),
         round_trips,
     };
-    report.compute_ratios();
-    report.write(&args.out)?;
     db.close().await;
-    println!("{}", report.markdown());
-    eprintln!(
-        "bench: report in {}/report.{{json,md,svg}}",
-        args.out.display()
-    );
+    publish(&mut report, &args.out)?;
     Ok(report)
+}
+
+/// The ratios computed, the report written (JSON, markdown, SVG) and its table printed.
+fn publish(report: &mut report::Report, out: &std::path::Path) -> anyhow::Result<()> {
+    report.compute_ratios();
+    report.write(out)?;
+    println!("{}", report.markdown());
+    eprintln!("bench: report in {}/report.{{json,md,svg}}", out.display());
+    Ok(())
 }
 
 /// The suite under test: the one at `--url`, or this binary's `serve` spawned on the bench
@@ -386,6 +385,9 @@ async fn run_pgbench(
     workloads: &[Workload],
 ) -> anyhow::Result<Vec<pgbench::Measured>> {
     let args = run.args;
+    if args.no_pgbench {
+        return Ok(Vec::new());
+    }
     let mut pgbench_results = Vec::new();
     let scripts: Vec<pgbench::Script> = [
         (

@@ -230,28 +230,11 @@ async fn load(pool: &PgPool, plan: SeedPlan) -> anyhow::Result<(i64, i64)> {
     let statuses = statuses(pool).await?;
     insert_salespeople(pool).await?;
     let rebuilds = drop_structures(pool).await?;
-    for table in LOADED {
-        sqlx::query(AssertSqlSafe(format!(
-            "alter table {table} disable trigger user"
-        )))
-        .execute(pool)
-        .await?;
-    }
+    set_user_triggers(pool, "disable").await?;
 
     let epoch = Utc::now() - ChronoDuration::days(730);
     let progress = MultiProgress::new();
-    let bar = |prefix: &'static str, total: u64| {
-        let bar = progress.add(ProgressBar::new(total));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>20} [{bar:30}] {human_pos}/{human_len} rows {per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(prefix);
-        bar
-    };
+    let bar = |prefix: &'static str, total: u64| rows_bar(&progress, prefix, total);
     let expected_entries = plan.scale * 4;
     let customers = copy_table(
         pool,
@@ -304,13 +287,40 @@ async fn load(pool: &PgPool, plan: SeedPlan) -> anyhow::Result<(i64, i64)> {
         "one event per history entry: {history} entries, {events} events"
     );
 
+    finish_load(pool, rebuilds).await?;
+    Ok((history as i64, events as i64))
+}
+
+/// `enable` or `disable` the user triggers of the loaded tables.
+async fn set_user_triggers(pool: &PgPool, action: &str) -> anyhow::Result<()> {
     for table in LOADED {
         sqlx::query(AssertSqlSafe(format!(
-            "alter table {table} enable trigger user"
+            "alter table {table} {action} trigger user"
         )))
         .execute(pool)
         .await?;
     }
+    Ok(())
+}
+
+/// A progress bar of rows loaded into one table.
+fn rows_bar(progress: &MultiProgress, prefix: &'static str, total: u64) -> ProgressBar {
+    let bar = progress.add(ProgressBar::new(total));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>20} [{bar:30}] {human_pos}/{human_len} rows {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix);
+    bar
+}
+
+/// After the rows: the triggers back on, the dropped indexes and constraints rebuilt, the
+/// pipeline totals and the sequences past what was loaded, fresh statistics.
+async fn finish_load(pool: &PgPool, rebuilds: Vec<Rebuild>) -> anyhow::Result<()> {
+    set_user_triggers(pool, "enable").await?;
     rebuild(pool, rebuilds).await?;
     // The load ran without the pipeline's delta trigger: its totals come from the rows.
     sqlx::query("select pipeline_totals_rebuild()")
@@ -333,7 +343,7 @@ async fn load(pool: &PgPool, plan: SeedPlan) -> anyhow::Result<(i64, i64)> {
     )))
     .execute(pool)
     .await?;
-    Ok((history as i64, events as i64))
+    Ok(())
 }
 
 async fn insert_salespeople(pool: &PgPool) -> anyhow::Result<()> {

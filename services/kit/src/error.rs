@@ -445,33 +445,34 @@ pub fn status(
     tonic::Status::with_error_details(reason.code(), message, details)
 }
 
+/// INVALID_ARGUMENT with one BadRequest violation per field (at most [`MAX_VIOLATIONS`],
+/// then one saying how many more), the message their summary.
+fn bad_request(reason: Reason, mut violations: Vec<FieldViolation>) -> tonic::Status {
+    let mut details = error_info(reason, HashMap::new());
+    let more = violations.len().saturating_sub(MAX_VIOLATIONS);
+    violations.truncate(MAX_VIOLATIONS);
+    let summary = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    for violation in violations {
+        details.add_bad_request_violation(
+            clip(&violation.field, MAX_VIOLATION_CHARS),
+            clip(&violation.description, MAX_VIOLATION_CHARS),
+        );
+    }
+    if more > 0 {
+        details.add_bad_request_violation("", format!("and {more} more violations, not listed"));
+    }
+    status(reason, summary, details)
+}
+
 impl From<ApiError> for tonic::Status {
     fn from(error: ApiError) -> Self {
         let reason = error.reason();
         match error {
-            ApiError::InvalidArgument(mut violations) => {
-                let mut details = error_info(reason, HashMap::new());
-                let more = violations.len().saturating_sub(MAX_VIOLATIONS);
-                violations.truncate(MAX_VIOLATIONS);
-                let summary = violations
-                    .iter()
-                    .map(|v| format!("{}: {}", v.field, v.description))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                for violation in violations {
-                    details.add_bad_request_violation(
-                        clip(&violation.field, MAX_VIOLATION_CHARS),
-                        clip(&violation.description, MAX_VIOLATION_CHARS),
-                    );
-                }
-                if more > 0 {
-                    details.add_bad_request_violation(
-                        "",
-                        format!("and {more} more violations, not listed"),
-                    );
-                }
-                status(reason, summary, details)
-            }
+            ApiError::InvalidArgument(violations) => bad_request(reason, violations),
             ApiError::NotFound { resource, id } => {
                 let id = clip(&id, MAX_VIOLATION_CHARS);
                 let mut details = error_info(
