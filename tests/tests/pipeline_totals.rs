@@ -7,10 +7,9 @@ use salesopp_kit::OpportunityState;
 use salesopp_kit::Visibility;
 use salesopp_opportunity::store::{self, OpportunityFilter, PipelineRow};
 use salesopp_opportunity::summary;
-use salesopp_proto::customer::v1 as cpb;
 use salesopp_proto::opportunity::v1 as pb;
 use salesopp_tests::fixtures::{SHIPPED_STATUSES, mask, money};
-use salesopp_tests::{TestSuite, admin_token, authed, token};
+use salesopp_tests::{TestSuite, World, admin_token, authed, token};
 use sqlx::PgPool;
 
 /// Owners in two teams, and the token of each.
@@ -195,22 +194,9 @@ async fn write(suite: &TestSuite, customer_id: &str, ids: &[String], rng: &mut L
 
 #[tokio::test]
 async fn r14_pipeline_totals_are_exact_under_concurrent_writes_and_two_folders() {
-    let suite = TestSuite::spawn().await;
-    let mut customers = suite.customers().await;
-    let customer = customers
-        .create_customer(authed(
-            &admin_token(),
-            cpb::CreateCustomerRequest {
-                customer: Some(cpb::Customer {
-                    display_name: "บริษัท ทดสอบ จำกัด".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("customer")
-        .into_inner();
+    let mut world = World::new().await;
+    let customer = world.customer(&admin_token(), "บริษัท ทดสอบ จำกัด").await;
+    let suite = &world.suite;
     // Every owner has called once, so they can be handed opportunities.
     let mut opportunities = suite.opportunities().await;
     let mut ids = Vec::new();
@@ -239,7 +225,7 @@ async fn r14_pipeline_totals_are_exact_under_concurrent_writes_and_two_folders()
     // Four callers write while two folders fold in small batches, and the summaries are
     // compared in between.
     let writers = (0..4u64).map(|writer| {
-        let (suite, customer_id, ids) = (&suite, customer.id.clone(), ids.clone());
+        let (customer_id, ids) = (customer.id.clone(), ids.clone());
         async move {
             let mut rng = Lcg(100 + writer);
             for _ in 0..40 {
@@ -310,23 +296,11 @@ async fn r14_pipeline_totals_are_exact_under_concurrent_writes_and_two_folders()
 
 #[tokio::test]
 async fn r14_a_fold_waits_for_no_writer_and_two_folds_never_count_twice() {
-    let suite = TestSuite::spawn().await;
+    let mut world = World::new().await;
     // A write transaction that has added deltas and stays open: a fold neither waits for it
     // nor sees its deltas; once it commits they are folded exactly once.
-    let mut customers = suite.customers().await;
-    customers
-        .create_customer(authed(
-            &admin_token(),
-            cpb::CreateCustomerRequest {
-                customer: Some(cpb::Customer {
-                    display_name: "Fold Co".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("customer");
+    world.customer(&admin_token(), "Fold Co").await;
+    let suite = &world.suite;
     let mut held = suite.db.begin().await.expect("begin");
     sqlx::query(
         "insert into pipeline_deltas (owner_id, status_id, currency_code, count, amount)
