@@ -12,6 +12,7 @@ pub mod nats;
 pub mod relay;
 pub mod relay_process;
 pub mod scrape;
+pub mod serve_process;
 pub mod wait;
 pub mod world;
 
@@ -214,6 +215,7 @@ impl TestSuite {
             auth: Authenticator::hs256(SECRET.as_bytes(), options.issuer, options.audience),
             services: ServiceKind::ALL.to_vec(),
             gateway_endpoints: None,
+            gateway_resolve_interval: salesopp_gateway::balance::DEFAULT_RESOLVE_INTERVAL,
             grace: Duration::from_secs(5),
             health_interval: options.health_interval,
             metrics_listener,

@@ -7,8 +7,6 @@
 //! No timing is asserted beyond "within the grace period": every wait polls for a state, with
 //! a generous deadline that only guards against hangs.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use salesopp_proto::customer::v1 as cpb;
@@ -18,16 +16,18 @@ use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServ
 use salesopp_proto::opportunity::v1::watch_opportunity_events_request::Start;
 use salesopp_proto::opportunity::v1::watch_opportunity_events_response::Kind;
 use salesopp_tests::fixtures::{PRESENTED, change_request, money, rid};
-use salesopp_tests::{SECRET, TestDatabase, admin_token, authed, rep_token};
+use salesopp_tests::serve_process::ServeCommand;
+use salesopp_tests::{TestDatabase, admin_token, authed, rep_token};
 use sqlx::Connection as _;
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_types::StatusExt as _;
 
 /// Guards every wait against a hang; never a timing assertion.
+/// The real command line, built by this package.
+const BINARY: &str = env!("CARGO_BIN_EXE_salesopp-under-test");
 const PATIENCE: Duration = Duration::from_secs(30);
 /// The grace period the server is started with.
 const GRACE_SECONDS: u64 = 20;
@@ -35,127 +35,6 @@ const GRACE_SECONDS: u64 = 20;
 const EXIT_MARGIN: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
 const OPPORTUNITY_SERVICE: &str = "salesopp.opportunity.v1.OpportunityService";
-
-/// `salesopp serve` (every service on one port) as a child process; killed when dropped.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(database: &TestDatabase) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("pick a free port")
-            .port();
-        let log = std::env::temp_dir().join(format!("salesopp-drain-{}.log", uuid::Uuid::new_v4()));
-        let out = std::fs::File::create(&log).expect("create the server's log");
-        let err = out.try_clone().expect("clone the log handle");
-        let child = Command::new(env!("CARGO_BIN_EXE_salesopp-under-test"))
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", database.url())
-            .env("SALESOPP_AUTH_HS256_SECRET", SECRET)
-            .env("SALESOPP_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SALESOPP_SHUTDOWN_GRACE_SECONDS", GRACE_SECONDS.to_string())
-            .env("SALESOPP_HEALTH_INTERVAL_SECONDS", "0.1")
-            .env("SALESOPP_STARTUP_TIMEOUT_SECONDS", "30")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("run salesopp-under-test serve");
-        Server {
-            child: Some(child),
-            port,
-            log,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.child.as_mut().expect("the server runs")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Fails the test, with the server's log, if the process has exited.
-    fn assert_running(&mut self, when: &str) {
-        if let Some(status) = self.child().try_wait().expect("server status") {
-            panic!("the server exited ({status}) {when}:\n{}", self.log());
-        }
-    }
-
-    /// One connection of its own (one channel, connected now).
-    async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
-        Channel::from_shared(self.url())
-            .expect("url")
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-    }
-
-    /// Waits until a fresh connection's health check says SERVING.
-    async fn until_serving(&mut self) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            self.assert_running("while starting");
-            if let Ok(channel) = self.connect().await {
-                let answer = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await;
-                if matches!(&answer, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32) {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the server never became SERVING:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// Its exit status, waited for up to `within`.
-    async fn exit_status(&mut self, within: Duration) -> ExitStatus {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.child().try_wait().expect("server status") {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the server did not exit within {within:?} of SIGTERM:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
-}
 
 /// The next health status on a watch, skipping repeats of `skip`.
 async fn next_health(
@@ -211,7 +90,9 @@ async fn until_blocked_by(
 async fn sigterm_drains_in_flight_calls_ends_streams_and_refuses_new_connections() {
     let database = TestDatabase::create().await;
     let db = database.pool().await;
-    let mut server = Server::start(&database);
+    let mut server = ServeCommand::new(BINARY, Some(&database.url()))
+        .env("SALESOPP_SHUTDOWN_GRACE_SECONDS", GRACE_SECONDS.to_string())
+        .start();
     server.until_serving().await;
 
     // One connection opened before SIGTERM carries the health watch, the event stream and
@@ -311,7 +192,7 @@ async fn sigterm_drains_in_flight_calls_ends_streams_and_refuses_new_connections
     until_blocked_by(&db, holder_pid, &in_flight).await;
 
     let terminated = tokio::time::Instant::now();
-    salesopp_tests::nats::signal(server.child(), "TERM");
+    server.terminate();
 
     // 1. Readiness turns NOT_SERVING, seen on the connection opened before.
     assert_eq!(
@@ -338,7 +219,7 @@ async fn sigterm_drains_in_flight_calls_ends_streams_and_refuses_new_connections
 
     // 3. New connections are refused (polled: the listener closes once draining begins).
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+    while tokio::net::TcpStream::connect(server.listen())
         .await
         .is_ok()
     {

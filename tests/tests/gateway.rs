@@ -1654,6 +1654,7 @@ impl GatewayOnly {
             auth: Authenticator::hs256(SECRET.as_bytes(), None, None),
             services: vec![ServiceKind::Gateway],
             gateway_endpoints: Some(endpoints),
+            gateway_resolve_interval: salesopp_gateway::balance::DEFAULT_RESOLVE_INTERVAL,
             grace: Duration::from_secs(1),
             health_interval: Duration::from_millis(100),
             metrics_listener: None,

@@ -16,21 +16,22 @@ use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServ
 use salesopp_proto::statusconfig::v1 as statusconfig;
 use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
 use tonic::Status;
-use tonic::transport::Channel;
 
+use crate::balance::Instances;
 use crate::forward::{Forward, Part, leg};
 
 pub const DEFAULT_PAGE_SIZE: i32 = 50;
 pub const MAX_PAGE_SIZE: i32 = 500;
 pub const DEFAULT_PER_STAGE: i32 = 100;
 
-/// The three services, each reached through one (multiplexed) channel. A call borrows its
-/// client mutably, so each concurrent leg has a clone of its own (sharing the channel).
+/// The three services, each reached through its ready instances (one multiplexed
+/// connection each, `balance`). A call borrows its client mutably, so each concurrent leg
+/// has a clone of its own (sharing the instances).
 #[derive(Debug, Clone)]
 pub struct Clients {
-    pub customers: CustomerServiceClient<Channel>,
-    pub opportunities: OpportunityServiceClient<Channel>,
-    pub statuses: StatusConfigServiceClient<Channel>,
+    pub customers: CustomerServiceClient<Instances>,
+    pub opportunities: OpportunityServiceClient<Instances>,
+    pub statuses: StatusConfigServiceClient<Instances>,
 }
 
 fn invalid(field: &str, description: impl Into<String>) -> Status {

@@ -7,17 +7,21 @@ use std::time::Duration;
 use salesopp_kit::Principal;
 use salesopp_kit::error::{self, Reason};
 use salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient;
+use salesopp_proto::customer::v1::customer_service_server;
 use salesopp_proto::gateway::v1 as pb;
 use salesopp_proto::gateway::v1::gateway_service_server::GatewayService;
 use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
+use salesopp_proto::opportunity::v1::opportunity_service_server;
 use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use salesopp_proto::statusconfig::v1::status_config_service_server;
 use tonic::{Request, Response, Status};
 
+use crate::balance::{DEFAULT_RESOLVE_INTERVAL, Instances, Target};
 use crate::compose::Clients;
 use crate::forward::Forward;
 
-/// Where the three services are.
+/// Where the three services are: each a URL of the forms `balance` takes
+/// (`http://host:port`, `dns:///host:port`, `ipv4:ip:port,...`).
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     pub customer: String,
@@ -30,22 +34,44 @@ pub struct Gateway {
     clients: Clients,
 }
 
-fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|e| anyhow::anyhow!("invalid service URL {url:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .connect_lazy())
-}
-
 impl Gateway {
-    /// Connects lazily: the gateway starts whether or not the services are up yet.
+    /// Starts watching the services' instances (DNS names resolved again every
+    /// [`DEFAULT_RESOLVE_INTERVAL`]); no call waits for a service that is not up yet. Must be
+    /// called within a Tokio runtime.
     pub fn connect_lazy(endpoints: &Endpoints) -> anyhow::Result<Gateway> {
+        Self::connect_with(endpoints, DEFAULT_RESOLVE_INTERVAL)
+    }
+
+    /// As [`Gateway::connect_lazy`], resolving DNS names again every `resolve_interval`.
+    pub fn connect_with(
+        endpoints: &Endpoints,
+        resolve_interval: Duration,
+    ) -> anyhow::Result<Gateway> {
+        let instances = |service, label, url: &str| -> anyhow::Result<Instances> {
+            Ok(Instances::watch(
+                service,
+                label,
+                Target::parse(url)?,
+                resolve_interval,
+            ))
+        };
         Ok(Gateway {
             clients: Clients {
-                customers: CustomerServiceClient::new(channel(&endpoints.customer)?),
-                opportunities: OpportunityServiceClient::new(channel(&endpoints.opportunity)?),
-                statuses: StatusConfigServiceClient::new(channel(&endpoints.status_config)?),
+                customers: CustomerServiceClient::new(instances(
+                    customer_service_server::SERVICE_NAME,
+                    "customer",
+                    &endpoints.customer,
+                )?),
+                opportunities: OpportunityServiceClient::new(instances(
+                    opportunity_service_server::SERVICE_NAME,
+                    "opportunity",
+                    &endpoints.opportunity,
+                )?),
+                statuses: StatusConfigServiceClient::new(instances(
+                    status_config_service_server::SERVICE_NAME,
+                    "status-config",
+                    &endpoints.status_config,
+                )?),
             },
         })
     }

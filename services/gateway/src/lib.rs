@@ -3,10 +3,12 @@
 //! it forwards the caller's token, deadline and trace context, so every rule and error of the
 //! underlying calls applies unchanged, and it runs independent calls concurrently.
 //!
+//! - `balance`: every ready instance of each service, watched, called round-robin.
 //! - `forward`: what each downstream call carries from the caller's call.
 //! - `compose`: the three combined calls.
 //! - `grpc`: the tonic trait, thin.
 
+pub mod balance;
 pub mod compose;
 pub mod forward;
 pub mod grpc;

@@ -32,6 +32,9 @@ pub struct Metrics {
     /// 1 while the database answers the health probe, 0 while it does not (processes with
     /// a database only).
     pub database_up: IntGauge,
+    /// The instances of each downstream service the gateway sends calls to now (those that
+    /// answer and report SERVING), by service (gateway processes only).
+    pub gateway_instances: IntGaugeVec,
     pub events: Events,
 }
 
@@ -93,11 +96,20 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "1 while the database answers the health probe, 0 while it does not",
     )
     .expect("database metric");
+    let gateway_instances = IntGaugeVec::new(
+        Opts::new(
+            "gateway_instances_ready",
+            "instances of each downstream service the gateway sends calls to",
+        ),
+        &["service"],
+    )
+    .expect("gateway metric");
     for collector in [
         Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(latency.clone()),
         Box::new(pool.clone()),
         Box::new(database_up.clone()),
+        Box::new(gateway_instances.clone()),
     ] {
         registry.register(collector).expect("register metric");
     }
@@ -174,6 +186,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         latency,
         pool,
         database_up,
+        gateway_instances,
         events,
     }
 });

@@ -97,6 +97,8 @@ pub struct ServeConfig {
     pub services: Vec<ServiceKind>,
     /// Where the gateway finds the services; `None` means this process's own port.
     pub gateway_endpoints: Option<Endpoints>,
+    /// How often the gateway resolves the services' DNS names again.
+    pub gateway_resolve_interval: Duration,
     pub grace: Duration,
     pub health_interval: Duration,
     /// Where `/metrics` is served, if anywhere.
@@ -152,7 +154,10 @@ fn routes(config: &ServeConfig, listen: SocketAddr, feed: Option<&Feed>) -> anyh
                     .clone()
                     .unwrap_or_else(|| loopback_endpoints(listen));
                 builder.add_service(auth.layer(salesopp_gateway::GatewayServiceServer::new(
-                    salesopp_gateway::Gateway::connect_lazy(&endpoints)?,
+                    salesopp_gateway::Gateway::connect_with(
+                        &endpoints,
+                        config.gateway_resolve_interval,
+                    )?,
                 )));
             }
         }

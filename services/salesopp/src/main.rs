@@ -20,7 +20,8 @@ struct Cli {
 /// Where a gateway-only process finds the services.
 #[derive(clap::Args, Debug)]
 struct GatewayArgs {
-    /// CustomerService URL, e.g. http://customer:50051
+    /// CustomerService URL: http://host:port or dns:///host:port (every address the name
+    /// resolves to, e.g. a headless Service's pods) or ipv4:ip:port,ip:port (a fixed list)
     #[arg(long, env = "SALESOPP_CUSTOMER_URL")]
     customer_url: Option<String>,
     /// OpportunityService URL
@@ -29,6 +30,9 @@ struct GatewayArgs {
     /// StatusConfigService URL
     #[arg(long, env = "SALESOPP_STATUS_CONFIG_URL")]
     status_config_url: Option<String>,
+    /// How often the services' DNS names are resolved again (pods added or gone).
+    #[arg(long, env = "SALESOPP_RESOLVE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    resolve_interval: Duration,
 }
 
 impl GatewayArgs {
@@ -372,6 +376,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None
     };
     // Alone, the gateway is told where the services are; beside them, it uses this port.
+    let gateway_resolve_interval = gateway.resolve_interval;
     let gateway_endpoints = if service == Some(ServiceKind::Gateway) {
         Some(gateway.endpoints()?)
     } else {
@@ -388,6 +393,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             auth: authenticator,
             services,
             gateway_endpoints,
+            gateway_resolve_interval,
             grace: listen.shutdown_grace(),
             health_interval: listen.health_interval(),
             metrics_listener,
