@@ -230,18 +230,21 @@ async fn the_gateway_spreads_calls_over_every_ready_instance_and_drops_one_that_
 }
 
 #[tokio::test]
-async fn with_no_instance_ready_a_gateway_call_fails_at_once_naming_the_part() {
+async fn with_no_instance_ready_a_gateway_call_fails_at_once_naming_the_part_and_recovers() {
     let database = TestDatabase::create().await;
-    let command = ServeCommand::new(BINARY, Some(&database.url())).on(loopback(2));
+    let command = ServeCommand::new(BINARY, Some(&database.url())).on(loopback(1));
     let mut instance = command.start();
     instance.until_serving().await;
     let opportunity_id = seed(&instance).await;
+    // A DNS name, resolved by the system's resolver as a headless Service's name would be.
+    let target = format!("dns:///localhost:{}", instance.port());
     let mut gateway = ServeCommand::new(BINARY, None)
         .with_metrics()
         .env("SALESOPP_SERVICE", "gateway")
-        .env("SALESOPP_CUSTOMER_URL", instance.url())
-        .env("SALESOPP_OPPORTUNITY_URL", instance.url())
-        .env("SALESOPP_STATUS_CONFIG_URL", instance.url())
+        .env("SALESOPP_RESOLVE_INTERVAL", "200ms")
+        .env("SALESOPP_CUSTOMER_URL", target.clone())
+        .env("SALESOPP_OPPORTUNITY_URL", target.clone())
+        .env("SALESOPP_STATUS_CONFIG_URL", target)
         .start();
     gateway.until_serving().await;
     until_ready(&mut gateway, 1).await;
@@ -253,7 +256,7 @@ async fn with_no_instance_ready_a_gateway_call_fails_at_once_naming_the_part() {
         .get_opportunity_with_history(authed(
             &rep_token(),
             gpb::GetOpportunityWithHistoryRequest {
-                opportunity_id,
+                opportunity_id: opportunity_id.clone(),
                 history_page_size: 0,
             },
         ))
@@ -265,4 +268,10 @@ async fn with_no_instance_ready_a_gateway_call_fails_at_once_naming_the_part() {
         "DOWNSTREAM_UNAVAILABLE",
         "{status:?}"
     );
+
+    // Back on its address, it is found again and answers.
+    let mut instance = command.start();
+    instance.until_serving().await;
+    until_ready(&mut gateway, 1).await;
+    call_gateway(&gateway, &opportunity_id).await;
 }
