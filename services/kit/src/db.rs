@@ -56,8 +56,8 @@ pub fn connect_lazy_read(url: &str, max_connections: u32) -> anyhow::Result<PgPo
 /// The read replica's pool of `options`, connected lazily. Its sessions are read-only
 /// (`default_transaction_read_only`): a hot standby refuses writes anyway, and a read URL
 /// that names a writable server (the primary itself, a logical copy) then refuses them too,
-/// so a write routed to the read pool by mistake fails loudly instead of landing where
-/// nobody reads it from.
+/// so a write routed to the read pool by mistake fails (SQLSTATE 25006) instead of landing
+/// where nobody reads it from.
 pub fn read_pool(options: PgConnectOptions, max_connections: u32) -> PgPool {
     pool_options(max_connections)
         .connect_lazy_with(options.options([("default_transaction_read_only", "on")]))
