@@ -9,6 +9,9 @@
 //! make it a server that speaks TLS, and only TLS, over TCP). Postgres refuses to run as root, so when the test runs as
 //! root every Postgres program runs as the `postgres` OS user, which owns the directory.
 //!
+//! [`PgCluster::standby`] makes a streaming hot standby of a running cluster
+//! (`pg_basebackup -R -X stream`, another directory and port, `hot_standby = on`).
+//!
 //! Every method blocks on the program it runs, off the async runtime (`spawn_blocking`), and
 //! panics with the program's output and the server log's tail when it fails: a test's setup
 //! either works or says why. Dropping the cluster stops it (`immediate`) and removes its
@@ -79,6 +82,50 @@ impl PgCluster {
         let cluster = Self::init().await;
         cluster.start().await;
         cluster
+    }
+
+    /// Creates and starts a cluster that streaming standbys can replicate
+    /// ([`standby`](Self::standby)): `wal_level = replica` (15's default, said so that a
+    /// changed default cannot break the replicas), WAL senders for them, and a pg_hba line
+    /// letting `postgres` replicate over 127.0.0.1 (initdb's own trust lines allow it too;
+    /// this one does not depend on them).
+    pub async fn start_primary() -> PgCluster {
+        let cluster = Self::init().await;
+        cluster.set("wal_level", "replica");
+        cluster.set("max_wal_senders", "4");
+        cluster.allow("host replication postgres 127.0.0.1/32 trust");
+        cluster.start().await;
+        cluster
+    }
+
+    /// A streaming hot standby of this running cluster, started and accepting read-only
+    /// connections on a port of its own: `pg_basebackup -D <dir> -R -X stream` (a base
+    /// backup, the WAL it needs streamed alongside, `standby.signal` and `primary_conninfo`
+    /// written), then `hot_standby = on` and its own port and socket directory. It replays
+    /// what the primary writes from then on; dropping it stops it and removes its directory.
+    pub async fn standby(&self) -> PgCluster {
+        let port = free_port();
+        let primary_port = self.port;
+        let ctl = tokio::task::spawn_blocking(move || {
+            let ctl = Ctl::create();
+            let _cleanup = RemoveIfPanicking(ctl.root.clone());
+            let mut basebackup = ctl.command("pg_basebackup");
+            basebackup
+                .args(["-h", "127.0.0.1", "-p", &primary_port.to_string()])
+                .args(["-U", "postgres", "-D"])
+                .arg(&ctl.data)
+                .args(["-R", "-X", "stream", "--no-sync", "-c", "fast"]);
+            ctl.run(basebackup, "pg_basebackup");
+            // The copied postgresql.conf is the primary's: the lines appended here win.
+            ctl.configure(port);
+            ctl.append("postgresql.conf", "hot_standby = on");
+            ctl
+        })
+        .await
+        .expect("pg_basebackup task");
+        let standby = PgCluster { ctl, port };
+        standby.start().await;
+        standby
     }
 
     /// Starts the server and waits until it accepts connections.
@@ -215,24 +262,30 @@ struct Ctl {
 }
 
 impl Ctl {
-    fn init(port: u16) -> Ctl {
+    /// A new temporary directory for a cluster (no `data/` yet), owned by the OS user the
+    /// server runs as.
+    fn create() -> Ctl {
         let root =
             std::env::temp_dir().join(format!("salesopp-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&root).expect("create the cluster directory");
-        let _cleanup = RemoveIfPanicking(root.clone());
         let as_postgres = running_as_root();
         if as_postgres {
             let (uid, gid) = postgres_ids();
             std::os::unix::fs::chown(&root, Some(uid), Some(gid))
                 .expect("give the cluster directory to the postgres OS user");
         }
-        let ctl = Ctl {
+        Ctl {
             bin_dir: bin_dir(),
             data: root.join("data"),
             log: root.join("postgres.log"),
             root,
             as_postgres,
-        };
+        }
+    }
+
+    fn init(port: u16) -> Ctl {
+        let ctl = Ctl::create();
+        let _cleanup = RemoveIfPanicking(ctl.root.clone());
         let mut initdb = ctl.command("initdb");
         initdb
             .arg("-D")
@@ -241,15 +294,21 @@ impl Ctl {
             .args(["--locale=C.UTF-8", "--no-sync"]);
         ctl.run(initdb, "initdb");
         // initdb's pg_hba.conf trusts local, 127.0.0.1/32 and ::1 (replication included).
-        ctl.append(
+        ctl.configure(port);
+        ctl
+    }
+
+    /// Where the server listens (127.0.0.1:`port`, its socket in the cluster's directory),
+    /// and no fsync.
+    fn configure(&self, port: u16) {
+        self.append(
             "postgresql.conf",
             &format!(
                 "\n# salesopp test cluster\nlisten_addresses = '127.0.0.1'\nport = {port}\n\
                  unix_socket_directories = '{}'\nfsync = off\n",
-                ctl.root.display()
+                self.root.display()
             ),
         );
-        ctl
     }
 
     fn command(&self, program: &str) -> Command {

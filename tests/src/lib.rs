@@ -4,13 +4,15 @@
 //! `DATABASE_URL` names an admin connection (default `postgres://postgres@127.0.0.1:5432/postgres`)
 //! allowed to create databases; each test's database is dropped when its suite is dropped.
 //! A test that needs a database it may stop or crash makes it in a [`cluster::PgCluster`] of
-//! its own ([`TestDatabase::create_in`]).
+//! its own ([`TestDatabase::create_in`]); one served with a read replica, in a
+//! [`replica::Replicated`] pair ([`SuiteOptions::read`]).
 
 pub mod cluster;
 pub mod fixtures;
 pub mod nats;
 pub mod relay;
 pub mod relay_process;
+pub mod replica;
 pub mod scrape;
 pub mod serve_process;
 pub mod wait;
@@ -161,6 +163,9 @@ pub struct SuiteOptions {
     pub streams: salesopp_opportunity::events::StreamConfig,
     /// Serve `/metrics` on a port of its own (`TestSuite::metrics_addr`).
     pub metrics: bool,
+    /// The read replica's database (as `DATABASE_READ_URL` names it, e.g. a
+    /// [`replica::Replicated`] standby's); `None`: every call on the primary.
+    pub read: Option<PgConnectOptions>,
 }
 
 impl Default for SuiteOptions {
@@ -171,6 +176,7 @@ impl Default for SuiteOptions {
             health_interval: Duration::from_millis(100),
             streams: Default::default(),
             metrics: false,
+            read: None,
         }
     }
 }
@@ -210,8 +216,12 @@ impl TestSuite {
             .as_ref()
             .map(|l| l.local_addr().expect("local addr"));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        // The replica's pool as `salesopp serve` makes it of DATABASE_READ_URL.
+        let replica = options
+            .read
+            .map(|read| salesopp_kit::db::read_pool(read, 10));
         let config = ServeConfig {
-            pool: Some(service_pool),
+            pools: Some(salesopp_kit::db::Pools::new(service_pool, replica)),
             auth: Authenticator::hs256(SECRET.as_bytes(), options.issuer, options.audience),
             services: ServiceKind::ALL.to_vec(),
             gateway_endpoints: None,

@@ -1,6 +1,7 @@
-//! Waiting for a state of the test's database: polled, with a generous bound that only
-//! guards against a hang (a loaded machine never fails a test by being slow).
+//! Waiting for a state of the test's database (or of anything a test asks, [`until`]):
+//! polled, with a generous bound that only guards against a hang (a loaded machine never fails a test by being slow).
 
+use std::future::Future;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -9,6 +10,35 @@ use sqlx::PgPool;
 const PATIENCE: Duration = Duration::from_secs(30);
 /// How often the database is asked again.
 const POLL: Duration = Duration::from_millis(20);
+
+/// Waits until `check()` holds; `what` names the state that never came.
+pub async fn until<Check, Holds>(what: &str, mut check: Check)
+where
+    Check: FnMut() -> Holds,
+    Holds: Future<Output = bool>,
+{
+    until_some(what, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
+}
+
+/// Waits until `check()` finds something, and returns it; `what` names what never came.
+pub async fn until_some<T, Check, Found>(what: &str, mut check: Check) -> T
+where
+    Check: FnMut() -> Found,
+    Found: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
 
 /// The position of the newest placed event, once every committed event is placed.
 pub async fn placed_head(db: &PgPool) -> i64 {

@@ -34,7 +34,11 @@ impl World {
 
     /// The same, with the suite as `options` say.
     pub async fn with(options: SuiteOptions) -> World {
-        let suite = TestSuite::spawn_with(options).await;
+        World::of(TestSuite::spawn_with(options).await).await
+    }
+
+    /// The world of a suite already served (e.g. on a database of a private cluster).
+    pub async fn of(suite: TestSuite) -> World {
         World {
             customers: suite.customers().await,
             opps: suite.opportunities().await,

@@ -1650,7 +1650,7 @@ impl GatewayOnly {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (shutdown, stop) = oneshot::channel::<()>();
         let config = ServeConfig {
-            pool: None,
+            pools: None,
             auth: Authenticator::hs256(SECRET.as_bytes(), None, None),
             services: vec![ServiceKind::Gateway],
             gateway_endpoints: Some(endpoints),

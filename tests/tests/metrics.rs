@@ -198,13 +198,21 @@ async fn a_scrape_counts_the_calls_by_method_and_code_name() {
     );
 
     // The pool as of the scrape, and the database answering the health probe.
-    let idle = after.value("salesopp_db_pool_connections", &[("state", "idle")]);
-    let in_use = after.value("salesopp_db_pool_connections", &[("state", "in_use")]);
+    // The primary's: without DATABASE_READ_URL there is no `read` pool (tests/tests/replica.rs).
+    let primary = ("pool", "primary");
+    let idle = after.value(
+        "salesopp_db_pool_connections",
+        &[primary, ("state", "idle")],
+    );
+    let in_use = after.value(
+        "salesopp_db_pool_connections",
+        &[primary, ("state", "in_use")],
+    );
     assert!(
         matches!((idle, in_use), (Some(i), Some(u)) if i >= 0.0 && u >= 0.0 && i + u >= 1.0),
         "pool gauges: idle {idle:?}, in use {in_use:?}"
     );
-    assert_eq!(after.value("salesopp_db_up", &[]), Some(1.0));
+    assert_eq!(after.value("salesopp_db_up", &[primary]), Some(1.0));
 
     // The change feed: the event placed; the outbox backlog measured (nothing waits once it
     // is placed); the relay's lag is exported by every process (the relay sets it).

@@ -1,22 +1,23 @@
 //! The tonic trait of CustomerService: each call is who may make it, its decoded input and
-//! the service function (`salesopp_kit::handle`).
+//! the service function (`salesopp_kit::handle`), given the pool it reads from: the
+//! primary for the writes and GetCustomer, the read pool for the list (`Pools`).
 
+use salesopp_kit::db::Pools;
 use salesopp_kit::handle;
 use salesopp_proto::customer::v1 as pb;
 use salesopp_proto::customer::v1::customer_service_server::CustomerService;
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::service;
 
 #[derive(Debug, Clone)]
 pub struct Customers {
-    pool: PgPool,
+    pools: Pools,
 }
 
 impl Customers {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pools: Pools) -> Self {
+        Self { pools }
     }
 }
 
@@ -27,7 +28,7 @@ impl CustomerService for Customers {
         request: Request<pb::CreateCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
         handle::sales(request, async |caller, input| {
-            service::create(&self.pool, caller, input).await
+            service::create(self.pools.primary(), caller, input).await
         })
         .await
     }
@@ -37,7 +38,9 @@ impl CustomerService for Customers {
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
         handle::sales(request, async |caller, input| {
-            service::get(&self.pool, caller, input).await
+            // On the primary: a client reads what it has just written, and the etag it
+            // gets is the one its next update is checked against.
+            service::get(self.pools.primary(), caller, input).await
         })
         .await
     }
@@ -47,7 +50,7 @@ impl CustomerService for Customers {
         request: Request<pb::UpdateCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
         handle::sales(request, async |caller, input| {
-            service::update(&self.pool, caller, input).await
+            service::update(self.pools.primary(), caller, input).await
         })
         .await
     }
@@ -57,7 +60,7 @@ impl CustomerService for Customers {
         request: Request<pb::ListCustomersRequest>,
     ) -> Result<Response<pb::ListCustomersResponse>, Status> {
         handle::sales(request, async |caller, input| {
-            service::list(&self.pool, caller, input).await
+            service::list(self.pools.read(), caller, input).await
         })
         .await
     }
@@ -67,7 +70,7 @@ impl CustomerService for Customers {
         request: Request<pb::DeleteCustomerRequest>,
     ) -> Result<Response<pb::Customer>, Status> {
         handle::sales(request, async |caller, input| {
-            service::delete(&self.pool, caller, input).await
+            service::delete(self.pools.primary(), caller, input).await
         })
         .await
     }

@@ -5,8 +5,11 @@
 //! TLS is configured by `DATABASE_URL` alone, as libpq reads it: `sslmode` (`disable`,
 //! `prefer` by default, `require`, `verify-ca`, `verify-full`) and `sslrootcert` (the CA's
 //! PEM file; the system's trusted CAs are trusted too). sqlx parses both; nothing here
-//! rewrites the options it made.
+//! rewrites the options it made. `DATABASE_READ_URL` (a read replica, [`Pools`]) is read
+//! the same way.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustls::CertificateError;
@@ -42,13 +45,110 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     Ok(pool_options(max_connections).connect_lazy_with(connect_options(url)?))
 }
 
+/// The read replica's pool of `DATABASE_READ_URL`, connected lazily like [`connect_lazy`].
+pub fn connect_lazy_read(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    Ok(read_pool(
+        connect_options_of(READ_URL, url)?,
+        max_connections,
+    ))
+}
+
+/// The read replica's pool of `options`, connected lazily. Its sessions are read-only
+/// (`default_transaction_read_only`): a hot standby refuses writes anyway, and a read URL
+/// that names a writable server (the primary itself, a logical copy) then refuses them too,
+/// so a write routed to the read pool by mistake fails (SQLSTATE 25006) instead of landing
+/// where nobody reads it from.
+pub fn read_pool(options: PgConnectOptions, max_connections: u32) -> PgPool {
+    pool_options(max_connections)
+        .connect_lazy_with(options.options([("default_transaction_read_only", "on")]))
+}
+
+/// The setting that names the primary database.
+pub const PRIMARY_URL: &str = "DATABASE_URL";
+/// The setting that names the read replica.
+pub const READ_URL: &str = "DATABASE_READ_URL";
+
 /// The connect options of `url` (TLS included), as the suite connects with them. The error
 /// names no part of the URL: it may hold the password.
 pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    connect_options_of(PRIMARY_URL, url)
+}
+
+/// [`connect_options`] of the URL in the setting `variable`, which the error names.
+pub fn connect_options_of(variable: &str, url: &str) -> anyhow::Result<PgConnectOptions> {
     let options: PgConnectOptions = url
         .parse()
-        .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid Postgres URL: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{variable} is not a valid Postgres URL: {e}"))?;
     Ok(options.application_name("salesopp"))
+}
+
+/// The pools a serving process uses (DESIGN.md Operations, `DATABASE_READ_URL`).
+///
+/// [`primary`](Self::primary) (`DATABASE_URL`) takes every write and the response built in
+/// its transaction, the reads that must see the caller's own writes (a Get, whose etag the
+/// next write is checked against), idempotency records, the event feed and every background
+/// task. [`read`](Self::read) serves the read-only calls (lists, search, history, pipeline
+/// summaries): the replica when one is configured and its health probe answers, else the
+/// primary, so a replica that goes away costs the primary its read load, not the service
+/// its availability. Without a replica both are the primary: exactly one pool.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    primary: PgPool,
+    replica: Option<Replica>,
+}
+
+#[derive(Debug, Clone)]
+struct Replica {
+    pool: PgPool,
+    /// What the last health probe found; the replica is trusted until one says otherwise
+    /// (start-up checked it).
+    reachable: Arc<AtomicBool>,
+}
+
+impl Pools {
+    /// `primary`, and `replica` for the read-only calls when there is one.
+    pub fn new(primary: PgPool, replica: Option<PgPool>) -> Pools {
+        Pools {
+            primary,
+            replica: replica.map(|pool| Replica {
+                pool,
+                reachable: Arc::new(AtomicBool::new(true)),
+            }),
+        }
+    }
+
+    /// The pool of writes and of the reads that must see them.
+    pub fn primary(&self) -> &PgPool {
+        &self.primary
+    }
+
+    /// The pool of the read-only calls: the replica while it is reachable, else the primary.
+    pub fn read(&self) -> &PgPool {
+        match &self.replica {
+            Some(replica) if replica.reachable.load(Ordering::Relaxed) => &replica.pool,
+            _ => &self.primary,
+        }
+    }
+
+    /// The replica's pool, when one is configured, reachable or not (for its health probe
+    /// and its metrics).
+    pub fn replica(&self) -> Option<&PgPool> {
+        self.replica.as_ref().map(|replica| &replica.pool)
+    }
+
+    /// Records what the replica's health probe found: reads go to it again once it answers.
+    pub(crate) fn set_replica_reachable(&self, reachable: bool) {
+        if let Some(replica) = &self.replica {
+            replica.reachable.store(reachable, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One pool for everything: the suite without a replica.
+impl From<PgPool> for Pools {
+    fn from(primary: PgPool) -> Pools {
+        Pools::new(primary, None)
+    }
 }
 
 /// `error`, met connecting with `options` at start-up, as the one line a process exits

@@ -1,7 +1,8 @@
 //! Prometheus metrics, served over plain HTTP on `SALESOPP_METRICS_LISTEN` (`/metrics`):
-//! calls per method and status code, call latency per method, the database pool and
-//! whether the database answers, and the change feed (events placed, streamed and relayed;
-//! open streams; the outbox backlog and the relay's lag; dead letters).
+//! calls per method and status code, call latency per method, the database pools and
+//! whether each database answers (label `pool`: `primary`, and `read` for the read replica
+//! of `DATABASE_READ_URL` when there is one), and the change feed (events placed, streamed
+//! and relayed; open streams; the outbox backlog and the relay's lag; dead letters).
 //!
 //! The status code is read from the response head: tonic answers every error as a
 //! trailers-only response, so `grpc-status` is there for errors; a response without it
@@ -23,15 +24,23 @@ use prometheus::{
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+use crate::db::Pools;
+
+/// The `pool` label of the primary database's gauges (`DATABASE_URL`).
+pub const PRIMARY_POOL: &str = "primary";
+/// The `pool` label of the read replica's gauges (`DATABASE_READ_URL`).
+pub const READ_POOL: &str = "read";
+
 /// The suite's metrics.
 pub struct Metrics {
     pub registry: Registry,
     pub calls: IntCounterVec,
     pub latency: HistogramVec,
+    /// Connections by `pool` and `state`.
     pub pool: IntGaugeVec,
-    /// 1 while the database answers the health probe, 0 while it does not (processes with
-    /// a database only).
-    pub database_up: IntGauge,
+    /// By `pool`: 1 while that database answers the health probe, 0 while it does not
+    /// (processes with a database only; `read` only with a replica).
+    pub database_up: IntGaugeVec,
     /// The instances of each downstream service the gateway sends calls to now (those that
     /// answer and report SERVING), by service (gateway processes only).
     pub gateway_instances: IntGaugeVec,
@@ -87,13 +96,19 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     )
     .expect("latency metric");
     let pool = IntGaugeVec::new(
-        Opts::new("db_pool_connections", "database pool connections, by state"),
-        &["state"],
+        Opts::new(
+            "db_pool_connections",
+            "database pool connections, by pool (primary, read) and state",
+        ),
+        &["pool", "state"],
     )
     .expect("pool metric");
-    let database_up = IntGauge::new(
-        "db_up",
-        "1 while the database answers the health probe, 0 while it does not",
+    let database_up = IntGaugeVec::new(
+        Opts::new(
+            "db_up",
+            "1 while the database answers the health probe, 0 while it does not, by pool (primary, read)",
+        ),
+        &["pool"],
     )
     .expect("database metric");
     let gateway_instances = IntGaugeVec::new(
@@ -310,13 +325,24 @@ where
     }
 }
 
-/// The text exposition of every metric, with the pool's gauges read now.
-pub fn render(pool: Option<&PgPool>) -> String {
-    if let Some(pool) = pool {
-        let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
-        let size = i64::from(pool.size());
-        METRICS.pool.with_label_values(&["idle"]).set(idle);
-        METRICS.pool.with_label_values(&["in_use"]).set(size - idle);
+/// Sets the `pool` gauges labelled `label` from `pool` as it is now.
+fn record_pool(label: &str, pool: &PgPool) {
+    let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
+    let size = i64::from(pool.size());
+    METRICS.pool.with_label_values(&[label, "idle"]).set(idle);
+    METRICS
+        .pool
+        .with_label_values(&[label, "in_use"])
+        .set(size - idle);
+}
+
+/// The text exposition of every metric, with the pools' gauges read now.
+pub fn render(pools: Option<&Pools>) -> String {
+    if let Some(pools) = pools {
+        record_pool(PRIMARY_POOL, pools.primary());
+        if let Some(replica) = pools.replica() {
+            record_pool(READ_POOL, replica);
+        }
     }
     let mut buffer = Vec::new();
     let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut buffer);
@@ -324,12 +350,12 @@ pub fn render(pool: Option<&PgPool>) -> String {
 }
 
 /// Serves `/metrics` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, pool: Option<PgPool>) {
+pub async fn serve(listener: TcpListener, pools: Option<Pools>) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let pool = pool.clone();
-            async move { render(pool.as_ref()) }
+            let pools = pools.clone();
+            async move { render(pools.as_ref()) }
         }),
     );
     if let Err(error) = axum::serve(listener, app).await {

@@ -2,6 +2,12 @@
 //! `grpc.health.v1` (per service, NOT_SERVING while the database is unreachable, SERVING
 //! again when it returns) and reflection v1 and v1alpha; graceful shutdown with a grace
 //! period.
+//!
+//! Readiness follows the primary alone. A read replica that stops answering its probe sends
+//! the read-only calls to the primary until it answers again ([`Pools::read`]) and shows as
+//! `salesopp_db_up{pool="read"} 0`, but leaves every service SERVING: every pod shares the
+//! one replica, so taking them out of their Services for it would turn a lost replica (a
+//! capacity problem) into an outage of the writes too, which the primary can still take.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +19,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+use crate::db::Pools;
+use crate::metrics::{PRIMARY_POOL, READ_POOL};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 /// How often an idle connection is pinged.
@@ -87,34 +96,68 @@ async fn end_watches(reporter: &mut HealthReporter, names: &[&'static str]) {
     }
 }
 
-/// Probes the database forever, reporting every service SERVING or NOT_SERVING.
+/// Whether `pool`'s database answers within `timeout`.
+async fn probe(pool: &PgPool, timeout: Duration) -> bool {
+    let probe = sqlx::query_scalar!("select 1 as reachable").fetch_one(pool);
+    matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(_)))
+}
+
+/// `salesopp_db_up{pool}`, set once what it reports is in force.
+fn record_up(label: &str, reachable: bool) {
+    crate::metrics::metrics()
+        .database_up
+        .with_label_values(&[label])
+        .set(i64::from(reachable));
+}
+
+/// Probes the databases forever: every service SERVING or NOT_SERVING as the primary
+/// answers; the read-only calls on the replica while it answers, else on the primary.
 async fn watch_database(
-    pool: PgPool,
+    pools: Pools,
     reporter: HealthReporter,
     names: Vec<&'static str>,
     interval: Duration,
 ) {
     let probe_timeout = interval.max(Duration::from_secs(1));
     let mut last = None;
+    let mut last_replica = None;
     loop {
-        let probe = sqlx::query_scalar!("select 1 as reachable").fetch_one(&pool);
-        let reachable = matches!(tokio::time::timeout(probe_timeout, probe).await, Ok(Ok(_)));
-        crate::metrics::metrics()
-            .database_up
-            .set(i64::from(reachable));
-        let status = if reachable {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
+        // Both at once, so a replica that hangs does not slow the primary's verdict.
+        let (reachable, replica_reachable) =
+            tokio::join!(probe(pools.primary(), probe_timeout), async {
+                match pools.replica() {
+                    Some(replica) => Some(probe(replica, probe_timeout).await),
+                    None => None,
+                }
+            });
+        record_up(PRIMARY_POOL, reachable);
         if last != Some(reachable) {
             if reachable {
                 tracing::info!("database reachable: SERVING");
             } else {
                 tracing::warn!("database unreachable: NOT_SERVING");
             }
+            let status = if reachable {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             set_all(&reporter, &names, status).await;
             last = Some(reachable);
+        }
+        if let Some(replica_reachable) = replica_reachable {
+            pools.set_replica_reachable(replica_reachable);
+            record_up(READ_POOL, replica_reachable);
+            if last_replica != Some(replica_reachable) {
+                if replica_reachable {
+                    tracing::info!("read replica reachable: read-only calls served from it");
+                } else {
+                    tracing::warn!(
+                        "read replica unreachable: read-only calls served from the primary"
+                    );
+                }
+                last_replica = Some(replica_reachable);
+            }
         }
         tokio::time::sleep(interval).await;
     }
@@ -175,21 +218,22 @@ fn reflection(
 
 /// Serves `routes` (the salesopp services, already wrapped in authentication) with health
 /// and reflection until `options.shutdown` resolves and in-flight calls finish (or the
-/// grace period ends). `service_names` are the fully qualified names in `routes`.
+/// grace period ends). `service_names` are the fully qualified names in `routes`; `pools`
+/// are the ones the services use (the same values: the probe decides where their reads go).
 pub async fn serve(
-    pool: Option<PgPool>,
+    pools: Option<Pools>,
     routes: Routes,
     service_names: &[&'static str],
     options: ServeOptions,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let pool_for_metrics = pool.clone();
+    let pools_for_metrics = pools.clone();
     let names = service_names.to_vec();
-    let watcher = match pool {
-        Some(pool) => {
+    let watcher = match pools {
+        Some(pools) => {
             set_all(&reporter, &names, ServingStatus::NotServing).await;
             Some(tokio::spawn(watch_database(
-                pool,
+                pools,
                 reporter.clone(),
                 names.clone(),
                 options.health_interval,
@@ -231,7 +275,7 @@ pub async fn serve(
     tracing::info!(%local_addr, services = ?names, "serving");
     if let Some(metrics_listener) = options.metrics_listener {
         tracing::info!(addr = ?metrics_listener.local_addr().ok(), "serving /metrics");
-        tokio::spawn(crate::metrics::serve(metrics_listener, pool_for_metrics));
+        tokio::spawn(crate::metrics::serve(metrics_listener, pools_for_metrics));
     }
     let server = tonic::transport::Server::builder()
         // HTTP/2 pings keep idle connections and long event streams alive through load

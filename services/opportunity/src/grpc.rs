@@ -1,12 +1,15 @@
 //! The tonic trait of OpportunityService: each call is who may make it, its decoded input
-//! and the service function (`salesopp_kit::handle`).
+//! and the service function (`salesopp_kit::handle`), given the pool it reads from (`Pools`):
+//! the primary for the writes, GetOpportunity (a client reads what it has just written, and
+//! the etag it gets is the one its next write is checked against) and the event stream; the
+//! read pool for the lists, history, pipeline summary and salespeople.
 
 use std::pin::Pin;
 
+use salesopp_kit::db::Pools;
 use salesopp_kit::handle;
 use salesopp_proto::opportunity::v1 as pb;
 use salesopp_proto::opportunity::v1::opportunity_service_server::OpportunityService;
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::events::Feed;
@@ -14,14 +17,14 @@ use crate::service;
 
 #[derive(Debug, Clone)]
 pub struct Opportunities {
-    pool: PgPool,
+    pools: Pools,
     feed: Feed,
 }
 
 impl Opportunities {
-    /// The service over `pool`, streaming events from `feed`.
-    pub fn new(pool: PgPool, feed: Feed) -> Self {
-        Self { pool, feed }
+    /// The service over `pools`, streaming events from `feed` (which reads the primary).
+    pub fn new(pools: Pools, feed: Feed) -> Self {
+        Self { pools, feed }
     }
 }
 
@@ -34,7 +37,7 @@ impl OpportunityService for Opportunities {
         request: Request<pb::CreateOpportunityRequest>,
     ) -> Result<Response<pb::Opportunity>, Status> {
         handle::sales(request, async |caller, input| {
-            service::create(&self.pool, caller, input).await
+            service::create(self.pools.primary(), caller, input).await
         })
         .await
     }
@@ -44,7 +47,7 @@ impl OpportunityService for Opportunities {
         request: Request<pb::GetOpportunityRequest>,
     ) -> Result<Response<pb::Opportunity>, Status> {
         handle::sales(request, async |caller, input| {
-            service::get(&self.pool, caller, input).await
+            service::get(self.pools.primary(), caller, input).await
         })
         .await
     }
@@ -54,7 +57,7 @@ impl OpportunityService for Opportunities {
         request: Request<pb::UpdateOpportunityRequest>,
     ) -> Result<Response<pb::Opportunity>, Status> {
         handle::sales(request, async |caller, input| {
-            service::update(&self.pool, caller, input).await
+            service::update(self.pools.primary(), caller, input).await
         })
         .await
     }
@@ -64,7 +67,7 @@ impl OpportunityService for Opportunities {
         request: Request<pb::ChangeOpportunityStatusRequest>,
     ) -> Result<Response<pb::ChangeOpportunityStatusResponse>, Status> {
         handle::sales(request, async |caller, input| {
-            service::change_status(&self.pool, caller, input).await
+            service::change_status(self.pools.primary(), caller, input).await
         })
         .await
     }
@@ -74,7 +77,7 @@ impl OpportunityService for Opportunities {
         request: Request<pb::ListOpportunitiesRequest>,
     ) -> Result<Response<pb::ListOpportunitiesResponse>, Status> {
         handle::sales(request, async |caller, input| {
-            service::list(&self.pool, caller, input).await
+            service::list(self.pools.read(), caller, input).await
         })
         .await
     }
@@ -84,7 +87,7 @@ impl OpportunityService for Opportunities {
         request: Request<pb::ListStatusHistoryRequest>,
     ) -> Result<Response<pb::ListStatusHistoryResponse>, Status> {
         handle::sales(request, async |caller, input| {
-            service::history(&self.pool, caller, input).await
+            service::history(self.pools.read(), caller, input).await
         })
         .await
     }
@@ -94,7 +97,7 @@ impl OpportunityService for Opportunities {
         request: Request<pb::GetPipelineSummaryRequest>,
     ) -> Result<Response<pb::GetPipelineSummaryResponse>, Status> {
         handle::sales(request, async |caller, input| {
-            service::pipeline(&self.pool, caller, input).await
+            service::pipeline(self.pools.read(), caller, input).await
         })
         .await
     }
@@ -104,7 +107,7 @@ impl OpportunityService for Opportunities {
         request: Request<pb::ListSalespeopleRequest>,
     ) -> Result<Response<pb::ListSalespeopleResponse>, Status> {
         handle::sales(request, async |caller, input| {
-            service::salespeople(&self.pool, caller, input).await
+            service::salespeople(self.pools.read(), caller, input).await
         })
         .await
     }

@@ -46,6 +46,7 @@ pub async fn serve(
 async fn report(reporter: &HealthReporter, status: RelayStatus) {
     salesopp_kit::metrics::metrics()
         .database_up
+        .with_label_values(&[salesopp_kit::metrics::PRIMARY_POOL])
         .set(i64::from(status.database_reachable));
     reporter
         .set_service_status("", serving(status.healthy()))

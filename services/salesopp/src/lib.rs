@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use salesopp_gateway::grpc::Endpoints;
 use salesopp_kit::auth::AuthLayer;
+use salesopp_kit::db::Pools;
 use salesopp_kit::{Authenticator, ServeOptions};
 use salesopp_opportunity::events::{Feed, StreamConfig};
 use salesopp_outbox::Tail;
@@ -91,8 +92,9 @@ pub use salesopp_kit::auth::TokenMinter;
 /// What one serving process needs.
 #[derive(Debug)]
 pub struct ServeConfig {
-    /// The database; `None` only for a gateway-only process.
-    pub pool: Option<PgPool>,
+    /// The databases: the primary, and the read replica when `DATABASE_READ_URL` names one;
+    /// `None` only for a gateway-only process.
+    pub pools: Option<Pools>,
     pub auth: Authenticator,
     pub services: Vec<ServiceKind>,
     /// Where the gateway finds the services; `None` means this process's own port.
@@ -113,11 +115,15 @@ pub struct ServeConfig {
 fn routes(config: &ServeConfig, listen: SocketAddr, feed: Option<&Feed>) -> anyhow::Result<Routes> {
     let auth = AuthLayer::new(
         config.auth.clone(),
-        config.pool.clone().map(salesopp_kit::people::Recorder::new),
-    );
-    let pool = || {
+        // Recording who calls is a write: the primary.
         config
-            .pool
+            .pools
+            .as_ref()
+            .map(|pools| salesopp_kit::people::Recorder::new(pools.primary().clone())),
+    );
+    let pools = || {
+        config
+            .pools
             .clone()
             .ok_or_else(|| anyhow::anyhow!("DATABASE_URL is required for these services"))
     };
@@ -126,14 +132,14 @@ fn routes(config: &ServeConfig, listen: SocketAddr, feed: Option<&Feed>) -> anyh
         match service {
             ServiceKind::Customer => {
                 builder.add_service(auth.layer(salesopp_customer::CustomerServiceServer::new(
-                    salesopp_customer::Customers::new(pool()?),
+                    salesopp_customer::Customers::new(pools()?),
                 )));
             }
             ServiceKind::Opportunity => {
                 builder.add_service(auth.layer(
                     salesopp_opportunity::OpportunityServiceServer::new(
                         salesopp_opportunity::Opportunities::new(
-                            pool()?,
+                            pools()?,
                             feed.cloned().ok_or_else(|| {
                                 anyhow::anyhow!("no event feed without a database")
                             })?,
@@ -144,7 +150,7 @@ fn routes(config: &ServeConfig, listen: SocketAddr, feed: Option<&Feed>) -> anyh
             ServiceKind::StatusConfig => {
                 builder.add_service(auth.layer(
                     salesopp_status_config::StatusConfigServiceServer::new(
-                        salesopp_status_config::StatusConfig::new(pool()?),
+                        salesopp_status_config::StatusConfig::new(pools()?),
                     ),
                 ));
             }
@@ -179,10 +185,11 @@ pub async fn serve(
     // - processes that stream events run one tail for all their streams;
     // - every process with a database sweeps retention and folds the pipeline's deltas into
     //   its totals (one sweeping, one folding at a time).
+    // All of it writes, or must not miss a commit: the primary.
     let mut tasks = Vec::new();
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut feed = None;
-    if let Some(pool) = &config.pool {
+    if let Some(pool) = config.pools.as_ref().map(Pools::primary) {
         if hosts(&[ServiceKind::Opportunity, ServiceKind::StatusConfig]) {
             tasks.push(AbortOnDrop(tokio::spawn(salesopp_outbox::sequencer::run(
                 pool.clone(),
@@ -213,7 +220,7 @@ pub async fn serve(
     // UNAVAILABLE (their consumers reconnect elsewhere); unary calls in flight finish within
     // the grace period.
     let served = salesopp_kit::serve(
-        config.pool,
+        config.pools,
         routes,
         &names,
         ServeOptions {
@@ -237,6 +244,26 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// [`wait_for_schema`] on the primary and, at the same time, on the read replica when there
+/// is one: a replica of a database without the schema (or of another database) would answer
+/// the reads wrongly, so it is refused at start-up as the primary is. The replica's failure
+/// says it is the replica's, in one line.
+pub async fn wait_for_databases(pools: &Pools, timeout: Duration) -> anyhow::Result<()> {
+    let replica = async {
+        match pools.replica() {
+            Some(replica) => wait_for_schema(replica, timeout).await.map_err(|error| {
+                anyhow::anyhow!(
+                    "{} (the read replica): {error:#}",
+                    salesopp_kit::db::READ_URL
+                )
+            }),
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(wait_for_schema(pools.primary(), timeout), replica)?;
+    Ok(())
 }
 
 /// Waits for the database and checks its schema; an older schema or a failed TLS check

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use salesopp::{ServeConfig, ServiceKind, TokenMinter};
 use salesopp_kit::config::{AuthArgs, DatabaseArgs, ListenArgs};
+use salesopp_kit::db::Pools;
 use sqlx::migrate::MigrateDatabase as _;
 
 #[derive(Parser, Debug)]
@@ -172,7 +173,7 @@ async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, "serving /metrics");
         tokio::spawn(salesopp_kit::metrics::serve(
             metrics_listener,
-            Some(pool.clone()),
+            Some(Pools::from(pool.clone())),
         ));
     }
     let client = salesopp_relay::connect(&args.nats_url)
@@ -222,6 +223,11 @@ struct ServeArgs {
     /// Postgres URL; required unless only the gateway is served.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// A read replica of DATABASE_URL (a streaming hot standby), TLS options as there: the
+    /// read-only calls (lists, search, history, pipeline summaries) are served from it
+    /// while it answers; when unset, every call uses DATABASE_URL.
+    #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true)]
+    database_read_url: Option<String>,
     /// Most connections the pool opens.
     #[arg(long, env = "SALESOPP_DB_MAX_CONNECTIONS", default_value_t = 10)]
     db_max_connections: u32,
@@ -353,6 +359,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let ServeArgs {
         service,
         database_url,
+        database_read_url,
         db_max_connections,
         auth,
         listen,
@@ -366,12 +373,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(one) => vec![one],
         None => ServiceKind::ALL.to_vec(),
     };
-    let pool = if services.iter().any(|s| s.needs_database()) {
+    let pools = if services.iter().any(|s| s.needs_database()) {
         let url = database_url
             .ok_or_else(|| anyhow::anyhow!("DATABASE_URL is required to serve {services:?}"))?;
-        let pool = salesopp_kit::db::connect_lazy(&url, db_max_connections)?;
-        salesopp::wait_for_schema(&pool, Duration::from_secs(startup_timeout_seconds)).await?;
-        Some(pool)
+        let primary = salesopp_kit::db::connect_lazy(&url, db_max_connections)?;
+        // Each pool has its own connection budget on its own server.
+        let replica = database_read_url
+            .map(|url| salesopp_kit::db::connect_lazy_read(&url, db_max_connections))
+            .transpose()?;
+        let pools = Pools::new(primary, replica);
+        salesopp::wait_for_databases(&pools, Duration::from_secs(startup_timeout_seconds)).await?;
+        Some(pools)
     } else {
         None
     };
@@ -389,7 +401,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     salesopp::serve(
         ServeConfig {
-            pool,
+            pools,
             auth: authenticator,
             services,
             gateway_endpoints,

@@ -1,22 +1,23 @@
 //! The tonic trait of StatusConfigService: each call is who may make it, its decoded input
-//! and the service function (`salesopp_kit::handle`).
+//! and the service function (`salesopp_kit::handle`), given the pool it reads from: the
+//! primary for the writes and GetStatus, the read pool for the list (`Pools`).
 
+use salesopp_kit::db::Pools;
 use salesopp_kit::handle;
 use salesopp_proto::statusconfig::v1 as pb;
 use salesopp_proto::statusconfig::v1::status_config_service_server::StatusConfigService;
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::service;
 
 #[derive(Debug, Clone)]
 pub struct StatusConfig {
-    pool: PgPool,
+    pools: Pools,
 }
 
 impl StatusConfig {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pools: Pools) -> Self {
+        Self { pools }
     }
 }
 
@@ -27,7 +28,7 @@ impl StatusConfigService for StatusConfig {
         request: Request<pb::ListStatusesRequest>,
     ) -> Result<Response<pb::ListStatusesResponse>, Status> {
         handle::sales(request, async |caller, input| {
-            service::list(&self.pool, caller, input).await
+            service::list(self.pools.read(), caller, input).await
         })
         .await
     }
@@ -37,7 +38,9 @@ impl StatusConfigService for StatusConfig {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::OpportunityStatus>, Status> {
         handle::sales(request, async |caller, input| {
-            service::get(&self.pool, caller, input).await
+            // On the primary: an admin reads the status they have just configured, and the
+            // etag they get is the one their next update is checked against.
+            service::get(self.pools.primary(), caller, input).await
         })
         .await
     }
@@ -47,7 +50,7 @@ impl StatusConfigService for StatusConfig {
         request: Request<pb::CreateStatusRequest>,
     ) -> Result<Response<pb::OpportunityStatus>, Status> {
         handle::admin(request, async |caller, input| {
-            service::create(&self.pool, caller, input).await
+            service::create(self.pools.primary(), caller, input).await
         })
         .await
     }
@@ -57,7 +60,7 @@ impl StatusConfigService for StatusConfig {
         request: Request<pb::UpdateStatusRequest>,
     ) -> Result<Response<pb::OpportunityStatus>, Status> {
         handle::admin(request, async |caller, input| {
-            service::update(&self.pool, caller, input).await
+            service::update(self.pools.primary(), caller, input).await
         })
         .await
     }
@@ -67,7 +70,7 @@ impl StatusConfigService for StatusConfig {
         request: Request<pb::DeleteStatusRequest>,
     ) -> Result<Response<pb::DeleteStatusResponse>, Status> {
         handle::admin(request, async |caller, input| {
-            service::delete(&self.pool, caller, input).await
+            service::delete(self.pools.primary(), caller, input).await
         })
         .await
     }
@@ -77,7 +80,7 @@ impl StatusConfigService for StatusConfig {
         request: Request<pb::SetDefaultStatusRequest>,
     ) -> Result<Response<pb::OpportunityStatus>, Status> {
         handle::admin(request, async |caller, input| {
-            service::set_default(&self.pool, caller, input).await
+            service::set_default(self.pools.primary(), caller, input).await
         })
         .await
     }
@@ -87,7 +90,7 @@ impl StatusConfigService for StatusConfig {
         request: Request<pb::ReorderStatusesRequest>,
     ) -> Result<Response<pb::ReorderStatusesResponse>, Status> {
         handle::admin(request, async |caller, input| {
-            service::reorder(&self.pool, caller, input).await
+            service::reorder(self.pools.primary(), caller, input).await
         })
         .await
     }
