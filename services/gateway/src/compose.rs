@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use salesopp_kit::trace::ClientTrace;
 use salesopp_kit::{Principal, Visibility};
 use salesopp_proto::common::v1 as common;
 use salesopp_proto::customer::v1 as customer;
@@ -24,13 +25,16 @@ pub const DEFAULT_PAGE_SIZE: i32 = 50;
 pub const MAX_PAGE_SIZE: i32 = 500;
 pub const DEFAULT_PER_STAGE: i32 = 100;
 
+/// A channel to one service, each call on it traced as a client span.
+pub type Downstream = ClientTrace<Channel>;
+
 /// The three services, each reached through one (multiplexed) channel. A call borrows its
 /// client mutably, so each concurrent leg has a clone of its own (sharing the channel).
 #[derive(Debug, Clone)]
 pub struct Clients {
-    pub customers: CustomerServiceClient<Channel>,
-    pub opportunities: OpportunityServiceClient<Channel>,
-    pub statuses: StatusConfigServiceClient<Channel>,
+    pub customers: CustomerServiceClient<Downstream>,
+    pub opportunities: OpportunityServiceClient<Downstream>,
+    pub statuses: StatusConfigServiceClient<Downstream>,
 }
 
 fn invalid(field: &str, description: impl Into<String>) -> Status {

@@ -6,15 +6,16 @@ use std::time::Duration;
 
 use salesopp_kit::Principal;
 use salesopp_kit::error::{self, Reason};
+use salesopp_kit::trace::ClientTraceLayer;
 use salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient;
 use salesopp_proto::gateway::v1 as pb;
 use salesopp_proto::gateway::v1::gateway_service_server::GatewayService;
 use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use salesopp_proto::statusconfig::v1::status_config_service_client::StatusConfigServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
-use crate::compose::Clients;
+use crate::compose::{Clients, Downstream};
 use crate::forward::Forward;
 
 /// Where the three services are.
@@ -30,12 +31,14 @@ pub struct Gateway {
     clients: Clients,
 }
 
-fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())
+/// A channel to one service, every call on it in a client span of its own.
+fn channel(url: &str) -> anyhow::Result<Downstream> {
+    let channel = Endpoint::from_shared(url.to_owned())
         .map_err(|e| anyhow::anyhow!("invalid service URL {url:?}: {e}"))?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
-        .connect_lazy())
+        .connect_lazy();
+    Ok(tower::Layer::layer(&ClientTraceLayer, channel))
 }
 
 impl Gateway {
@@ -82,7 +85,7 @@ impl GatewayService for Gateway {
         request: Request<pb::GetOpportunityWithHistoryRequest>,
     ) -> Result<Response<pb::GetOpportunityWithHistoryResponse>, Status> {
         Principal::of(&request)?.require_sales_role()?;
-        let forward = Forward::capture(request.metadata());
+        let forward = Forward::capture(&request);
         let body = request.into_inner();
         within(
             &forward,
@@ -97,7 +100,7 @@ impl GatewayService for Gateway {
         request: Request<pb::GetCustomerOverviewRequest>,
     ) -> Result<Response<pb::GetCustomerOverviewResponse>, Status> {
         Principal::of(&request)?.require_sales_role()?;
-        let forward = Forward::capture(request.metadata());
+        let forward = Forward::capture(&request);
         let body = request.into_inner();
         within(&forward, self.clients.customer_overview(&forward, body))
             .await
@@ -110,7 +113,7 @@ impl GatewayService for Gateway {
     ) -> Result<Response<pb::GetSalespersonPipelineResponse>, Status> {
         let caller = Principal::of(&request)?;
         caller.require_sales_role()?;
-        let forward = Forward::capture(request.metadata());
+        let forward = Forward::capture(&request);
         let body = request.into_inner();
         within(
             &forward,
