@@ -2174,7 +2174,7 @@ static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_survives_random_and_malformed_requests() {
     if std::env::var_os("FUZZ_LOG").is_some() {
-        salesopp_kit::telemetry::init();
+        salesopp_kit::telemetry::init_logs();
     }
     let started = std::time::Instant::now();
     let default_hook = std::panic::take_hook();

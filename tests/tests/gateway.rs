@@ -2241,7 +2241,24 @@ async fn the_callers_token_deadline_and_trace_context_go_downstream() {
         Some(format!("Bearer {rep}").as_str()),
         "the caller's token, not the gateway's"
     );
-    assert_eq!(seen.traceparent.as_deref(), Some(TRACEPARENT));
+    // The caller's trace and flags, with the gateway's call as the parent: its span id, not
+    // the caller's (no OpenTelemetry layer in this process: the call's own id).
+    let traceparent = seen
+        .traceparent
+        .as_deref()
+        .expect("a traceparent downstream");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let callers: Vec<&str> = TRACEPARENT.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        (callers[0], callers[1], callers[3]),
+        "{traceparent}"
+    );
+    assert_ne!(
+        parts[2], callers[2],
+        "the gateway's span is the parent: {traceparent}"
+    );
     assert_eq!(seen.tracestate.as_deref(), Some(TRACESTATE));
     let remaining = grpc_timeout(seen.grpc_timeout.as_deref().expect("a forwarded deadline"));
     assert!(

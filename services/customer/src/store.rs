@@ -75,6 +75,7 @@ fn select_customer() -> &'static str {
 const SEARCH_EXPRESSION: &str = "lower(c.display_name || E'\\n' || coalesce(c.code, '') || E'\\n' \
      || coalesce(c.contact_name, '') || E'\\n' || coalesce(c.email, '') || E'\\n' || coalesce(c.phone, ''))";
 
+#[tracing::instrument(name = "SELECT customers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "customers"))]
 pub async fn get<'e>(
     db: impl PgExecutor<'e>,
     id: Uuid,
@@ -260,6 +261,7 @@ pub fn list_query(
     query
 }
 
+#[tracing::instrument(name = "SELECT customers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "customers"))]
 pub async fn list<'e>(
     db: impl PgExecutor<'e>,
     filter: &ListFilter,

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use salesopp_kit::trace::ClientTrace;
 use salesopp_kit::{Principal, Visibility};
 use salesopp_proto::common::v1 as common;
 use salesopp_proto::customer::v1 as customer;
@@ -24,14 +25,17 @@ pub const DEFAULT_PAGE_SIZE: i32 = 50;
 pub const MAX_PAGE_SIZE: i32 = 500;
 pub const DEFAULT_PER_STAGE: i32 = 100;
 
+/// One service's ready instances (`balance`), each call on them traced as a client span.
+pub type Downstream = ClientTrace<Instances>;
+
 /// The three services, each reached through its ready instances (one multiplexed
 /// connection each, `balance`). A call borrows its client mutably, so each concurrent leg
 /// has a clone of its own (sharing the instances).
 #[derive(Debug, Clone)]
 pub struct Clients {
-    pub customers: CustomerServiceClient<Instances>,
-    pub opportunities: OpportunityServiceClient<Instances>,
-    pub statuses: StatusConfigServiceClient<Instances>,
+    pub customers: CustomerServiceClient<Downstream>,
+    pub opportunities: OpportunityServiceClient<Downstream>,
+    pub statuses: StatusConfigServiceClient<Downstream>,
 }
 
 fn invalid(field: &str, description: impl Into<String>) -> Status {

@@ -1,5 +1,6 @@
 //! What a downstream call carries from the caller's call: the bearer token (so the services
-//! check the caller, not the gateway), the remaining deadline, and the W3C trace context.
+//! check the caller, not the gateway), the remaining deadline, and the call's trace context
+//! (the caller's trace, with the gateway's span as the parent: `salesopp_kit::trace`).
 //! A downstream failure keeps its code and details, except that an unreachable service is
 //! answered UNAVAILABLE naming the part that failed.
 
@@ -7,19 +8,22 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use salesopp_kit::error::{self, Reason};
+use salesopp_kit::trace::CallTrace;
 use tokio::time::Instant;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
-/// Metadata passed through unchanged.
-const FORWARDED: [&str; 3] = ["authorization", "traceparent", "tracestate"];
+/// Metadata passed through unchanged. Not `traceparent`: each downstream call carries the
+/// context of its own client span instead (`salesopp_kit::trace::ClientTraceLayer`).
+const FORWARDED: [&str; 1] = ["authorization"];
 
 /// The caller's context, captured when its call arrives.
 #[derive(Debug, Clone)]
 pub struct Forward {
     metadata: Vec<(&'static str, MetadataValue<tonic::metadata::Ascii>)>,
     deadline: Option<Instant>,
+    trace: Option<CallTrace>,
 }
 
 /// Parses a `grpc-timeout` header value ("<up to 8 digits><H|M|S|m|u|n>").
@@ -41,7 +45,8 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 }
 
 impl Forward {
-    pub fn capture(metadata: &MetadataMap) -> Forward {
+    pub fn capture<T>(request: &tonic::Request<T>) -> Forward {
+        let metadata = request.metadata();
         let forwarded = FORWARDED
             .iter()
             .filter_map(|key| metadata.get(*key).map(|value| (*key, value.clone())))
@@ -54,6 +59,7 @@ impl Forward {
         Forward {
             metadata: forwarded,
             deadline,
+            trace: request.extensions().get::<CallTrace>().cloned(),
         }
     }
 
@@ -63,11 +69,15 @@ impl Forward {
             .map(|deadline| deadline.saturating_duration_since(Instant::now()))
     }
 
-    /// A downstream request carrying the caller's token, trace context and remaining time.
+    /// A downstream request carrying the caller's token and remaining time, and the call's
+    /// trace context for the client span to carry on.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         for (key, value) in &self.metadata {
             request.metadata_mut().insert(*key, value.clone());
+        }
+        if let Some(trace) = &self.trace {
+            request.extensions_mut().insert(trace.clone());
         }
         if let Some(remaining) = self.remaining() {
             request.set_timeout(remaining.max(Duration::from_millis(1)));

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use salesopp_kit::Principal;
 use salesopp_kit::error::{self, Reason};
+use salesopp_kit::trace::ClientTraceLayer;
 use salesopp_proto::customer::v1::customer_service_client::CustomerServiceClient;
 use salesopp_proto::customer::v1::customer_service_server;
 use salesopp_proto::gateway::v1 as pb;
@@ -17,7 +18,7 @@ use salesopp_proto::statusconfig::v1::status_config_service_server;
 use tonic::{Request, Response, Status};
 
 use crate::balance::{DEFAULT_RESOLVE_INTERVAL, Instances, Target};
-use crate::compose::Clients;
+use crate::compose::{Clients, Downstream};
 use crate::forward::Forward;
 
 /// Where the three services are: each a URL of the forms `balance` takes
@@ -47,13 +48,10 @@ impl Gateway {
         endpoints: &Endpoints,
         resolve_interval: Duration,
     ) -> anyhow::Result<Gateway> {
-        let instances = |service, label, url: &str| -> anyhow::Result<Instances> {
-            Ok(Instances::watch(
-                service,
-                label,
-                Target::parse(url)?,
-                resolve_interval,
-            ))
+        // Every call on a service's instances in a client span of its own.
+        let instances = |service, label, url: &str| -> anyhow::Result<Downstream> {
+            let instances = Instances::watch(service, label, Target::parse(url)?, resolve_interval);
+            Ok(tower::Layer::layer(&ClientTraceLayer, instances))
         };
         Ok(Gateway {
             clients: Clients {
@@ -108,7 +106,7 @@ impl GatewayService for Gateway {
         request: Request<pb::GetOpportunityWithHistoryRequest>,
     ) -> Result<Response<pb::GetOpportunityWithHistoryResponse>, Status> {
         Principal::of(&request)?.require_sales_role()?;
-        let forward = Forward::capture(request.metadata());
+        let forward = Forward::capture(&request);
         let body = request.into_inner();
         within(
             &forward,
@@ -123,7 +121,7 @@ impl GatewayService for Gateway {
         request: Request<pb::GetCustomerOverviewRequest>,
     ) -> Result<Response<pb::GetCustomerOverviewResponse>, Status> {
         Principal::of(&request)?.require_sales_role()?;
-        let forward = Forward::capture(request.metadata());
+        let forward = Forward::capture(&request);
         let body = request.into_inner();
         within(&forward, self.clients.customer_overview(&forward, body))
             .await
@@ -136,7 +134,7 @@ impl GatewayService for Gateway {
     ) -> Result<Response<pb::GetSalespersonPipelineResponse>, Status> {
         let caller = Principal::of(&request)?;
         caller.require_sales_role()?;
-        let forward = Forward::capture(request.metadata());
+        let forward = Forward::capture(&request);
         let body = request.into_inner();
         within(
             &forward,

@@ -80,7 +80,19 @@ impl Retry {
 /// One write (R11), the one way every service begins and ends one: a transaction that
 /// claims the request id (a retry answers the first response and does nothing), makes sure
 /// the caller's salesperson row exists ([`people::record`]), runs `work`, stores its
-/// response for retries and commits. An error anywhere rolls everything back.
+/// response for retries and commits. An error anywhere rolls everything back. Traced as one
+/// span (the transaction), with `salesopp.replayed` set when a retry answered the first
+/// response.
+#[tracing::instrument(
+    name = "write transaction",
+    skip_all,
+    fields(
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        salesopp.method = retry.method,
+        salesopp.replayed = false,
+    )
+)]
 pub async fn write<Resp, Work>(
     pool: &PgPool,
     caller: &Principal,
@@ -93,6 +105,7 @@ where
 {
     let mut tx = pool.begin().await?;
     if let Claim::Replay(first) = claim(&mut tx, &caller.id, retry).await? {
+        tracing::Span::current().record("salesopp.replayed", true);
         return Ok(first);
     }
     people::record(&mut tx, caller).await?;

@@ -1,6 +1,7 @@
-//! What every salesopp service shares: configuration, telemetry, the Postgres pool and the
-//! schema check, identity (JWT), the one error type mapped to `tonic::Status`, idempotency
-//! records, page tokens, and [`serve`] with health, reflection and graceful shutdown.
+//! What every salesopp service shares: configuration, telemetry (logs, OTLP traces, a span
+//! per call), the Postgres pool and the schema check, identity (JWT), the one error type
+//! mapped to `tonic::Status`, idempotency records, page tokens, and [`serve`] with health,
+//! reflection and graceful shutdown.
 
 pub mod auth;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod serve;
 pub mod telemetry;
 pub mod text;
 pub mod time;
+pub mod trace;
 pub mod visibility;
 pub mod vocabulary;
 

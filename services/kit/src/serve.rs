@@ -283,6 +283,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .tcp_keepalive(Some(HTTP2_KEEPALIVE_INTERVAL))
+        // Outermost, so that everything below (metrics, authentication, the handler) runs
+        // inside the call's span and logs with its trace id.
+        .layer(crate::trace::ServerTraceLayer)
         .layer(crate::metrics::MetricsLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(options.listener), signal);

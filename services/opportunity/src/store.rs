@@ -73,6 +73,7 @@ fn select_opportunity() -> &'static str {
     &SELECT_OPPORTUNITY
 }
 
+#[tracing::instrument(name = "SELECT opportunities", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "opportunities"))]
 pub async fn get<'e>(
     db: impl PgExecutor<'e>,
     id: Uuid,
@@ -382,6 +383,7 @@ pub async fn append_status_change(
 }
 
 /// A page of an opportunity's history, oldest or newest first, after `after_sequence`.
+#[tracing::instrument(name = "SELECT status_changes", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "status_changes"))]
 pub async fn history<'e>(
     db: impl PgExecutor<'e>,
     opportunity_id: Uuid,
@@ -607,6 +609,7 @@ pub fn list_query(
     query
 }
 
+#[tracing::instrument(name = "SELECT opportunities", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "opportunities"))]
 pub async fn list<'e>(
     db: impl PgExecutor<'e>,
     visibility: &Visibility,
@@ -729,6 +732,7 @@ pub fn pipeline_groups(
     query
 }
 
+#[tracing::instrument(name = "SELECT opportunities", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "opportunities"))]
 pub async fn pipeline<'e>(
     db: impl PgExecutor<'e>,
     visibility: &Visibility,
@@ -740,10 +744,12 @@ pub async fn pipeline<'e>(
         .await
 }
 
+/// A live status as the summary's rows need it: id, name, position, probability, kind.
+pub type LiveStatus = (Uuid, String, i32, i16, StatusKind);
+
 /// The live statuses in pipeline order, for the summary's rows.
-pub async fn live_statuses<'e>(
-    db: impl PgExecutor<'e>,
-) -> Result<Vec<(Uuid, String, i32, i16, StatusKind)>, sqlx::Error> {
+#[tracing::instrument(name = "SELECT opportunity_statuses", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "opportunity_statuses"))]
+pub async fn live_statuses<'e>(db: impl PgExecutor<'e>) -> Result<Vec<LiveStatus>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"select id, display_name, position, probability, kind::text as "kind!: StatusKind"
            from opportunity_statuses where not archived order by position"#

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum as _};
 use salesopp::{ServeConfig, ServiceKind, TokenMinter};
 use salesopp_kit::config::{AuthArgs, DatabaseArgs, ListenArgs};
 use salesopp_kit::db::Pools;
@@ -160,7 +160,13 @@ impl RelayArgs {
 /// `salesopp relay`: waits for the schema, then relays until SIGTERM/SIGINT, serving health
 /// (and metrics) meanwhile.
 async fn relay(args: RelayArgs) -> anyhow::Result<()> {
-    salesopp_kit::telemetry::init();
+    let telemetry = salesopp_kit::telemetry::init("salesopp-relay");
+    let relayed = relay_until_stopped(args).await;
+    telemetry.shutdown().await;
+    relayed
+}
+
+async fn relay_until_stopped(args: RelayArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let pool = salesopp_kit::db::connect_lazy(
         &args.database.database_url,
@@ -356,6 +362,19 @@ async fn main() -> anyhow::Result<()> {
 
 /// `salesopp serve`: the services asked for, on one port, until SIGTERM or Ctrl-C.
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // The trace's service.name when OTEL_SERVICE_NAME is unset: the Deployment's name.
+    let default_service_name = match args.service.and_then(|one| one.to_possible_value()) {
+        Some(one) => format!("salesopp-{}", one.get_name()),
+        None => "salesopp".to_owned(),
+    };
+    let telemetry = salesopp_kit::telemetry::init(&default_service_name);
+    let served = serve_until_stopped(args).await;
+    // After the drain every call's spans have ended: they are sent before the process exits.
+    telemetry.shutdown().await;
+    served
+}
+
+async fn serve_until_stopped(args: ServeArgs) -> anyhow::Result<()> {
     let ServeArgs {
         service,
         database_url,
@@ -367,7 +386,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         events,
         startup_timeout_seconds,
     } = args;
-    salesopp_kit::telemetry::init();
     let authenticator = auth.authenticator().await?;
     let services = match service {
         Some(one) => vec![one],
@@ -426,7 +444,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// `salesopp migrate`: the database created when missing, every pending migration applied.
 async fn migrate(database: DatabaseArgs) -> anyhow::Result<()> {
-    salesopp_kit::telemetry::init();
+    salesopp_kit::telemetry::init_logs();
     let url = &database.database_url;
     let options = salesopp_kit::db::connect_options(url)?;
     // The first connection: a failed TLS check ends here, in one line.

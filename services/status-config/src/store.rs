@@ -46,6 +46,7 @@ pub async fn lock_for_configuration(tx: &mut PgConnection) -> Result<(), sqlx::E
     Ok(())
 }
 
+#[tracing::instrument(name = "SELECT opportunity_statuses", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "opportunity_statuses"))]
 pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<StatusRow>, sqlx::Error> {
     sqlx::query_as!(
         StatusRow,
@@ -83,6 +84,7 @@ pub async fn get_for_update(
 }
 
 /// One page in pipeline order, after `after_position`.
+#[tracing::instrument(name = "SELECT opportunity_statuses", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "opportunity_statuses"))]
 pub async fn list<'e>(
     db: impl PgExecutor<'e>,
     show_archived: bool,
