@@ -1,9 +1,10 @@
 -- R15 time in status, and the one time source of every write.
 --
 -- salesopp_now(): the moment every statement that stamps a write reads (opportunity creates,
--- updates, status changes and their history and events, status and customer updates). It is
--- clock_timestamp() unless a test has set salesopp_test_clock, so tests set and advance time
--- without sleeping. The table is empty in service: the function costs one probe of an empty
+-- updates, status changes and their history and events, status and customer updates; the
+-- create_time defaults of customers and statuses stay now(), so create_time = update_time
+-- on a new row). It is clock_timestamp() unless a test has set salesopp_test_clock, so tests
+-- set and advance time without sleeping. The table is empty in service: the function costs one probe of an empty
 -- table. Writing the table is refused unless the session first says
 -- `set salesopp.test_clock = 'on'`, which no service ever does: a clock can only be set on
 -- purpose, never by a stray statement (and the table is not granted to PUBLIC).
@@ -38,12 +39,6 @@ create function salesopp_now() returns timestamptz
 language sql volatile parallel safe as $$
     select coalesce((select now from salesopp_test_clock), clock_timestamp())
 $$;
-
--- The statements that take these columns' defaults read the same clock.
-alter table customers alter column create_time set default salesopp_now(),
-                      alter column update_time set default salesopp_now();
-alter table opportunity_statuses alter column create_time set default salesopp_now(),
-                                 alter column update_time set default salesopp_now();
 
 create table opportunity_status_durations (
     opportunity_id    uuid not null references opportunities (id),
