@@ -171,14 +171,15 @@ fn well_known(message: &DynamicMessage, prefix: &str, violations: &mut Vec<Viola
             }
         }
         "google.protobuf.Duration" => {
-            if seconds.abs() > MAX_DURATION_SECONDS {
+            // unsigned_abs: i64::MIN seconds (a fuzzer's favourite) has no i64 absolute value.
+            if seconds.unsigned_abs() > MAX_DURATION_SECONDS.unsigned_abs() {
                 add(
                     violations,
                     join(prefix, "seconds"),
                     "must be within +-10,000 years",
                 );
             }
-            if nanos.abs() >= 1_000_000_000
+            if nanos.unsigned_abs() >= 1_000_000_000
                 || (seconds != 0 && nanos != 0 && (seconds < 0) != (nanos < 0))
             {
                 add(
@@ -201,6 +202,34 @@ mod tests {
 
     fn violations_of<M: prost::Message + prost::Name>(message: &M) -> Vec<Violation> {
         check(&M::full_name(), &message.encode_to_vec())
+    }
+
+    #[test]
+    fn the_most_negative_duration_is_a_violation_not_an_overflow() {
+        let request = pb::UpdateOpportunityRequest {
+            opportunity: Some(pb::Opportunity {
+                status_durations: vec![pb::StatusDuration {
+                    cumulative: Some(prost_types::Duration {
+                        seconds: i64::MIN,
+                        nanos: i32::MIN,
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let fields: Vec<String> = violations_of(&request)
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "opportunity.status_durations[0].cumulative.seconds",
+                "opportunity.status_durations[0].cumulative.nanos"
+            ]
+        );
     }
 
     #[test]
