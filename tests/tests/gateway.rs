@@ -2087,8 +2087,6 @@ impl OpportunityService for Parts {
             -> opb::ChangeOpportunityStatusResponse;
         watch_opportunity_events(opb::WatchOpportunityEventsRequest)
             -> Self::WatchOpportunityEventsStream;
-        get_pipeline_velocity(opb::GetPipelineVelocityRequest)
-            -> opb::GetPipelineVelocityResponse;
     }
 }
 
