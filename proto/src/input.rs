@@ -206,28 +206,22 @@ mod tests {
 
     #[test]
     fn the_most_negative_duration_is_a_violation_not_an_overflow() {
-        let request = pb::UpdateOpportunityRequest {
-            opportunity: Some(pb::Opportunity {
-                status_durations: vec![pb::StatusDuration {
-                    cumulative: Some(prost_types::Duration {
-                        seconds: i64::MIN,
-                        nanos: i32::MIN,
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
+        let change = pb::StatusChange {
+            time_in_previous_status: Some(prost_types::Duration {
+                seconds: i64::MIN,
+                nanos: i32::MIN,
             }),
             ..Default::default()
         };
-        let fields: Vec<String> = violations_of(&request)
+        let fields: Vec<String> = violations_of(&change)
             .into_iter()
             .map(|v| v.field)
             .collect();
         assert_eq!(
             fields,
             [
-                "opportunity.status_durations[0].cumulative.seconds",
-                "opportunity.status_durations[0].cumulative.nanos"
+                "time_in_previous_status.seconds",
+                "time_in_previous_status.nanos"
             ]
         );
     }
