@@ -7,8 +7,6 @@
 //! Every wait polls (the collector, the log, health) with a bound that only guards against a
 //! hang; no timing is asserted.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,14 +26,14 @@ use salesopp_proto::gateway::v1::gateway_service_client::GatewayServiceClient;
 use salesopp_proto::opportunity::v1 as opb;
 use salesopp_proto::opportunity::v1::opportunity_service_client::OpportunityServiceClient;
 use salesopp_tests::fixtures::{money, rid};
-use salesopp_tests::{SECRET, TestDatabase, admin_token, authed, rep_token};
+use salesopp_tests::serve_process::{ServeCommand, ServeProcess};
+use salesopp_tests::{TestDatabase, admin_token, authed, rep_token};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// Guards every wait against a hang; never a timing assertion.
+/// The real command line, built by this package.
+const BINARY: &str = env!("CARGO_BIN_EXE_salesopp-under-test");
 const PATIENCE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
 
@@ -194,170 +192,56 @@ fn summary(spans: &[Received]) -> Vec<(String, String, SpanKind, String, String)
 // The processes
 // ---------------------------------------------------------------------------------------
 
-/// `salesopp serve ...` as a child process, its stdout and stderr in a file; killed when
-/// dropped.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
+/// Every database service (and a gateway of its own, unused here) in one process.
+fn services(database: &TestDatabase, otel: &[(&str, String)]) -> ServeProcess {
+    with_env(ServeCommand::new(BINARY, Some(&database.url())), otel).start()
 }
 
-impl Server {
-    fn start(args: &[&str], env: &[(&str, String)]) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("pick a free port")
-            .port();
-        let log =
-            std::env::temp_dir().join(format!("salesopp-traces-{}.log", uuid::Uuid::new_v4()));
-        let out = std::fs::File::create(&log).expect("create the server's log");
-        let err = out.try_clone().expect("clone the log handle");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_salesopp-under-test"));
-        command
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("SALESOPP_AUTH_HS256_SECRET", SECRET)
-            .env("SALESOPP_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SALESOPP_HEALTH_INTERVAL_SECONDS", "0.1")
-            .env("SALESOPP_STARTUP_TIMEOUT_SECONDS", "30")
-            .env("RUST_LOG", "info");
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("run salesopp-under-test serve");
-        Server {
-            child: Some(child),
-            port,
-            log,
-        }
-    }
-
-    /// Every database service (and a gateway of its own, unused here) in one process.
-    fn services(database: &TestDatabase, otel: &[(&str, String)]) -> Server {
-        let mut env = vec![("DATABASE_URL", database.url())];
-        env.extend(otel.iter().cloned());
-        Server::start(&["serve"], &env)
-    }
-
-    /// A gateway-only process calling the services of `services`.
-    fn gateway(services: &Server, otel: &[(&str, String)]) -> Server {
-        let mut env = vec![
-            ("SALESOPP_CUSTOMER_URL", services.url()),
-            ("SALESOPP_OPPORTUNITY_URL", services.url()),
-            ("SALESOPP_STATUS_CONFIG_URL", services.url()),
-        ];
-        env.extend(otel.iter().cloned());
-        Server::start(&["serve", "--service", "gateway"], &env)
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.child.as_mut().expect("the server runs")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .expect("url")
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .expect("connect to the server")
-    }
-
-    /// Waits until a health check says SERVING, failing with the log if the process exits.
-    async fn until_serving(&mut self) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child().try_wait().expect("server status") {
-                panic!(
-                    "the server exited ({status}) while starting:\n{}",
-                    self.log()
-                );
-            }
-            let channel = Channel::from_shared(self.url())
-                .expect("url")
-                .connect()
-                .await;
-            if let Ok(channel) = channel {
-                let answer = HealthClient::new(channel)
-                    .check(HealthCheckRequest::default())
-                    .await;
-                if matches!(&answer, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32) {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the server never became SERVING:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// SIGTERM, then its exit (status 0) waited for.
-    async fn stop(&mut self) {
-        salesopp_tests::nats::signal(self.child(), "TERM");
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child().try_wait().expect("server status") {
-                assert!(status.success(), "exit status {status}:\n{}", self.log());
-                self.child = None;
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the server did not stop after SIGTERM:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// The first JSON log line whose message is `message`, once it has been written.
-    async fn log_line(&self, message: &str) -> serde_json::Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let found = self
-                .log()
-                .lines()
-                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-                .find(|line| line["fields"]["message"] == message);
-            if let Some(line) = found {
-                return line;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no {message:?} line in the log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
+/// A gateway-only process calling the services of `services`.
+fn gateway(services: &ServeProcess, otel: &[(&str, String)]) -> ServeProcess {
+    let command = ServeCommand::new(BINARY, None)
+        .env("SALESOPP_SERVICE", "gateway")
+        .env("SALESOPP_CUSTOMER_URL", services.url())
+        .env("SALESOPP_OPPORTUNITY_URL", services.url())
+        .env("SALESOPP_STATUS_CONFIG_URL", services.url());
+    with_env(command, otel).start()
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+fn with_env(command: ServeCommand, env: &[(&str, String)]) -> ServeCommand {
+    env.iter().fold(command, |command, (key, value)| {
+        command.env(key, value.clone())
+    })
+}
+
+async fn channel(server: &ServeProcess) -> Channel {
+    server.connect().await.expect("connect to the server")
+}
+
+/// SIGTERM, then its exit (status 0) waited for.
+async fn stop(server: &mut ServeProcess) {
+    server.terminate();
+    let status = server.exit_status(PATIENCE).await;
+    assert!(status.success(), "exit status {status}:\n{}", server.log());
+}
+
+/// The first JSON log line of `server` whose message is `message`, once it has been written.
+async fn log_line(server: &ServeProcess, message: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let found = server
+            .log()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| line["fields"]["message"] == message);
+        if let Some(line) = found {
+            return line;
         }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {message:?} line in the log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -438,17 +322,17 @@ const COMBINED: &str = "salesopp.gateway.v1.GatewayService/GetOpportunityWithHis
 async fn one_gateway_call_is_one_trace_across_the_gateway_and_the_services() {
     let database = TestDatabase::create().await;
     let collector = Collector::start().await;
-    let mut services = Server::services(&database, &otel_env(&collector, SERVICES_NAME));
+    let mut services = services(&database, &otel_env(&collector, SERVICES_NAME));
     services.until_serving().await;
-    let mut gateway = Server::gateway(&services, &otel_env(&collector, GATEWAY_NAME));
+    let mut gateway = gateway(&services, &otel_env(&collector, GATEWAY_NAME));
     gateway.until_serving().await;
 
     let customer = create_customer(
-        services.channel().await,
+        channel(&services).await,
         authed(&admin_token(), new_customer()),
     )
     .await;
-    let opportunity = OpportunityServiceClient::new(services.channel().await)
+    let opportunity = OpportunityServiceClient::new(channel(&services).await)
         .create_opportunity(authed(
             &rep_token(),
             opb::CreateOpportunityRequest {
@@ -467,7 +351,7 @@ async fn one_gateway_call_is_one_trace_across_the_gateway_and_the_services() {
         .into_inner();
 
     let (traceparent, trace_id, caller_span_id) = caller_trace();
-    let detail = GatewayServiceClient::new(gateway.channel().await)
+    let detail = GatewayServiceClient::new(channel(&gateway).await)
         .get_opportunity_with_history(with_traceparent(
             &rep_token(),
             gpb::GetOpportunityWithHistoryRequest {
@@ -562,17 +446,17 @@ async fn one_gateway_call_is_one_trace_across_the_gateway_and_the_services() {
 async fn a_log_line_of_a_call_carries_its_trace_id_and_span_id() {
     let database = TestDatabase::create().await;
     let collector = Collector::start().await;
-    let mut services = Server::services(&database, &otel_env(&collector, SERVICES_NAME));
+    let mut services = services(&database, &otel_env(&collector, SERVICES_NAME));
     services.until_serving().await;
 
     let (traceparent, trace_id, caller_span_id) = caller_trace();
     let customer = create_customer(
-        services.channel().await,
+        channel(&services).await,
         with_traceparent(&admin_token(), new_customer(), &traceparent),
     )
     .await;
 
-    let line = services.log_line("customer created").await;
+    let line = log_line(&services, "customer created").await;
     assert_eq!(
         line["fields"]["customer_id"],
         customer.id.as_str(),
@@ -609,18 +493,18 @@ async fn with_otel_unset_nothing_is_exported_and_logs_still_carry_the_callers_tr
 
     // No OTEL_EXPORTER_OTLP_*: no export, and a call's log lines still name the caller's
     // trace, with a span id of the call's own.
-    let mut quiet = Server::services(
+    let mut quiet = services(
         &database,
         &[("OTEL_SERVICE_NAME", SERVICES_NAME.to_owned())],
     );
     quiet.until_serving().await;
     let (traceparent, trace_id, caller_span_id) = caller_trace();
     create_customer(
-        quiet.channel().await,
+        channel(&quiet).await,
         with_traceparent(&admin_token(), new_customer(), &traceparent),
     )
     .await;
-    let line = quiet.log_line("customer created").await;
+    let line = log_line(&quiet, "customer created").await;
     let (logged_trace, logged_span) = call_ids(&line);
     assert_eq!(logged_trace, trace_id, "{line}");
     assert_eq!(logged_span.len(), 16, "{line}");
@@ -628,7 +512,7 @@ async fn with_otel_unset_nothing_is_exported_and_logs_still_carry_the_callers_tr
         logged_span, caller_span_id,
         "the call's own span id: {line}"
     );
-    quiet.stop().await;
+    stop(&mut quiet).await;
     let log = quiet.log();
     assert!(
         !log.contains("OTLP"),
@@ -640,14 +524,14 @@ async fn with_otel_unset_nothing_is_exported_and_logs_still_carry_the_callers_tr
     let collector = Collector::start().await;
     let mut env = otel_env(&collector, SERVICES_NAME);
     env.push(("OTEL_SDK_DISABLED", "true".to_owned()));
-    let mut disabled = Server::services(&database, &env);
+    let mut disabled = services(&database, &env);
     disabled.until_serving().await;
     create_customer(
-        disabled.channel().await,
+        channel(&disabled).await,
         with_traceparent(&admin_token(), new_customer(), &traceparent),
     )
     .await;
-    disabled.stop().await;
+    stop(&mut disabled).await;
     let received = collector.received();
     assert!(received.is_empty(), "{:#?}", summary(&received));
 }
