@@ -53,6 +53,26 @@ impl World {
         &self.suite.db
     }
 
+    /// Sets the database's test clock: from now on every write of the suite stamps `at`
+    /// (`salesopp_now()`, migrations/20261201000006_time_in_status.sql) until the clock is set
+    /// again, so a test makes stays of known lengths without sleeping.
+    pub async fn set_clock(&self, at: sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc>) {
+        let mut tx = self.db().begin().await.expect("begin");
+        sqlx::query("set local salesopp.test_clock = 'on'")
+            .execute(&mut *tx)
+            .await
+            .expect("allow the test clock");
+        sqlx::query(
+            "insert into salesopp_test_clock (now) values ($1)
+             on conflict (singleton) do update set now = excluded.now",
+        )
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .expect("set the test clock");
+        tx.commit().await.expect("commit the test clock");
+    }
+
     /// `customer`, created by `token` (which records its caller).
     pub async fn customer_with(&mut self, token: &str, customer: cpb::Customer) -> cpb::Customer {
         self.customers

@@ -2087,6 +2087,8 @@ impl OpportunityService for Parts {
             -> opb::ChangeOpportunityStatusResponse;
         watch_opportunity_events(opb::WatchOpportunityEventsRequest)
             -> Self::WatchOpportunityEventsStream;
+        get_pipeline_velocity(opb::GetPipelineVelocityRequest)
+            -> opb::GetPipelineVelocityResponse;
     }
 }
 

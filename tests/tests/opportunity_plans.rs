@@ -320,6 +320,14 @@ async fn seeded(rows: i64) -> (TestDatabase, PgPool) {
     )
     .await;
     execute(&mut conn, "alter table status_changes enable trigger user").await;
+    // R15: the durations the history trigger would have kept, from the history.
+    timed_insert(
+        &mut conn,
+        "status durations",
+        "select status_durations_rebuild()",
+        &[],
+    )
+    .await;
     let checking = Instant::now();
     for (table, name, definition) in &keys {
         execute(
@@ -357,7 +365,8 @@ async fn seeded(rows: i64) -> (TestDatabase, PgPool) {
     let vacuuming = Instant::now();
     execute(
         &mut conn,
-        "vacuum (analyze) salespeople, customers, opportunities, status_changes",
+        "vacuum (analyze) salespeople, customers, opportunities, status_changes, \
+         opportunity_status_durations",
     )
     .await;
     println!(
@@ -1035,6 +1044,68 @@ async fn check_pipelines(checker: &mut Checker, conn: &mut PgConnection, f: &Fix
     }
 }
 
+/// R15: the velocity of one month reads that month's history entries from
+/// `status_change_time_idx`, whoever asks; and a page's durations are one probe per row.
+async fn check_velocity_and_durations(
+    checker: &mut Checker,
+    conn: &mut PgConnection,
+    f: &Fixtures,
+) {
+    let end = f.today.and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let start = end - chrono::Duration::days(30);
+    let month = Expect {
+        table: "status_changes",
+        seq_scan_ok: false,
+        max_examined: Some(checker.rows as f64 * 0.10),
+        indexes: &["status_change_time_idx"],
+        index_only: false,
+    };
+    let shapes = [
+        (
+            "Velocity rep, one month",
+            Visibility::Own {
+                me: "sp-002".into(),
+            },
+        ),
+        (
+            "Velocity manager, one month",
+            Visibility::Team {
+                me: "sp-001".into(),
+                team: "team-01".into(),
+            },
+        ),
+        ("Velocity admin, one month", Visibility::All),
+    ];
+    for (shape, visibility) in shapes {
+        let query = store::velocity_query(&visibility, &OpportunityFilter::default(), start, end);
+        let (sql, plan) = explain_builder(conn, query).await;
+        checker.record(shape, &sql, &plan, month);
+    }
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "select id from opportunities order by update_time desc, id desc limit $1",
+    )
+    .bind(LIMIT)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let sql = "select d.opportunity_id from opportunity_status_durations d \
+               join opportunities o on o.id = d.opportunity_id \
+               where d.opportunity_id = any($1)";
+    let plan = explain_with(conn, sql, arguments(|a| a.add(ids))).await;
+    checker.record(
+        "Status durations of one page",
+        sql,
+        &plan,
+        Expect {
+            table: "opportunity_status_durations",
+            seq_scan_ok: false,
+            max_examined: Some(LIMIT as f64 * 4.0),
+            indexes: &["opportunity_status_durations_pkey"],
+            index_only: false,
+        },
+    );
+}
+
 async fn check_history_and_get(checker: &mut Checker, options: &PgConnectOptions, f: &Fixtures) {
     let by_id = Expect {
         table: "opportunities",
@@ -1188,6 +1259,7 @@ async fn check_all(rows: i64) {
     check_lists(&mut checker, &mut conn, &f).await;
     check_pipelines(&mut checker, &mut conn, &f).await;
     check_salespeople(&mut checker, &mut conn).await;
+    check_velocity_and_durations(&mut checker, &mut conn, &f).await;
     drop(conn);
     check_history_and_get(&mut checker, &database.options, &f).await;
     pool.close().await;

@@ -326,6 +326,10 @@ async fn finish_load(pool: &PgPool, rebuilds: Vec<Rebuild>) -> anyhow::Result<()
     sqlx::query("select pipeline_totals_rebuild()")
         .execute(pool)
         .await?;
+    // R15: nor the history's durations trigger.
+    sqlx::query("select status_durations_rebuild()")
+        .execute(pool)
+        .await?;
     // Sequences past what was loaded: the next event gets the next id and delivery position.
     sqlx::query!(
         "select setval('opportunity_event_seq',

@@ -135,7 +135,7 @@ pub async fn update(
         "update customers
          set code = $2, display_name = $3, email = $4, phone = $5, contact_name = $6,
              tax_id = $7, address = $8, owner_id = $9, updated_by = $10,
-             revision = revision + 1, update_time = now()
+             revision = revision + 1, update_time = salesopp_now()
          where id = $1",
         id,
         fields.code.as_deref(),
@@ -166,8 +166,8 @@ pub async fn open_opportunities(tx: &mut PgConnection, id: Uuid) -> Result<i64, 
 pub async fn archive(tx: &mut PgConnection, id: Uuid, actor_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "update customers
-         set archived = true, archive_time = now(), updated_by = $2,
-             revision = revision + 1, update_time = now()
+         set archived = true, archive_time = salesopp_now(), updated_by = $2,
+             revision = revision + 1, update_time = salesopp_now()
          where id = $1",
         id,
         actor_id

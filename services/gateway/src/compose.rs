@@ -381,6 +381,12 @@ fn board(
                 .into_iter()
                 .map(|o| pb::PipelineOpportunity {
                     customer_display_name: names.get(&o.customer_id).cloned().unwrap_or_default(),
+                    // R15: this stay in the current status, by the opportunity service's clock.
+                    time_in_status: o
+                        .status_durations
+                        .iter()
+                        .find(|d| d.status_id == o.status_id)
+                        .and_then(|d| d.current_stay),
                     opportunity: Some(o),
                 })
                 .collect(),

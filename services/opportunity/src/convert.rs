@@ -1,7 +1,7 @@
 //! Protobuf <-> domain for opportunities: every request field is validated here and every
 //! problem is reported as a field violation naming the request's field path.
 
-use chrono::{Datelike as _, NaiveDate};
+use chrono::{DateTime, Datelike as _, NaiveDate, Utc};
 use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, update_paths};
 use salesopp_kit::idempotency;
 use salesopp_kit::ids;
@@ -13,7 +13,10 @@ use salesopp_proto::statusconfig::v1 as spb;
 use uuid::Uuid;
 
 use crate::domain::{self, Money};
-use crate::store::{ListOrder, OpportunityFilter, OpportunityRow, SalespersonRow, StatusChangeRow};
+use crate::store::{
+    ListOrder, OpportunityFilter, OpportunityRow, SalespersonRow, StatusChangeRow,
+    StatusDurationRow, VelocityRow,
+};
 
 pub fn kind_to_proto(kind: StatusKind) -> spb::StatusKind {
     match kind {
@@ -75,6 +78,8 @@ pub fn opportunity_to_proto(row: &OpportunityRow) -> pb::Opportunity {
             display_name: row.updated_by_name.clone(),
         }),
         version: row.version,
+        // Read with one statement per page ([`crate::store::durations`]), by the service.
+        status_durations: Vec::new(),
     }
 }
 
@@ -112,14 +117,48 @@ pub fn status_change_to_proto(row: &StatusChangeRow) -> pb::StatusChange {
         amount: Money::from_row(row.currency_code.as_deref(), row.amount.as_deref())
             .as_ref()
             .map(money_to_proto),
-        time_in_previous_status: row.micros_in_previous_status.map(|micros| {
-            prost_types::Duration {
-                seconds: micros.div_euclid(1_000_000),
-                nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-            }
-        }),
+        time_in_previous_status: row.micros_in_previous_status.map(duration_to_proto),
         lost_reason: row.lost_reason.clone().unwrap_or_default(),
         request_id: row.request_id.clone().unwrap_or_default(),
+    }
+}
+
+/// A duration in microseconds, as Postgres measures intervals, as a protobuf Duration.
+pub fn duration_to_proto(micros: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+pub fn status_duration_to_proto(row: &StatusDurationRow) -> pb::StatusDuration {
+    pb::StatusDuration {
+        status_id: row.status_id.to_string(),
+        display_name: row.display_name.clone(),
+        entries: row.entries,
+        cumulative: Some(duration_to_proto(row.cumulative_micros)),
+        last_entered_time: Some(timestamp(row.last_entered_time)),
+        last_exited_time: row.last_exited_time.map(timestamp),
+        current_stay: row.current_stay_micros.map(duration_to_proto),
+    }
+}
+
+pub fn velocity_to_proto(row: &VelocityRow) -> pb::StatusVelocity {
+    pb::StatusVelocity {
+        status_id: row.status_id.to_string(),
+        status_display_name: row.display_name.clone(),
+        position: row.position,
+        kind: kind_to_proto(row.kind).into(),
+        entered_count: row.entered_count,
+        exited_count: row.exited_count,
+        median_time_in_status: row.median_micros.map(duration_to_proto),
+        p90_time_in_status: row.p90_micros.map(duration_to_proto),
+        won_count: row.won_count,
+        won_share: if row.entered_count == 0 {
+            0.0
+        } else {
+            row.won_count as f64 / row.entered_count as f64
+        },
     }
 }
 
@@ -691,5 +730,69 @@ impl TryFrom<&pb::ListSalespeopleRequest> for SalespeopleInput {
             ids,
             page,
         })
+    }
+}
+
+/// A validated GetPipelineVelocity (R15): the period and the owners it counts.
+#[derive(Debug, Clone)]
+pub struct VelocityInput {
+    pub filter: OpportunityFilter,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// A required request time; a violation when unset or out of range.
+fn required_time(
+    violations: &mut FieldViolations,
+    field: &str,
+    time: Option<&prost_types::Timestamp>,
+) -> Option<DateTime<Utc>> {
+    let Some(time) = time else {
+        violations.add(field, "is required");
+        return None;
+    };
+    let parsed = u32::try_from(time.nanos)
+        .ok()
+        .filter(|nanos| *nanos < 1_000_000_000)
+        .and_then(|nanos| DateTime::from_timestamp(time.seconds, nanos));
+    if parsed.is_none() {
+        violations.add(field, "not a valid time");
+    }
+    parsed
+}
+
+impl TryFrom<&pb::GetPipelineVelocityRequest> for VelocityInput {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::GetPipelineVelocityRequest) -> ApiResult<Self> {
+        let mut violations = FieldViolations::new();
+        let owner_ids = owner_ids(&mut violations, &request.owner_ids);
+        let team = request.team.trim();
+        if team.chars().count() > 200 {
+            violations.add("team", "must be at most 200 characters");
+        }
+        if !request.owner_ids.is_empty() && !team.is_empty() {
+            violations.add("team", "give owner_ids or team, not both");
+        }
+        let start = required_time(&mut violations, "start_time", request.start_time.as_ref());
+        let end = required_time(&mut violations, "end_time", request.end_time.as_ref());
+        if let (Some(start), Some(end)) = (start, end)
+            && end <= start
+        {
+            violations.add("end_time", "must be after start_time");
+        }
+        violations.into_result()?;
+        match (start, end) {
+            (Some(start), Some(end)) => Ok(Self {
+                filter: OpportunityFilter {
+                    owner_ids,
+                    team: (!team.is_empty()).then(|| team.to_owned()),
+                    ..OpportunityFilter::default()
+                },
+                start,
+                end,
+            }),
+            _ => Err(ApiError::internal("validated period without its bounds")),
+        }
     }
 }

@@ -112,6 +112,16 @@ impl OpportunityService for Opportunities {
         .await
     }
 
+    async fn get_pipeline_velocity(
+        &self,
+        request: Request<pb::GetPipelineVelocityRequest>,
+    ) -> Result<Response<pb::GetPipelineVelocityResponse>, Status> {
+        handle::sales(request, async |caller, input| {
+            service::velocity(&self.pool, caller, input).await
+        })
+        .await
+    }
+
     type WatchOpportunityEventsStream = EventStream;
 
     async fn watch_opportunity_events(

@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use crate::convert::{
     self, ChangeInput, GetInput, HistoryInput, ListInput, NewOpportunityInput, OpportunityPatch,
-    PipelineInput, SalespeopleInput, UpdateInput, opportunity_to_proto, status_change_to_proto,
+    PipelineInput, SalespeopleInput, UpdateInput, VelocityInput, opportunity_to_proto,
+    status_change_to_proto,
 };
 use crate::domain::{self, Money, Visibility};
 use crate::status_change::{self, Change};
@@ -44,6 +45,38 @@ fn visible(
         Some(row) if visibility.sees(&row.owner_id, &row.owner_team) => Ok(row),
         _ => Err(hidden(visibility, id)),
     }
+}
+
+/// R15: fills each opportunity's `status_durations`, read in one statement for them all.
+async fn with_durations<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    opportunities: &mut [pb::Opportunity],
+) -> ApiResult<()> {
+    let ids = opportunities
+        .iter()
+        .map(|o| Uuid::parse_str(&o.id))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::internal)?;
+    let mut by_id: BTreeMap<Uuid, Vec<pb::StatusDuration>> = BTreeMap::new();
+    for row in store::durations(db, &ids).await? {
+        by_id
+            .entry(row.opportunity_id)
+            .or_default()
+            .push(convert::status_duration_to_proto(&row));
+    }
+    for (opportunity, id) in opportunities.iter_mut().zip(&ids) {
+        opportunity.status_durations = by_id.remove(id).unwrap_or_default();
+    }
+    Ok(())
+}
+
+/// One opportunity with its `status_durations` (R15).
+async fn with_durations_one<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    mut opportunity: pb::Opportunity,
+) -> ApiResult<pb::Opportunity> {
+    with_durations(db, std::slice::from_mut(&mut opportunity)).await?;
+    Ok(opportunity)
 }
 
 /// A status a call moves to: it exists and is not archived; held so it stays so.
@@ -196,13 +229,13 @@ async fn insert(
         request_id,
     )
     .await?;
-    Ok(response)
+    with_durations_one(&mut *tx, response).await
 }
 
 pub async fn get(pool: &PgPool, caller: Sales<'_>, input: GetInput) -> ApiResult<pb::Opportunity> {
     let visibility = Visibility::of(caller);
     let row = visible(&visibility, input.id, store::get(pool, input.id).await?)?;
-    Ok(opportunity_to_proto(&row))
+    with_durations_one(pool, opportunity_to_proto(&row)).await
 }
 
 /// R10: a stale etag precondition is refused.
@@ -244,11 +277,12 @@ pub async fn update(
         }
         let before = opportunity_to_proto(&current);
         let fields_changed = update_fields(tx, caller, &current, patch, moving.is_some()).await?;
-        match moving {
-            Some(to) => move_in_update(tx, caller, input, &before, to).await,
-            None if fields_changed => record_update(tx, caller, input, before).await,
-            None => Ok(before),
-        }
+        let updated = match moving {
+            Some(to) => move_in_update(tx, caller, input, &before, to).await?,
+            None if fields_changed => record_update(tx, caller, input, before).await?,
+            None => before,
+        };
+        with_durations_one(&mut *tx, updated).await
     })
     .await?;
     tracing::info!(opportunity_id = %input.id, actor = %caller.id, "opportunity updated");
@@ -373,19 +407,19 @@ pub async fn change_status(
             lost_reason: input.lost_reason.as_deref(),
             request_id: input.retry.request_id(),
         };
-        Ok(
+        let (after, status_change) =
             match status_change::change_status(tx, &current, &before, change, caller).await? {
-                Some((after, entry)) => pb::ChangeOpportunityStatusResponse {
-                    opportunity: Some(opportunity_to_proto(&after)),
-                    status_change: Some(status_change_to_proto(&entry)),
-                },
+                Some((after, entry)) => (
+                    opportunity_to_proto(&after),
+                    Some(status_change_to_proto(&entry)),
+                ),
                 // R8: moving to the status it already has records nothing.
-                None => pb::ChangeOpportunityStatusResponse {
-                    opportunity: Some(before),
-                    status_change: None,
-                },
-            },
-        )
+                None => (before, None),
+            };
+        Ok(pb::ChangeOpportunityStatusResponse {
+            opportunity: Some(with_durations_one(&mut *tx, after).await?),
+            status_change,
+        })
     })
     .await?;
     tracing::info!(opportunity_id = %input.opportunity_id, actor = %caller.id, "opportunity status changed");
@@ -425,8 +459,10 @@ pub async fn list(
             last.id,
         ),
     });
+    let mut opportunities: Vec<pb::Opportunity> = rows.iter().map(opportunity_to_proto).collect();
+    with_durations(pool, &mut opportunities).await?;
     Ok(pb::ListOpportunitiesResponse {
-        opportunities: rows.iter().map(opportunity_to_proto).collect(),
+        opportunities,
         next_page_token,
     })
 }
@@ -593,6 +629,19 @@ impl Summary {
             total: Some(self.total),
         }
     }
+}
+
+/// R15: how fast the opportunities the caller may see moved through each status in a period.
+pub async fn velocity(
+    pool: &PgPool,
+    caller: Sales<'_>,
+    input: VelocityInput,
+) -> ApiResult<pb::GetPipelineVelocityResponse> {
+    let visibility = Visibility::of(caller);
+    let rows = store::velocity(pool, &visibility, &input.filter, input.start, input.end).await?;
+    Ok(pb::GetPipelineVelocityResponse {
+        statuses: rows.iter().map(convert::velocity_to_proto).collect(),
+    })
 }
 
 pub async fn salespeople(

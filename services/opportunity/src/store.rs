@@ -172,7 +172,7 @@ pub async fn share_customer(tx: &mut PgConnection, id: Uuid) -> Result<Option<bo
 
 /// The database clock, read after the locks are held, so change times follow lock order.
 pub async fn clock(tx: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar!(r#"select clock_timestamp() as "now!""#)
+    sqlx::query_scalar!(r#"select salesopp_now() as "now!""#)
         .fetch_one(tx)
         .await
 }
@@ -240,7 +240,7 @@ pub async fn update_fields(
         "update opportunities
          set owner_id = $2, title = $3, currency_code = $4, amount = $5::text::numeric,
              expected_close_date = $6, next_step = $7, lost_reason = $8, updated_by = $9,
-             revision = revision + 1, update_time = clock_timestamp()
+             revision = revision + 1, update_time = salesopp_now()
          where id = $1",
         id,
         fields.owner_id,
@@ -430,6 +430,138 @@ pub async fn history<'e>(
         .fetch_all(db)
         .await
     }
+}
+
+/// The time an opportunity has spent in one status (R15), as of the reading statement's
+/// clock ([`durations`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StatusDurationRow {
+    pub opportunity_id: Uuid,
+    pub status_id: Uuid,
+    pub display_name: String,
+    pub entries: i32,
+    /// Every stay, the current one counted up to the statement's clock.
+    pub cumulative_micros: i64,
+    /// The current stay, for the status the opportunity is in now.
+    pub current_stay_micros: Option<i64>,
+    pub last_entered_time: DateTime<Utc>,
+    pub last_exited_time: Option<DateTime<Utc>>,
+}
+
+/// The status durations (R15) of the opportunities `ids`, by opportunity, each in pipeline
+/// order: one statement for a whole page, whatever its length. The trigger on the history
+/// keeps the ended stays; the current stay is counted here, up to `salesopp_now()`.
+pub async fn durations<'e>(
+    db: impl PgExecutor<'e>,
+    ids: &[Uuid],
+) -> Result<Vec<StatusDurationRow>, sqlx::Error> {
+    sqlx::query_as!(
+        StatusDurationRow,
+        r#"select d.opportunity_id, d.status_id, s.display_name, d.entries,
+                  (extract(epoch from d.cumulative_closed
+                                      + case when o.status_id = d.status_id
+                                             then t.now - d.last_entered_time
+                                             else interval '0' end) * 1000000)::bigint
+                      as "cumulative_micros!",
+                  case when o.status_id = d.status_id
+                       then (extract(epoch from t.now - d.last_entered_time) * 1000000)::bigint
+                  end as current_stay_micros,
+                  d.last_entered_time, d.last_exited_time
+           from opportunity_status_durations d
+           join opportunities o on o.id = d.opportunity_id
+           join opportunity_statuses s on s.id = d.status_id
+           cross join (select salesopp_now() as now) t
+           where d.opportunity_id = any($1)
+           order by d.opportunity_id, s.position"#,
+        ids
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// One status's velocity over a period (R15), as [`velocity_query`] returns it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VelocityRow {
+    pub status_id: Uuid,
+    pub display_name: String,
+    pub position: i32,
+    pub kind: StatusKind,
+    pub entered_count: i64,
+    pub exited_count: i64,
+    pub median_micros: Option<i64>,
+    pub p90_micros: Option<i64>,
+    pub won_count: i64,
+}
+
+/// R15 velocity: the history entries of `[start, end)` of the opportunities the caller may
+/// see (R12) and `filter` keeps (by current owner), per status they entered: how many, the
+/// median and 90th percentile of the stays that followed (each until the next entry of the
+/// opportunity's chain, or `salesopp_now()` when there is none), and how many reached WON
+/// then or later. The period is read from `status_change_time_idx`; the next entry and the
+/// WON check are probes of the chain's `(opportunity_id, sequence)` key.
+pub fn velocity_query(
+    visibility: &Visibility,
+    filter: &OpportunityFilter,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> QueryBuilder<Postgres> {
+    let mut query = QueryBuilder::new(
+        "with period as (
+             select e.opportunity_id, e.sequence, e.to_status_id as status_id, e.change_time
+             from status_changes e
+             join opportunities o on o.id = e.opportunity_id
+             where e.change_time >= ",
+    );
+    query
+        .push_bind(start)
+        .push(" and e.change_time < ")
+        .push_bind(end);
+    push_visibility(&mut query, visibility);
+    push_filter(&mut query, filter);
+    query.push(
+        "), stays as (
+             select p.status_id, coalesce(n.change_time, t.now) - p.change_time as stay,
+                    n.change_time is not null as exited,
+                    exists (select 1 from status_changes w
+                            where w.opportunity_id = p.opportunity_id
+                              and w.sequence >= p.sequence and w.to_kind = 'WON') as won
+             from period p
+             cross join (select salesopp_now() as now) t
+             left join status_changes n
+                 on n.opportunity_id = p.opportunity_id and n.sequence = p.sequence + 1
+         ), per_status as (
+             select status_id, count(*) as entered_count,
+                    count(*) filter (where exited) as exited_count,
+                    percentile_cont(0.5) within group (order by stay) as median,
+                    percentile_cont(0.9) within group (order by stay) as p90,
+                    count(*) filter (where won) as won_count
+             from stays group by status_id
+         )
+         select st.id as status_id, st.display_name, st.position, st.kind::text as kind,
+                coalesce(v.entered_count, 0) as entered_count,
+                coalesce(v.exited_count, 0) as exited_count,
+                (extract(epoch from v.median) * 1000000)::bigint as median_micros,
+                (extract(epoch from v.p90) * 1000000)::bigint as p90_micros,
+                coalesce(v.won_count, 0) as won_count
+         from opportunity_statuses st
+         left join per_status v on v.status_id = st.id
+         where not st.archived or v.entered_count > 0
+         order by st.position",
+    );
+    query
+}
+
+pub async fn velocity<'e>(
+    db: impl PgExecutor<'e>,
+    visibility: &Visibility,
+    filter: &OpportunityFilter,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Vec<VelocityRow>, sqlx::Error> {
+    velocity_query(visibility, filter, start, end)
+        .build_query_as()
+        .fetch_all(db)
+        .await
 }
 
 /// Renders the caller's visibility (R12) as a condition on `o.owner_id`.

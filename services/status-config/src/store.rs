@@ -160,7 +160,7 @@ pub async fn insert(
 async fn clear_default(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "update opportunity_statuses
-         set is_default = false, revision = revision + 1, update_time = now()
+         set is_default = false, revision = revision + 1, update_time = salesopp_now()
          where is_default"
     )
     .execute(tx)
@@ -179,7 +179,7 @@ pub async fn update(
         StatusRow,
         r#"update opportunity_statuses
            set display_name = $2, localized_names = $3, probability = $4,
-               revision = revision + 1, update_time = now()
+               revision = revision + 1, update_time = salesopp_now()
            where id = $1
            returning id, display_name,
                      localized_names as "localized_names: Json<BTreeMap<String, String>>",
@@ -200,7 +200,7 @@ pub async fn set_default(tx: &mut PgConnection, id: Uuid) -> Result<StatusRow, s
     sqlx::query_as!(
         StatusRow,
         r#"update opportunity_statuses
-           set is_default = true, revision = revision + 1, update_time = now()
+           set is_default = true, revision = revision + 1, update_time = salesopp_now()
            where id = $1
            returning id, display_name,
                      localized_names as "localized_names: Json<BTreeMap<String, String>>",
@@ -232,7 +232,7 @@ pub async fn archive(tx: &mut PgConnection, id: Uuid) -> Result<StatusRow, sqlx:
     .await?;
     sqlx::query!(
         "update opportunity_statuses
-         set archived = true, archive_time = now(), revision = revision + 1, update_time = now(),
+         set archived = true, archive_time = salesopp_now(), revision = revision + 1, update_time = salesopp_now(),
              position = (select max(position) + 1 from opportunity_statuses)
          where id = $1",
         id
@@ -271,7 +271,7 @@ pub async fn reorder(tx: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Er
          ),
          target as (select * from wanted union all select * from archived)
          update opportunity_statuses s
-         set position = target.position, revision = s.revision + 1, update_time = now()
+         set position = target.position, revision = s.revision + 1, update_time = salesopp_now()
          from target
          where s.id = target.id and s.position <> target.position",
         ids
