@@ -117,7 +117,7 @@ impl OpportunityService for Opportunities {
         request: Request<pb::GetPipelineVelocityRequest>,
     ) -> Result<Response<pb::GetPipelineVelocityResponse>, Status> {
         handle::sales(request, async |caller, input| {
-            service::velocity(&self.pool, caller, input).await
+            service::velocity(self.pools.read(), caller, input).await
         })
         .await
     }
