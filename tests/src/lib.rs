@@ -15,6 +15,7 @@ pub mod relay_process;
 pub mod replica;
 pub mod scrape;
 pub mod serve_process;
+pub mod settled;
 pub mod wait;
 pub mod world;
 
