@@ -232,6 +232,9 @@ impl TestSuite {
             metrics_listener,
             streams: options.streams,
             retention: Default::default(),
+            // The stale tests sweep when they choose (salesopp_opportunity::stale::sweep);
+            // the running task is tested through `salesopp serve` (tests/tests/stale.rs).
+            stale_interval: None,
         };
         let server = tokio::spawn(salesopp::serve(config, listener, async move {
             let _ = shutdown_rx.await;

@@ -57,20 +57,7 @@ impl World {
     /// (`salesopp_now()`, migrations/20261201000006_time_in_status.sql) until the clock is set
     /// again, so a test makes stays of known lengths without sleeping.
     pub async fn set_clock(&self, at: sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc>) {
-        let mut tx = self.db().begin().await.expect("begin");
-        sqlx::query("set local salesopp.test_clock = 'on'")
-            .execute(&mut *tx)
-            .await
-            .expect("allow the test clock");
-        sqlx::query(
-            "insert into salesopp_test_clock (now) values ($1)
-             on conflict (singleton) do update set now = excluded.now",
-        )
-        .bind(at)
-        .execute(&mut *tx)
-        .await
-        .expect("set the test clock");
-        tx.commit().await.expect("commit the test clock");
+        set_clock(self.db(), at).await;
     }
 
     /// `customer`, created by `token` (which records its caller).
@@ -215,4 +202,23 @@ macro_rules! world {
             }
         }
     };
+}
+
+/// Sets the test clock of the database behind `db` ([`World::set_clock`]), for tests that
+/// serve it from processes of their own.
+pub async fn set_clock(db: &PgPool, at: sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc>) {
+    let mut tx = db.begin().await.expect("begin");
+    sqlx::query("set local salesopp.test_clock = 'on'")
+        .execute(&mut *tx)
+        .await
+        .expect("allow the test clock");
+    sqlx::query(
+        "insert into salesopp_test_clock (now) values ($1)
+         on conflict (singleton) do update set now = excluded.now",
+    )
+    .bind(at)
+    .execute(&mut *tx)
+    .await
+    .expect("set the test clock");
+    tx.commit().await.expect("commit the test clock");
 }

@@ -1672,6 +1672,7 @@ impl GatewayOnly {
             metrics_listener: None,
             streams: Default::default(),
             retention: Default::default(),
+            stale_interval: None,
         };
         let server = tokio::spawn(salesopp::serve(config, listener, async move {
             let _ = stop.await;

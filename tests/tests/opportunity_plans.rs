@@ -1106,6 +1106,51 @@ async fn check_velocity_and_durations(
     );
 }
 
+/// R16: the sweep's candidates and a rep's stale list, with every OPEN status given a
+/// threshold of 30 days (reset to none afterwards).
+async fn check_stale(checker: &mut Checker, conn: &mut PgConnection) {
+    execute(
+        conn,
+        "update opportunity_statuses set stale_after_days = 30 where kind = 'OPEN'",
+    )
+    .await;
+    execute(conn, "analyze opportunity_statuses").await;
+    let batch = salesopp_opportunity::stale::BATCH;
+    let plan = explain_with(
+        conn,
+        salesopp_opportunity::stale::DUE_SQL,
+        arguments(|a| a.add(batch)),
+    )
+    .await;
+    checker.record(
+        "Stale sweep candidates",
+        salesopp_opportunity::stale::DUE_SQL,
+        &plan,
+        Expect {
+            table: "opportunities",
+            seq_scan_ok: false,
+            // At most a batch per status with a threshold.
+            max_examined: Some(batch as f64 * 8.0),
+            indexes: &["opportunity_stale_watch_idx"],
+            index_only: false,
+        },
+    );
+    let stale = OpportunityFilter {
+        stale_only: true,
+        ..OpportunityFilter::default()
+    };
+    let rep = Visibility::Own {
+        me: "sp-002".into(),
+    };
+    let (sql, plan) = explain_builder(
+        conn,
+        store::list_query(&rep, &stale, ListOrder::UpdateTimeDesc, None, LIMIT),
+    )
+    .await;
+    checker.record("List rep, stale only", &sql, &plan, checker.list());
+    execute(conn, "update opportunity_statuses set stale_after_days = 0").await;
+}
+
 async fn check_history_and_get(checker: &mut Checker, options: &PgConnectOptions, f: &Fixtures) {
     let by_id = Expect {
         table: "opportunities",
@@ -1260,6 +1305,7 @@ async fn check_all(rows: i64) {
     check_pipelines(&mut checker, &mut conn, &f).await;
     check_salespeople(&mut checker, &mut conn).await;
     check_velocity_and_durations(&mut checker, &mut conn, &f).await;
+    check_stale(&mut checker, &mut conn).await;
     drop(conn);
     check_history_and_get(&mut checker, &database.options, &f).await;
     pool.close().await;

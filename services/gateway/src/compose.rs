@@ -387,6 +387,8 @@ fn board(
                         .iter()
                         .find(|d| d.status_id == o.status_id)
                         .and_then(|d| d.current_stay),
+                    // R16: by the same clock.
+                    stale: o.stale_since.is_some(),
                     opportunity: Some(o),
                 })
                 .collect(),

@@ -72,6 +72,11 @@ pub struct Events {
     pub dead_letters: IntCounter,
     /// Events and idempotency records deleted by retention, by table.
     pub retained_deleted: IntCounterVec,
+    /// R16 stale sweeps, by outcome: `ran` (this replica held the sweep's lock) or `skipped`
+    /// (another replica was sweeping).
+    pub stale_sweeps: IntCounterVec,
+    /// STALE events this replica wrote (R16).
+    pub stale_events: IntCounter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -179,6 +184,19 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["table"],
         )
         .expect("metric"),
+        stale_sweeps: IntCounterVec::new(
+            Opts::new(
+                "stale_sweeps_total",
+                "stale-deal sweeps (R16), by outcome: ran, or skipped while another replica swept",
+            ),
+            &["outcome"],
+        )
+        .expect("metric"),
+        stale_events: IntCounter::new(
+            "stale_events_total",
+            "STALE events written by this replica (R16)",
+        )
+        .expect("metric"),
     };
     for collector in [
         Box::new(events.placed.clone()) as Box<dyn prometheus::core::Collector>,
@@ -192,6 +210,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(events.relay_lag_seconds.clone()),
         Box::new(events.dead_letters.clone()),
         Box::new(events.retained_deleted.clone()),
+        Box::new(events.stale_sweeps.clone()),
+        Box::new(events.stale_events.clone()),
     ] {
         registry.register(collector).expect("register metric");
     }

@@ -80,6 +80,7 @@ pub fn opportunity_to_proto(row: &OpportunityRow) -> pb::Opportunity {
         version: row.version,
         // Read with one statement per page ([`crate::store::durations`]), by the service.
         status_durations: Vec::new(),
+        stale_since: row.stale_since.map(timestamp),
     }
 }
 
@@ -581,6 +582,7 @@ fn list_filter(
             close_from,
             close_to,
             pattern: (!query.is_empty()).then(|| domain::like_substring(query)),
+            stale_only: request.stale_only,
         },
         order,
     ))
@@ -690,6 +692,7 @@ impl TryFrom<&pb::GetPipelineSummaryRequest> for PipelineInput {
                 close_from,
                 close_to,
                 pattern: None,
+                stale_only: false,
             },
         })
     }

@@ -25,7 +25,7 @@ use salesopp_proto::opportunity::v1 as pb;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 
-use crate::status_change::{CREATED, STATUS_CHANGED, UPDATED};
+use crate::status_change::{CREATED, STALE, STATUS_CHANGED, UPDATED};
 use salesopp_kit::{Sales, Visibility};
 
 /// How streams behave.
@@ -171,9 +171,10 @@ fn watch_request(request: &pb::WatchOpportunityEventsRequest) -> ApiResult<Watch
             Ok(pb::OpportunityEventType::Created) => types.push(CREATED),
             Ok(pb::OpportunityEventType::Updated) => types.push(UPDATED),
             Ok(pb::OpportunityEventType::StatusChanged) => types.push(STATUS_CHANGED),
+            Ok(pb::OpportunityEventType::Stale) => types.push(STALE),
             _ => violations.add(
                 format!("types[{index}]"),
-                "must be CREATED, UPDATED or STATUS_CHANGED",
+                "must be CREATED, UPDATED, STATUS_CHANGED or STALE",
             ),
         }
     }

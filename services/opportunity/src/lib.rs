@@ -7,6 +7,7 @@
 //!   status deletion (R6).
 //! - `events`: WatchOpportunityEvents over the outbox crate (`salesopp_outbox`): where a
 //!   stream starts, its filters, heartbeats, the per-caller cap and shutdown.
+//! - `stale`: the sweep that writes one STALE event per quiet stretch (R16).
 //! - `service`: one function per call; opens the transactions.
 //! - `convert`: protobuf <-> domain.
 //! - `grpc`: the tonic trait, thin.
@@ -16,6 +17,7 @@ pub mod domain;
 pub mod events;
 pub mod grpc;
 pub mod service;
+pub mod stale;
 pub mod status_change;
 pub mod store;
 pub mod summary;

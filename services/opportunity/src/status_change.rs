@@ -21,11 +21,14 @@ use salesopp_outbox::NewEvent;
 pub const CREATED: &str = "CREATED";
 pub const UPDATED: &str = "UPDATED";
 pub const STATUS_CHANGED: &str = "STATUS_CHANGED";
+/// R16: written by the stale sweep ([`crate::stale`]).
+pub const STALE: &str = "STALE";
 
 fn event_type(name: &str) -> pb::OpportunityEventType {
     match name {
         CREATED => pb::OpportunityEventType::Created,
         UPDATED => pb::OpportunityEventType::Updated,
+        STALE => pb::OpportunityEventType::Stale,
         _ => pb::OpportunityEventType::StatusChanged,
     }
 }
@@ -158,6 +161,8 @@ pub async fn change_status(
         update_time: time,
         updated_by: actor.id.clone(),
         updated_by_name: moved.updated_by_name,
+        // Just changed: not stale (R16).
+        stale_since: None,
         ..current.clone()
     };
     after.version = append_event(

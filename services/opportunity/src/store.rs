@@ -43,6 +43,9 @@ pub struct OpportunityRow {
     pub created_by_name: String,
     pub updated_by: String,
     pub updated_by_name: String,
+    /// R16: when the opportunity became stale, as of the reading statement's clock; `None`
+    /// while it is not (always `None` just after a change).
+    pub stale_since: Option<DateTime<Utc>>,
 }
 
 impl OpportunityRow {
@@ -601,6 +604,8 @@ pub struct OpportunityFilter {
     pub close_to: Option<NaiveDate>,
     /// A `LIKE` pattern ([`salesopp_kit::text::like_substring`]); Postgres lowercases it.
     pub pattern: Option<String>,
+    /// R16: stale opportunities only.
+    pub stale_only: bool,
 }
 
 pub fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &OpportunityFilter) {
@@ -641,6 +646,15 @@ pub fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &OpportunityFilte
             .push("::status_kind[])");
     }
     push_close_dates_and_text(query, filter);
+    if filter.stale_only {
+        // `salesopp_stale_since(..) is not null`, written so the planner sees the open state
+        // and each status's cutoff.
+        query.push(
+            " and o.state = 'OPEN' and exists (select 1 from opportunity_statuses st \
+             where st.id = o.status_id and st.stale_after_days > 0 \
+             and o.update_time <= salesopp_now() - st.stale_after_days * interval '24 hours')",
+        );
+    }
 }
 
 /// The expected close date range and the free text (R13) of `filter`.

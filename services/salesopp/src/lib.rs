@@ -109,6 +109,9 @@ pub struct ServeConfig {
     pub streams: StreamConfig,
     /// What the change feed and the idempotency records keep, and how often they are swept.
     pub retention: Retention,
+    /// How often the stale sweep (R16) runs; `None`: not in this process (tests that run
+    /// the sweep themselves).
+    pub stale_interval: Option<Duration>,
 }
 
 /// The routes of `services`, each behind token verification.
@@ -184,7 +187,8 @@ pub async fn serve(
     //   measure what waits to be placed;
     // - processes that stream events run one tail for all their streams;
     // - every process with a database sweeps retention and folds the pipeline's deltas into
-    //   its totals (one sweeping, one folding at a time).
+    //   its totals (one sweeping, one folding at a time), and tells of stale deals (R16, one
+    //   replica at a time).
     // All of it writes, or must not miss a commit: the primary.
     let mut tasks = Vec::new();
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -202,6 +206,12 @@ pub async fn serve(
                 pool.clone(),
                 config.retention,
             ))));
+            if let Some(interval) = config.stale_interval {
+                tasks.push(AbortOnDrop(tokio::spawn(salesopp_opportunity::stale::run(
+                    pool.clone(),
+                    interval,
+                ))));
+            }
             tasks.push(AbortOnDrop(tokio::spawn(
                 salesopp_opportunity::summary::run(
                     pool.clone(),

@@ -61,6 +61,10 @@ struct EventArgs {
     /// How long events are kept (e.g. 30d, 12h); older cursors answer OUT_OF_RANGE.
     #[arg(long, env = "SALESOPP_EVENT_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     event_retention: Duration,
+    /// How often each replica looks for opportunities that went stale (R16); one replica
+    /// sweeps at a time.
+    #[arg(long, env = "SALESOPP_STALE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    stale_interval: Duration,
 }
 
 /// `salesopp relay`'s settings.
@@ -431,6 +435,7 @@ async fn serve_until_stopped(args: ServeArgs) -> anyhow::Result<()> {
                 heartbeat: events.event_heartbeat,
                 streams_per_caller: events.event_streams_per_caller,
             },
+            stale_interval: Some(events.stale_interval),
             retention: salesopp_outbox::retention::Retention {
                 events: events.event_retention,
                 ..Default::default()

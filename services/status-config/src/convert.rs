@@ -16,6 +16,7 @@ use crate::domain::input::{
 };
 use crate::domain::{
     LocalizedNames, NewStatus, StatusKind, StatusName, StatusPatch, open_probability,
+    stale_after_days_for,
 };
 use crate::store::StatusRow;
 
@@ -40,6 +41,7 @@ pub fn status_to_proto(row: &StatusRow) -> pb::OpportunityStatus {
         etag: row.etag(),
         create_time: Some(timestamp(row.create_time)),
         update_time: Some(timestamp(row.update_time)),
+        stale_after_days: row.stale_after_days,
     }
 }
 
@@ -81,6 +83,10 @@ fn new_status(request: &pb::CreateStatusRequest) -> ApiResult<NewStatus> {
         Err(_) => violations.add("status.kind", format!("unknown kind {}", status.kind)),
     }
     let probability = violations.check("status.probability", open_probability(status.probability));
+    let stale_after_days = violations.check(
+        "status.stale_after_days",
+        stale_after_days_for(StatusKind::Open, status.stale_after_days),
+    );
     if status.position < 0 {
         violations.add(
             "status.position",
@@ -88,20 +94,28 @@ fn new_status(request: &pb::CreateStatusRequest) -> ApiResult<NewStatus> {
         );
     }
     violations.into_result()?;
-    match (display_name, localized_names, probability) {
-        (Some(display_name), Some(localized_names), Some(probability)) => Ok(NewStatus {
-            localized_names: localized_names.with_defaults(display_name.as_str()),
-            display_name,
-            probability,
-            position: u32::try_from(status.position).ok().filter(|p| *p > 0),
-            make_default: status.is_default,
-        }),
+    match (display_name, localized_names, probability, stale_after_days) {
+        (Some(display_name), Some(localized_names), Some(probability), Some(stale_after_days)) => {
+            Ok(NewStatus {
+                localized_names: localized_names.with_defaults(display_name.as_str()),
+                display_name,
+                probability,
+                stale_after_days,
+                position: u32::try_from(status.position).ok().filter(|p| *p > 0),
+                make_default: status.is_default,
+            })
+        }
         _ => Err(ApiError::internal("validated status without its values")),
     }
 }
 
 /// The paths UpdateStatus may change.
-const MUTABLE_PATHS: [&str; 3] = ["display_name", "localized_names", "probability"];
+const MUTABLE_PATHS: [&str; 4] = [
+    "display_name",
+    "localized_names",
+    "probability",
+    "stale_after_days",
+];
 
 /// UpdateStatus: the status id, the etag precondition, and the patch of the masked fields.
 fn status_patch(
@@ -120,6 +134,7 @@ fn status_patch(
             ("display_name", !status.display_name.is_empty()),
             ("localized_names", !status.localized_names.is_empty()),
             ("probability", status.probability != 0),
+            ("stale_after_days", status.stale_after_days != 0),
         ],
         &mut violations,
     );
@@ -136,6 +151,7 @@ fn status_patch(
                 patch.localized_names = names(&mut violations, "status.localized_names", status);
             }
             "probability" => patch.probability = Some(status.probability),
+            "stale_after_days" => patch.stale_after_days = Some(status.stale_after_days),
             "kind" => violations.add("update_mask", "kind is immutable (R3)"),
             "position" => violations.add("update_mask", "position is set with ReorderStatuses"),
             "is_default" => {

@@ -102,6 +102,22 @@ pub fn open_probability(raw: i32) -> Result<u8, String> {
     }
 }
 
+/// The longest `stale_after_days` (R16): ten years.
+pub const MAX_STALE_AFTER_DAYS: i32 = 3650;
+
+/// R16: the `stale_after_days` a status of `kind` may have: 0 (never) to ten years for an
+/// OPEN status; only 0 for a closing one, which is never stale.
+pub fn stale_after_days_for(kind: StatusKind, raw: i32) -> Result<i32, String> {
+    match kind {
+        _ if !(0..=MAX_STALE_AFTER_DAYS).contains(&raw) => Err(format!(
+            "must be between 0 (never stale) and {MAX_STALE_AFTER_DAYS} days, got {raw}"
+        )),
+        StatusKind::Open => Ok(raw),
+        _ if raw == 0 => Ok(0),
+        _ => Err("a closing status (WON, LOST) is never stale: only 0 is allowed (R16)".into()),
+    }
+}
+
 /// R3: the probability a status of `kind` may be set to.
 pub fn probability_for(kind: StatusKind, raw: i32) -> Result<u8, String> {
     match kind.fixed_probability() {
@@ -120,6 +136,8 @@ pub struct NewStatus {
     pub display_name: StatusName,
     pub localized_names: LocalizedNames,
     pub probability: u8,
+    /// R16: checked by [`stale_after_days_for`].
+    pub stale_after_days: i32,
     /// 1-based place to insert at; `None` places it after the last OPEN status.
     pub position: Option<u32>,
     pub make_default: bool,
@@ -132,6 +150,8 @@ pub struct StatusPatch {
     pub localized_names: Option<LocalizedNames>,
     /// Checked against the status's kind by [`probability_for`] once the status is read.
     pub probability: Option<i32>,
+    /// Checked against the status's kind by [`stale_after_days_for`] once the status is read.
+    pub stale_after_days: Option<i32>,
 }
 
 /// The decoded input of each call: what the service function works on, every field
@@ -186,6 +206,18 @@ pub mod input {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn r16_stale_after_days_is_0_to_ten_years_and_0_for_closing_statuses() {
+        assert_eq!(stale_after_days_for(StatusKind::Open, 0), Ok(0));
+        assert_eq!(stale_after_days_for(StatusKind::Open, 14), Ok(14));
+        assert_eq!(stale_after_days_for(StatusKind::Open, 3650), Ok(3650));
+        assert!(stale_after_days_for(StatusKind::Open, 3651).is_err());
+        assert!(stale_after_days_for(StatusKind::Open, -1).is_err());
+        assert_eq!(stale_after_days_for(StatusKind::Won, 0), Ok(0));
+        assert!(stale_after_days_for(StatusKind::Won, 7).is_err());
+        assert!(stale_after_days_for(StatusKind::Lost, 7).is_err());
+    }
 
     #[test]
     fn r03_open_probability_is_strictly_between_0_and_100() {

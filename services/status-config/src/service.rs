@@ -14,7 +14,7 @@ use crate::domain::input::{
     CreateStatus, DeleteStatus, GetStatus, ListStatuses, ReorderStatuses, SetDefaultStatus,
     UpdateStatus,
 };
-use crate::domain::{StatusKind, probability_for};
+use crate::domain::{StatusKind, probability_for, stale_after_days_for};
 use crate::store::{self, StatusRow};
 
 const RESOURCE: &str = "status";
@@ -126,6 +126,11 @@ pub async fn update(
                 .into(),
             None => current.probability,
         };
+        let stale_after_days = match patch.stale_after_days {
+            Some(raw) => stale_after_days_for(current.kind(), raw)
+                .map_err(|why| ApiError::invalid("status.stale_after_days", why))?,
+            None => current.stale_after_days,
+        };
         let display_name = patch
             .display_name
             .as_ref()
@@ -137,9 +142,16 @@ pub async fn update(
         let localized_names = localized_names
             .as_ref()
             .map_or(&current.localized_names.0, |names| names.as_map());
-        let row = store::update(tx, id, display_name, localized_names, probability)
-            .await
-            .map_err(map_write_error)?;
+        let row = store::update(
+            tx,
+            id,
+            display_name,
+            localized_names,
+            probability,
+            stale_after_days,
+        )
+        .await
+        .map_err(map_write_error)?;
         Ok(status_to_proto(&row))
     })
     .await?;

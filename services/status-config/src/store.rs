@@ -25,6 +25,8 @@ pub struct StatusRow {
     pub revision: i64,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
+    /// R16: days without a change before an OPEN opportunity here is stale; 0 = never.
+    pub stale_after_days: i32,
 }
 
 impl StatusRow {
@@ -53,7 +55,7 @@ pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<StatusR
         r#"select id, display_name,
                   localized_names as "localized_names: Json<BTreeMap<String, String>>",
                   probability, kind::text as "kind!: StatusKind", position, is_default, archived,
-                  revision, create_time, update_time
+                  revision, create_time, update_time, stale_after_days
            from opportunity_statuses where id = $1"#,
         id
     )
@@ -75,7 +77,7 @@ pub async fn get_for_update(
         r#"select id, display_name,
                   localized_names as "localized_names: Json<BTreeMap<String, String>>",
                   probability, kind::text as "kind!: StatusKind", position, is_default, archived,
-                  revision, create_time, update_time
+                  revision, create_time, update_time, stale_after_days
            from opportunity_statuses where id = $1 for no key update"#,
         id
     )
@@ -96,7 +98,7 @@ pub async fn list<'e>(
         r#"select id, display_name,
                   localized_names as "localized_names: Json<BTreeMap<String, String>>",
                   probability, kind::text as "kind!: StatusKind", position, is_default, archived,
-                  revision, create_time, update_time
+                  revision, create_time, update_time, stale_after_days
            from opportunity_statuses
            where ($1 or not archived) and position > $2
            order by position
@@ -116,7 +118,7 @@ pub async fn list_live(tx: &mut PgConnection) -> Result<Vec<StatusRow>, sqlx::Er
         r#"select id, display_name,
                   localized_names as "localized_names: Json<BTreeMap<String, String>>",
                   probability, kind::text as "kind!: StatusKind", position, is_default, archived,
-                  revision, create_time, update_time
+                  revision, create_time, update_time, stale_after_days
            from opportunity_statuses where not archived order by position"#
     )
     .fetch_all(tx)
@@ -141,17 +143,19 @@ pub async fn insert(
     sqlx::query_as!(
         StatusRow,
         r#"insert into opportunity_statuses
-               (display_name, localized_names, probability, kind, position, is_default)
-           values ($1, $2, $3, 'OPEN', $4, $5)
+               (display_name, localized_names, probability, kind, position, is_default,
+                stale_after_days)
+           values ($1, $2, $3, 'OPEN', $4, $5, $6)
            returning id, display_name,
                      localized_names as "localized_names: Json<BTreeMap<String, String>>",
                      probability, kind::text as "kind!: StatusKind", position, is_default,
-                     archived, revision, create_time, update_time"#,
+                     archived, revision, create_time, update_time, stale_after_days"#,
         status.display_name.as_str(),
         Json(status.localized_names.as_map()) as _,
         i16::from(status.probability),
         position,
-        status.make_default
+        status.make_default,
+        status.stale_after_days
     )
     .fetch_one(tx)
     .await
@@ -174,21 +178,23 @@ pub async fn update(
     display_name: &str,
     localized_names: &BTreeMap<String, String>,
     probability: i16,
+    stale_after_days: i32,
 ) -> Result<StatusRow, sqlx::Error> {
     sqlx::query_as!(
         StatusRow,
         r#"update opportunity_statuses
            set display_name = $2, localized_names = $3, probability = $4,
-               revision = revision + 1, update_time = salesopp_now()
+               stale_after_days = $5, revision = revision + 1, update_time = salesopp_now()
            where id = $1
            returning id, display_name,
                      localized_names as "localized_names: Json<BTreeMap<String, String>>",
                      probability, kind::text as "kind!: StatusKind", position, is_default,
-                     archived, revision, create_time, update_time"#,
+                     archived, revision, create_time, update_time, stale_after_days"#,
         id,
         display_name,
         Json(localized_names) as _,
-        probability
+        probability,
+        stale_after_days
     )
     .fetch_one(tx)
     .await
@@ -205,7 +211,7 @@ pub async fn set_default(tx: &mut PgConnection, id: Uuid) -> Result<StatusRow, s
            returning id, display_name,
                      localized_names as "localized_names: Json<BTreeMap<String, String>>",
                      probability, kind::text as "kind!: StatusKind", position, is_default,
-                     archived, revision, create_time, update_time"#,
+                     archived, revision, create_time, update_time, stale_after_days"#,
         id
     )
     .fetch_one(tx)
@@ -250,7 +256,7 @@ pub async fn archive(tx: &mut PgConnection, id: Uuid) -> Result<StatusRow, sqlx:
         r#"select id, display_name,
                   localized_names as "localized_names: Json<BTreeMap<String, String>>",
                   probability, kind::text as "kind!: StatusKind", position, is_default, archived,
-                  revision, create_time, update_time
+                  revision, create_time, update_time, stale_after_days
            from opportunity_statuses where id = $1"#,
         id
     )
