@@ -316,6 +316,15 @@ pub async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Takes the transaction-scoped advisory lock `key` if no other session holds it: how a
+/// background task runs on one replica at a time (the others skip their round). Released
+/// when the transaction ends.
+pub async fn try_xact_lock(tx: &mut sqlx::PgConnection, key: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(r#"select pg_try_advisory_xact_lock($1) as "locked!""#, key)
+        .fetch_one(tx)
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

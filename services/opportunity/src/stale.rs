@@ -52,13 +52,7 @@ pub fn actor() -> Principal {
 pub async fn sweep(pool: &PgPool, batch: i64) -> ApiResult<Option<u64>> {
     let metrics = &salesopp_kit::metrics::metrics().events;
     let mut tx = pool.begin().await?;
-    let locked = sqlx::query_scalar!(
-        r#"select pg_try_advisory_xact_lock($1) as "locked!""#,
-        STALE_LOCK
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if !locked {
+    if !salesopp_kit::db::try_xact_lock(&mut tx, STALE_LOCK).await? {
         metrics.stale_sweeps.with_label_values(&["skipped"]).inc();
         return Ok(None);
     }

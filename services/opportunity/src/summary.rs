@@ -71,13 +71,7 @@ pub async fn pipeline<'e>(
 /// finds the lock taken and returns 0). The number of deltas moved.
 pub async fn fold(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let locked = sqlx::query_scalar!(
-        r#"select pg_try_advisory_xact_lock($1) as "locked!""#,
-        FOLD_LOCK
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if !locked {
+    if !salesopp_kit::db::try_xact_lock(&mut tx, FOLD_LOCK).await? {
         return Ok(0);
     }
     let moved = sqlx::query_scalar!(

@@ -98,7 +98,7 @@ async fn delete_events(
     events_before: DateTime<Utc>,
 ) -> Result<Option<u64>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    if !try_lock(&mut tx).await? {
+    if !salesopp_kit::db::try_xact_lock(&mut tx, RETENTION_LOCK).await? {
         return Ok(None);
     }
     // The oldest placed events, and how many of them, from the start, are past it.
@@ -144,7 +144,7 @@ async fn delete_records(
     records_before: DateTime<Utc>,
 ) -> Result<Option<u64>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    if !try_lock(&mut tx).await? {
+    if !salesopp_kit::db::try_xact_lock(&mut tx, RETENTION_LOCK).await? {
         return Ok(None);
     }
     let deleted = sqlx::query!(
@@ -159,15 +159,6 @@ async fn delete_records(
     .rows_affected();
     tx.commit().await?;
     Ok(Some(deleted))
-}
-
-async fn try_lock(tx: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"select pg_try_advisory_xact_lock($1) as "locked!""#,
-        RETENTION_LOCK
-    )
-    .fetch_one(tx)
-    .await
 }
 
 /// Sweeps every `retention.interval` until the task is dropped; errors are logged and the
