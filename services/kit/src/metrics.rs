@@ -198,6 +198,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         )
         .expect("metric"),
     };
+    // Both outcomes exported from the start (0 until a sweep), so an alert on `ran` sees a
+    // replica that never swept.
+    for outcome in ["ran", "skipped"] {
+        events.stale_sweeps.with_label_values(&[outcome]);
+    }
     for collector in [
         Box::new(events.placed.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(events.outbox_backlog_events.clone()),
