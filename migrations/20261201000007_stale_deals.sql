@@ -21,9 +21,12 @@ alter table opportunity_statuses
 
 alter table opportunities add column stale_notified_for timestamptz;
 
+-- The wider check is added NOT VALID (no scan under the write-blocking lock) and validated
+-- after, under a lock that lets event writes go on.
 alter table opportunity_events drop constraint opportunity_events_type_check;
 alter table opportunity_events add constraint opportunity_events_type_check
-    check (type in ('CREATED', 'UPDATED', 'STATUS_CHANGED', 'STALE'));
+    check (type in ('CREATED', 'UPDATED', 'STATUS_CHANGED', 'STALE')) not valid;
+alter table opportunity_events validate constraint opportunity_events_type_check;
 
 -- When an opportunity in `state`, last changed at `update_time`, in a status of
 -- `stale_after_days`, became stale; null while it is not (yet). The clock is read only for

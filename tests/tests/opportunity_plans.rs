@@ -1135,6 +1135,31 @@ async fn check_stale(checker: &mut Checker, conn: &mut PgConnection) {
             index_only: false,
         },
     );
+    // None due (every seeded change is younger than ten years): the cutoff must bound the
+    // index scan, not filter every open opportunity.
+    execute(
+        conn,
+        "update opportunity_statuses set stale_after_days = 3650 where kind = 'OPEN'",
+    )
+    .await;
+    let plan = explain_with(
+        conn,
+        salesopp_opportunity::stale::DUE_SQL,
+        arguments(|a| a.add(batch)),
+    )
+    .await;
+    checker.record(
+        "Stale sweep candidates, none due",
+        salesopp_opportunity::stale::DUE_SQL,
+        &plan,
+        Expect {
+            table: "opportunities",
+            seq_scan_ok: false,
+            max_examined: Some(10.0),
+            indexes: &["opportunity_stale_watch_idx"],
+            index_only: false,
+        },
+    );
     let stale = OpportunityFilter {
         stale_only: true,
         ..OpportunityFilter::default()

@@ -307,6 +307,60 @@ async fn r16_thresholds_are_validated_and_closing_statuses_are_never_stale() {
         let violations = field_violations(&status);
         assert!(violations.iter().any(|(f, _)| f == field), "{violations:?}");
     }
+    // The range is reported with the request's other violations, before the status is read.
+    let both = w
+        .statuses
+        .update_status(authed(
+            &admin_token(),
+            spb::UpdateStatusRequest {
+                status: Some(spb::OpportunityStatus {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    display_name: "x".repeat(500),
+                    stale_after_days: -1,
+                    ..Default::default()
+                }),
+                update_mask: mask(&["display_name", "stale_after_days"]),
+                request_id: rid(),
+            },
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(both.code(), Code::InvalidArgument, "{both:?}");
+    let fields: Vec<String> = field_violations(&both)
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    assert!(
+        fields.contains(&"status.display_name".to_owned()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"status.stale_after_days".to_owned()),
+        "{fields:?}"
+    );
+    // `*` and an empty mask take it too.
+    for update_mask in [mask(&["*"]), None] {
+        let status = w
+            .statuses
+            .update_status(authed(
+                &admin_token(),
+                spb::UpdateStatusRequest {
+                    status: Some(spb::OpportunityStatus {
+                        id: PRESENTED.to_owned(),
+                        display_name: "Presented".to_owned(),
+                        probability: 20,
+                        stale_after_days: 9,
+                        ..Default::default()
+                    }),
+                    update_mask,
+                    request_id: rid(),
+                },
+            ))
+            .await
+            .expect("updated")
+            .into_inner();
+        assert_eq!(status.stale_after_days, 9);
+    }
     let created = w
         .statuses
         .create_status(authed(
@@ -459,8 +513,8 @@ async fn r16_two_running_replicas_write_one_stale_event() {
         all_stale_events(&db).await >= 1
     })
     .await;
-    // Both replicas go on sweeping (two more rounds each, both begun after the event
-    // committed): neither writes a second event.
+    // Both replicas go on sweeping (two more rounds each counted, so at least one begun
+    // after the event committed): neither writes a second event.
     let (seen_a, seen_b) = (sweeps_of(a.metrics()).await, sweeps_of(b.metrics()).await);
     until("both replicas sweep twice more", || async {
         sweeps_of(a.metrics()).await >= seen_a + 2.0 && sweeps_of(b.metrics()).await >= seen_b + 2.0

@@ -33,8 +33,9 @@ pub const INTERVAL: Duration = Duration::from_secs(60);
 /// (the plan check runs this same text).
 pub const DUE_SQL: &str = include_str!("../queries/stale_due.sql");
 
-/// The most events one sweep transaction writes; a full batch goes again at once.
-pub const BATCH: i64 = 500;
+/// The most events one sweep transaction writes (a write to one of them waits for the
+/// batch to commit); a full batch goes again at once.
+pub const BATCH: i64 = 100;
 
 /// Who the STALE events name as their actor: the service itself.
 pub fn actor() -> Principal {
@@ -69,6 +70,7 @@ pub async fn sweep(pool: &PgPool, batch: i64) -> ApiResult<Option<u64>> {
     .fetch_all(&mut *tx)
     .await?;
     let actor = actor();
+    let time = store::clock(&mut tx).await?;
     let mut sent = 0;
     for id in locked {
         // Read again under the lock: what is written is the opportunity as it is now.
@@ -84,7 +86,6 @@ pub async fn sweep(pool: &PgPool, batch: i64) -> ApiResult<Option<u64>> {
         )
         .execute(&mut *tx)
         .await?;
-        let time = store::clock(&mut tx).await?;
         append_event(
             &mut tx,
             STALE,

@@ -151,7 +151,13 @@ fn status_patch(
                 patch.localized_names = names(&mut violations, "status.localized_names", status);
             }
             "probability" => patch.probability = Some(status.probability),
-            "stale_after_days" => patch.stale_after_days = Some(status.stale_after_days),
+            // The range here, with the other fields; the kind once the status is read.
+            "stale_after_days" => {
+                patch.stale_after_days = violations.check(
+                    "status.stale_after_days",
+                    stale_after_days_for(StatusKind::Open, status.stale_after_days),
+                );
+            }
             "kind" => violations.add("update_mask", "kind is immutable (R3)"),
             "position" => violations.add("update_mask", "position is set with ReorderStatuses"),
             "is_default" => {
