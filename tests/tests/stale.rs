@@ -92,21 +92,23 @@ async fn set_threshold(
 }
 
 async fn create(w: &mut World, customer_id: &str, title: &str) -> opb::Opportunity {
-    w.try_create_request(
-        &rep_token(),
-        opb::CreateOpportunityRequest {
-            opportunity: Some(opb::Opportunity {
-                customer_id: customer_id.to_owned(),
-                title: title.to_owned(),
-                status_id: INTERESTED.to_owned(),
-                ..Default::default()
-            }),
-            request_id: rid(),
+    w.try_create_request(&rep_token(), new_in_interested(customer_id, title))
+        .await
+        .expect("create")
+}
+
+/// A CreateOpportunity request for an opportunity in INTERESTED.
+fn new_in_interested(customer_id: &str, title: &str) -> opb::CreateOpportunityRequest {
+    opb::CreateOpportunityRequest {
+        opportunity: Some(opb::Opportunity {
+            customer_id: customer_id.to_owned(),
+            title: title.to_owned(),
+            status_id: INTERESTED.to_owned(),
             ..Default::default()
-        },
-    )
-    .await
-    .expect("create")
+        }),
+        request_id: rid(),
+        ..Default::default()
+    }
 }
 
 async fn stale_list(w: &mut World, token: &str) -> Vec<String> {
@@ -488,16 +490,7 @@ async fn r16_two_running_replicas_write_one_stale_event() {
     let o = opportunities
         .create_opportunity(authed(
             &rep_token(),
-            opb::CreateOpportunityRequest {
-                opportunity: Some(opb::Opportunity {
-                    customer_id: customer.id,
-                    title: "Two replicas".to_owned(),
-                    status_id: INTERESTED.to_owned(),
-                    ..Default::default()
-                }),
-                request_id: rid(),
-                ..Default::default()
-            },
+            new_in_interested(&customer.id, "Two replicas"),
         ))
         .await
         .expect("create")
