@@ -2102,6 +2102,8 @@ impl OpportunityService for Parts {
             -> Self::WatchOpportunityEventsStream;
         get_pipeline_velocity(opb::GetPipelineVelocityRequest)
             -> opb::GetPipelineVelocityResponse;
+        list_opportunity_changes(opb::ListOpportunityChangesRequest)
+            -> opb::ListOpportunityChangesResponse;
     }
 }
 

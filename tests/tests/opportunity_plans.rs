@@ -207,6 +207,25 @@ join opportunity_statuses f on f.id = case when k % 2 = 0 then o.status_id else 
 join opportunity_statuses t on t.id = case when k % 2 = 0 then alt.id else o.status_id end
 "#;
 
+/// One opportunity in 50 was reassigned and re-priced an hour after its creation (R18): the
+/// field history R19's past pipelines read.
+const SEED_FIELD_CHANGES: &str = r#"
+insert into opportunity_field_changes (opportunity_id, field, old_value, new_value,
+    changed_by_id, changed_by_name, change_time)
+select o.id, f.field, f.old_value, f.new_value, o.owner_id, p.display_name,
+       o.create_time + interval '1 hour'
+from opportunities o
+join salespeople p on p.id = o.owner_id
+cross join lateral (values
+    ('owner_id',
+     to_jsonb('sp-' || lpad((1 + abs(hashtext(o.id::text || 'owner')) % 200)::text, 3, '0')),
+     to_jsonb(o.owner_id)),
+    ('amount', salesopp_money_value(o.currency_code, o.amount * 0.9),
+     salesopp_money_value(o.currency_code, o.amount))
+) as f (field, old_value, new_value)
+where abs(hashtext(o.id::text)) % 50 = 0 and f.old_value <> f.new_value
+"#;
+
 /// The non-unique indexes of the bulk-loaded tables, by name: set aside during the insert and
 /// rebuilt from their own definitions after it (a bulk build is several times faster than a
 /// million incremental btree and GIN insertions).
@@ -320,6 +339,7 @@ async fn seeded(rows: i64) -> (TestDatabase, PgPool) {
     )
     .await;
     execute(&mut conn, "alter table status_changes enable trigger user").await;
+    timed_insert(&mut conn, "field changes", SEED_FIELD_CHANGES, &[]).await;
     // R15: the durations the history trigger would have kept, from the history.
     timed_insert(
         &mut conn,
@@ -1160,6 +1180,83 @@ async fn check_stale(checker: &mut Checker, conn: &mut PgConnection) {
     execute(conn, "update opportunity_statuses set stale_after_days = 0").await;
 }
 
+/// R19: the pipeline as it stood 90 days ago. A rep's and a team's read the opportunities
+/// their owners hold now or that ever changed owner, through indexes; each opportunity's
+/// state of then is one probe of its status history and one of its field changes; the
+/// admin's reads every opportunity once.
+async fn check_as_of(checker: &mut Checker, conn: &mut PgConnection, f: &Fixtures) {
+    execute(conn, "vacuum (analyze) opportunity_field_changes").await;
+    let at = (f.today - chrono::Days::new(90))
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let probes = |table: &'static str, indexes: &'static [&'static str]| Expect {
+        table,
+        seq_scan_ok: false,
+        max_examined: None,
+        indexes,
+        index_only: false,
+    };
+    let shapes = [
+        (
+            "Pipeline as of 90 days ago, rep",
+            Visibility::Own {
+                me: "sp-002".into(),
+            },
+            Expect {
+                max_examined: Some(checker.rows as f64 * 0.04),
+                ..checker.scoped_summary()
+            },
+        ),
+        (
+            "Pipeline as of 90 days ago, manager",
+            Visibility::Team {
+                me: "sp-001".into(),
+                team: "team-01".into(),
+            },
+            Expect {
+                max_examined: Some(checker.rows as f64 * 0.15),
+                ..checker.scoped_summary()
+            },
+        ),
+        (
+            "Pipeline as of 90 days ago, admin",
+            Visibility::All,
+            Expect {
+                table: "opportunities",
+                seq_scan_ok: true,
+                max_examined: None,
+                indexes: &[],
+                index_only: false,
+            },
+        ),
+    ];
+    for (shape, visibility, expect) in shapes {
+        let query = store::pipeline_groups(
+            store::PipelineSource::AsOf(at),
+            &visibility,
+            &OpportunityFilter::default(),
+        );
+        let (sql, plan) = explain_builder(conn, query).await;
+        checker.record(shape, &sql, &plan, expect);
+        checker.record(
+            &format!("{shape}: status history"),
+            &sql,
+            &plan,
+            probes("status_changes", &["status_change_sequence_unique"]),
+        );
+        checker.record(
+            &format!("{shape}: field changes"),
+            &sql,
+            &plan,
+            probes(
+                "opportunity_field_changes",
+                &["opportunity_field_change_idx"],
+            ),
+        );
+    }
+}
+
 async fn check_history_and_get(checker: &mut Checker, options: &PgConnectOptions, f: &Fixtures) {
     let by_id = Expect {
         table: "opportunities",
@@ -1315,6 +1412,7 @@ async fn check_all(rows: i64) {
     check_salespeople(&mut checker, &mut conn).await;
     check_velocity_and_durations(&mut checker, &mut conn, &f).await;
     check_stale(&mut checker, &mut conn).await;
+    check_as_of(&mut checker, &mut conn, &f).await;
     drop(conn);
     check_history_and_get(&mut checker, &database.options, &f).await;
     pool.close().await;

@@ -5,7 +5,8 @@ select o.id, o.customer_id, o.owner_id, ow.team as owner_team, o.title, o.curren
        o.lost_reason, o.next_step, o.close_time, o.status_change_time, o.revision, o.version,
        o.create_time, o.update_time, o.created_by, cb.display_name as created_by_name,
        o.updated_by, ub.display_name as updated_by_name,
-       salesopp_stale_since(o.state, o.update_time, s.stale_after_days) as stale_since
+       salesopp_stale_since(o.state, o.update_time, s.stale_after_days) as stale_since,
+       o.close_date_push_count, o.close_date_slip_days
 from opportunities o
 join salespeople ow on ow.id = o.owner_id
 join opportunity_statuses s on s.id = o.status_id

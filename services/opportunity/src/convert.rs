@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::domain::{self, Money};
 use crate::store::{
-    ListOrder, OpportunityFilter, OpportunityRow, SalespersonRow, StatusChangeRow,
+    FieldChangeRow, ListOrder, OpportunityFilter, OpportunityRow, SalespersonRow, StatusChangeRow,
     StatusDurationRow, VelocityRow,
 };
 
@@ -81,6 +81,43 @@ pub fn opportunity_to_proto(row: &OpportunityRow) -> pb::Opportunity {
         // Read with one statement per page ([`crate::store::durations`]), by the service.
         status_durations: Vec::new(),
         stale_since: row.stale_since.map(timestamp),
+        close_date_push_count: row.close_date_push_count,
+        close_date_slip_days: row.close_date_slip_days,
+    }
+}
+
+/// JSON as a `google.protobuf.Value`.
+fn json_to_value(json: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match json {
+        serde_json::Value::Null => Kind::NullValue(prost_types::NullValue::NullValue.into()),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(fields) => Kind::StructValue(prost_types::Struct {
+            fields: fields
+                .iter()
+                .map(|(name, value)| (name.clone(), json_to_value(value)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+pub fn field_change_to_proto(row: &FieldChangeRow) -> pb::FieldChange {
+    pb::FieldChange {
+        opportunity_id: row.opportunity_id.to_string(),
+        field: row.field.clone(),
+        old_value: Some(json_to_value(&row.old_value)),
+        new_value: Some(json_to_value(&row.new_value)),
+        changed_by: Some(common::Actor {
+            id: row.changed_by_id.clone(),
+            display_name: row.changed_by_name.clone(),
+        }),
+        change_time: Some(timestamp(row.change_time)),
     }
 }
 
@@ -658,10 +695,67 @@ impl TryFrom<&pb::ListStatusHistoryRequest> for HistoryInput {
     }
 }
 
-/// A validated GetPipelineSummary (R14): the opportunities it sums.
+/// The fields of an opportunity whose changes are recorded (R18).
+pub const HISTORY_FIELDS: [&str; 7] = [
+    "amount",
+    "expected_close_date",
+    "owner_id",
+    "title",
+    "next_step",
+    "customer_id",
+    "probability",
+];
+
+/// A validated ListOpportunityChanges.
+#[derive(Debug, Clone)]
+pub struct ChangesInput {
+    pub opportunity_id: Uuid,
+    /// Sorted, without repeats; empty for every field.
+    pub fields: Vec<String>,
+    pub newest_first: bool,
+    pub page: PageRequest,
+}
+
+impl TryFrom<&pb::ListOpportunityChangesRequest> for ChangesInput {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::ListOpportunityChangesRequest) -> ApiResult<Self> {
+        let page = page(request.page_size, &request.page_token)?;
+        let mut violations = FieldViolations::new();
+        let opportunity_id = violations.check(
+            "opportunity_id",
+            ids::parse_uuid(&request.opportunity_id, "the opportunity's id"),
+        );
+        for (i, field) in request.fields.iter().enumerate() {
+            if !HISTORY_FIELDS.contains(&field.as_str()) {
+                violations.add(
+                    format!("fields[{i}]"),
+                    format!(
+                        "{field:?} is not a recorded field: one of {}",
+                        HISTORY_FIELDS.join(", ")
+                    ),
+                );
+            }
+        }
+        violations.into_result()?;
+        let mut fields = request.fields.clone();
+        fields.sort();
+        fields.dedup();
+        Ok(Self {
+            opportunity_id: opportunity_id
+                .ok_or_else(|| ApiError::internal("validated id missing"))?,
+            fields,
+            newest_first: request.newest_first,
+            page,
+        })
+    }
+}
+
+/// A validated GetPipelineSummary (R14): the opportunities it sums, and for R19 the moment.
 #[derive(Debug, Clone)]
 pub struct PipelineInput {
     pub filter: OpportunityFilter,
+    pub as_of: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<&pb::GetPipelineSummaryRequest> for PipelineInput {
@@ -681,8 +775,13 @@ impl TryFrom<&pb::GetPipelineSummaryRequest> for PipelineInput {
         if team.chars().count() > 200 {
             violations.add("team", "must be at most 200 characters");
         }
+        let as_of = request
+            .as_of
+            .as_ref()
+            .and_then(|at| valid_time(&mut violations, "as_of", at));
         violations.into_result()?;
         Ok(Self {
+            as_of,
             filter: OpportunityFilter {
                 owner_ids,
                 team: (!team.is_empty()).then(|| team.to_owned()),
@@ -754,10 +853,21 @@ fn required_time(
         violations.add(field, "is required");
         return None;
     };
+    valid_time(violations, field, time)
+}
+
+/// A request time, or a violation when it is not a time of the years 1 to 9999 (the range
+/// of `google.protobuf.Timestamp`).
+fn valid_time(
+    violations: &mut FieldViolations,
+    field: &str,
+    time: &prost_types::Timestamp,
+) -> Option<DateTime<Utc>> {
     let parsed = u32::try_from(time.nanos)
         .ok()
         .filter(|nanos| *nanos < 1_000_000_000)
-        .and_then(|nanos| DateTime::from_timestamp(time.seconds, nanos));
+        .and_then(|nanos| DateTime::from_timestamp(time.seconds, nanos))
+        .filter(|t| (1..=9999).contains(&t.year()));
     if parsed.is_none() {
         violations.add(field, "not a valid time");
     }

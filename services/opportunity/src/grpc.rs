@@ -122,6 +122,16 @@ impl OpportunityService for Opportunities {
         .await
     }
 
+    async fn list_opportunity_changes(
+        &self,
+        request: Request<pb::ListOpportunityChangesRequest>,
+    ) -> Result<Response<pb::ListOpportunityChangesResponse>, Status> {
+        handle::sales(request, async |caller, input| {
+            service::changes(self.pools.read(), caller, input).await
+        })
+        .await
+    }
+
     type WatchOpportunityEventsStream = EventStream;
 
     async fn watch_opportunity_events(

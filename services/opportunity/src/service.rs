@@ -12,9 +12,9 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::convert::{
-    self, ChangeInput, GetInput, HistoryInput, ListInput, NewOpportunityInput, OpportunityPatch,
-    PipelineInput, SalespeopleInput, UpdateInput, VelocityInput, opportunity_to_proto,
-    status_change_to_proto,
+    self, ChangeInput, ChangesInput, GetInput, HistoryInput, ListInput, NewOpportunityInput,
+    OpportunityPatch, PipelineInput, SalespeopleInput, UpdateInput, VelocityInput,
+    opportunity_to_proto, status_change_to_proto,
 };
 use crate::domain::{self, Money, Visibility};
 use crate::status_change::{self, Change};
@@ -486,6 +486,34 @@ pub async fn history(
     })
 }
 
+/// R18: the field history of one opportunity the caller may see.
+pub async fn changes(
+    pool: &PgPool,
+    caller: Sales<'_>,
+    input: ChangesInput,
+) -> ApiResult<pb::ListOpportunityChangesResponse> {
+    let visibility = Visibility::of(caller);
+    let id = input.opportunity_id;
+    let page = input
+        .page
+        .open::<i64>(&("changes", id, input.newest_first, &input.fields))?;
+    visible(&visibility, id, store::get(pool, id).await?)?;
+    let mut rows = store::field_changes(
+        pool,
+        id,
+        &input.fields,
+        input.newest_first,
+        page.after,
+        page.limit(),
+    )
+    .await?;
+    let next_page_token = page.next_token(&mut rows, |last| last.id);
+    Ok(pb::ListOpportunityChangesResponse {
+        field_changes: rows.iter().map(convert::field_change_to_proto).collect(),
+        next_page_token,
+    })
+}
+
 fn currency_total(row: &store::PipelineRow) -> ApiResult<pb::CurrencyTotal> {
     let currency_code = row.currency_code.clone().unwrap_or_default();
     let total_amount = row
@@ -535,6 +563,9 @@ pub async fn pipeline(
     input: PipelineInput,
 ) -> ApiResult<pb::GetPipelineSummaryResponse> {
     let visibility = Visibility::of(caller);
+    if let Some(at) = input.as_of {
+        return pipeline_as_of(pool, &visibility, &input.filter, at).await;
+    }
     // R14: the totals the writes keep answer the boards; other filters aggregate the rows.
     let rows = if summary::answers(&input.filter) {
         summary::pipeline(pool, &visibility, &input.filter).await?
@@ -542,6 +573,33 @@ pub async fn pipeline(
         store::pipeline(pool, &visibility, &input.filter).await?
     };
     let statuses = store::live_statuses(pool).await?;
+    let mut summary = Summary::default();
+    for row in &rows {
+        summary.add(row)?;
+    }
+    Ok(summary.finish(&statuses))
+}
+
+/// R19: the pipeline as it stood at `at`, from the history; its statuses are the live ones
+/// and those that held an opportunity then, with their probabilities of then.
+async fn pipeline_as_of(
+    pool: &PgPool,
+    visibility: &Visibility,
+    filter: &store::OpportunityFilter,
+    at: chrono::DateTime<chrono::Utc>,
+) -> ApiResult<pb::GetPipelineSummaryResponse> {
+    if store::is_future(pool, at).await? {
+        return Err(ApiError::invalid(
+            "as_of",
+            "is in the future: the pipeline is known up to now",
+        ));
+    }
+    let rows = store::pipeline_groups(store::PipelineSource::AsOf(at), visibility, filter)
+        .build_query_as::<store::PipelineRow>()
+        .fetch_all(pool)
+        .await?;
+    let held: Vec<Uuid> = rows.iter().filter_map(|row| row.status_id).collect();
+    let statuses = store::statuses_as_of(pool, at, &held).await?;
     let mut summary = Summary::default();
     for row in &rows {
         summary.add(row)?;

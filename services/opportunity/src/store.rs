@@ -46,6 +46,9 @@ pub struct OpportunityRow {
     /// R16: when the opportunity became stale, as of the reading statement's clock; `None`
     /// while it is not (always `None` just after a change).
     pub stale_since: Option<DateTime<Utc>>,
+    /// R18: how often the expected close date moved later, and by how many days in all.
+    pub close_date_push_count: i32,
+    pub close_date_slip_days: i32,
 }
 
 impl OpportunityRow {
@@ -609,27 +612,7 @@ pub struct OpportunityFilter {
 }
 
 pub fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &OpportunityFilter) {
-    // One owner is an equality, not `= any` of a one-element array: only an equality on
-    // `owner_id` lets the owner indexes return the rows in the list's order, so a page is its
-    // first 51 entries there instead of every row of that owner, sorted.
-    match filter.owner_ids.as_slice() {
-        [] => {}
-        [owner_id] => {
-            query.push(" and o.owner_id = ").push_bind(owner_id.clone());
-        }
-        owner_ids => {
-            query
-                .push(" and o.owner_id = any(")
-                .push_bind(owner_ids.to_vec())
-                .push(")");
-        }
-    }
-    if let Some(team) = &filter.team {
-        query
-            .push(" and o.owner_id = any(array(select id from salespeople where team = ")
-            .push_bind(team.clone())
-            .push("))");
-    }
+    push_owner_filter(query, filter);
     if let Some(customer_id) = filter.customer_id {
         query.push(" and o.customer_id = ").push_bind(customer_id);
     }
@@ -655,6 +638,31 @@ pub fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &OpportunityFilte
              where st.id = o.status_id and st.stale_after_days > 0 \
              and o.update_time <= (select salesopp_now()) - st.stale_after_days * interval '24 hours')",
         );
+    }
+}
+
+/// The filters on owners alone: `owner_ids` and `team`.
+fn push_owner_filter(query: &mut QueryBuilder<Postgres>, filter: &OpportunityFilter) {
+    // One owner is an equality, not `= any` of a one-element array: only an equality on
+    // `owner_id` lets the owner indexes return the rows in the list's order, so a page is its
+    // first 51 entries there instead of every row of that owner, sorted.
+    match filter.owner_ids.as_slice() {
+        [] => {}
+        [owner_id] => {
+            query.push(" and o.owner_id = ").push_bind(owner_id.clone());
+        }
+        owner_ids => {
+            query
+                .push(" and o.owner_id = any(")
+                .push_bind(owner_ids.to_vec())
+                .push(")");
+        }
+    }
+    if let Some(team) = &filter.team {
+        query
+            .push(" and o.owner_id = any(array(select id from salespeople where team = ")
+            .push_bind(team.clone())
+            .push("))");
     }
 }
 
@@ -832,6 +840,9 @@ pub enum PipelineSource {
     /// Groups of opportunities that share owner, status and currency, `count` rows each, with
     /// `amount` their sum (`crate::summary`): the SQL of that relation.
     Groups(&'static str),
+    /// R19: every opportunity as it stood at this moment, from its history
+    /// ([`push_as_of`]), weighed with its status's probability of that moment.
+    AsOf(DateTime<Utc>),
 }
 
 /// The summary's grouping sets over `source`, with the caller's visibility and the filters.
@@ -840,9 +851,9 @@ pub fn pipeline_groups(
     visibility: &Visibility,
     filter: &OpportunityFilter,
 ) -> QueryBuilder<Postgres> {
-    let (count, from) = match source {
-        PipelineSource::Rows => ("count(*)", "opportunities o"),
-        PipelineSource::Groups(relation) => ("sum(o.count)::bigint", relation),
+    let count = match source {
+        PipelineSource::Groups(_) => "sum(o.count)::bigint",
+        PipelineSource::Rows | PipelineSource::AsOf(_) => "count(*)",
     };
     let mut query = QueryBuilder::new(
         "select g.grouping, g.owner_id, sp.display_name as owner_name, g.status_id,
@@ -855,14 +866,32 @@ pub fn pipeline_groups(
                     case when grouping(o.state) = 0 then o.state end as state,
                     o.currency_code, ",
     );
-    query
-        .push(count)
-        .push(
-            " as count, sum(o.amount) as total, sum(o.amount * s.probability) as weighted_x100
+    query.push(count).push(
+        " as count, sum(o.amount) as total, sum(o.amount * s.probability) as weighted_x100
              from ",
-        )
-        .push(from)
-        .push(" join opportunity_statuses s on s.id = o.status_id where true");
+    );
+    match source {
+        PipelineSource::Rows => {
+            query.push("opportunities o join opportunity_statuses s on s.id = o.status_id");
+        }
+        PipelineSource::Groups(relation) => {
+            query
+                .push(relation)
+                .push(" join opportunity_statuses s on s.id = o.status_id");
+        }
+        PipelineSource::AsOf(at) => {
+            push_as_of(&mut query, at, visibility, filter);
+            // Each status's probability of then, once per status (`offset 0` keeps the
+            // subquery from being merged into the join, which would compute it per row).
+            query
+                .push(" join (select id, salesopp_status_probability_at(id, ")
+                .push_bind(at)
+                .push(
+                    ") as probability from opportunity_statuses offset 0) s on s.id = o.status_id",
+                );
+        }
+    }
+    query.push(" where true");
     push_visibility(&mut query, visibility);
     push_filter(&mut query, filter);
     query.push(
@@ -877,6 +906,103 @@ pub fn pipeline_groups(
                   g.currency_code nulls first",
     );
     query
+}
+
+/// R19: the relation `o` of every opportunity as it stood at `at`, with the columns the
+/// summary reads, in two parts:
+///
+/// - an opportunity not changed since `at` (`update_time <= at`: every change, status moves
+///   included, stamps `update_time` with its own time) is as it is now: its row alone;
+/// - one changed since, and created by then, has its status and state from its last status
+///   change up to `at`, and its owner, amount (with currency), customer and expected close
+///   date each the new value of the field's last change up to `at`, else the old value of
+///   its first change after, else the current column (migration `field_history`).
+///
+/// A caller who sees only some owners, or an owner filter, reads in the first part the rows
+/// of those owners (their owner has not changed), in the second those owned by them now or
+/// that ever changed owner (index reads both); the owner of then is filtered exactly by the
+/// summary's conditions on `o`.
+fn push_as_of(
+    query: &mut QueryBuilder<Postgres>,
+    at: DateTime<Utc>,
+    visibility: &Visibility,
+    filter: &OpportunityFilter,
+) {
+    let scoped = !matches!(visibility, Visibility::All)
+        || !filter.owner_ids.is_empty()
+        || filter.team.is_some();
+    query.push(
+        "(select o.id, o.status_id, o.state, o.owner_id, o.currency_code, o.amount,
+                 o.customer_id, o.expected_close_date
+          from opportunities o where o.update_time <= ",
+    );
+    query.push_bind(at);
+    push_visibility(query, visibility);
+    push_owner_filter(query, filter);
+    query.push(
+        " union all
+          select o.id, sc.to_status_id, sc.to_kind,
+                 case when f.owner is null then o.owner_id else f.owner #>> '{}' end,
+                 case when f.amount is null then o.currency_code
+                      else f.amount ->> 'currencyCode' end,
+                 case when f.amount is null then o.amount
+                      else salesopp_value_amount(f.amount) end,
+                 case when f.customer is null then o.customer_id
+                      else (f.customer #>> '{}')::uuid end,
+                 case when f.close_date is null then o.expected_close_date
+                      else salesopp_value_date(f.close_date) end
+          from opportunities o
+          cross join lateral (
+              select c.to_status_id, c.to_kind from status_changes c
+              where c.opportunity_id = o.id and c.change_time <= ",
+    );
+    query.push_bind(at).push(
+        " order by c.sequence desc limit 1) sc
+          cross join lateral (select",
+    );
+    for (i, (column, field)) in [
+        ("owner", "owner_id"),
+        ("amount", "amount"),
+        ("customer", "customer_id"),
+        ("close_date", "expected_close_date"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        query
+            .push(if i == 0 { " " } else { ", " })
+            .push(format_args!(
+                "coalesce((array_agg(h.new_value order by h.id desc) \
+                 filter (where h.field = '{field}' and h.change_time <= "
+            ))
+            .push_bind(at)
+            .push(format_args!(
+                "))[1], (array_agg(h.old_value order by h.id) \
+                 filter (where h.field = '{field}' and h.change_time > "
+            ))
+            .push_bind(at)
+            .push(format_args!("))[1]) as {column}"));
+    }
+    query.push(
+        " from opportunity_field_changes h
+          where h.opportunity_id = o.id
+            and h.field in ('owner_id', 'amount', 'customer_id', 'expected_close_date')) f
+          where o.update_time > ",
+    );
+    query
+        .push_bind(at)
+        .push(" and o.create_time <= ")
+        .push_bind(at);
+    if scoped {
+        query.push(" and ((true");
+        push_visibility(query, visibility);
+        push_owner_filter(query, filter);
+        query.push(
+            ") or o.id = any(array(select distinct opportunity_id from opportunity_field_changes \
+             where field = 'owner_id')))",
+        );
+    }
+    query.push(") o");
 }
 
 #[tracing::instrument(name = "SELECT opportunities", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "opportunities"))]
@@ -907,6 +1033,99 @@ pub async fn live_statuses<'e>(db: impl PgExecutor<'e>) -> Result<Vec<LiveStatus
         .into_iter()
         .map(|s| (s.id, s.display_name, s.position, s.probability, s.kind))
         .collect())
+}
+
+/// R19: the statuses of a summary as of `at`: the live ones and those in `held` (archived
+/// since), in pipeline order, each with its probability of then.
+#[tracing::instrument(name = "SELECT opportunity_statuses", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "opportunity_statuses"))]
+pub async fn statuses_as_of<'e>(
+    db: impl PgExecutor<'e>,
+    at: DateTime<Utc>,
+    held: &[Uuid],
+) -> Result<Vec<LiveStatus>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select id, display_name, position,
+                  salesopp_status_probability_at(id, $1) as "probability!",
+                  kind::text as "kind!: StatusKind"
+           from opportunity_statuses where not archived or id = any($2) order by position"#,
+        at,
+        held
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|s| (s.id, s.display_name, s.position, s.probability, s.kind))
+        .collect())
+}
+
+/// Whether `at` is after the database's clock (the one every write is stamped with).
+pub async fn is_future<'e>(
+    db: impl PgExecutor<'e>,
+    at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(r#"select $1 > salesopp_now() as "future!""#, at)
+        .fetch_one(db)
+        .await
+}
+
+/// One change of one field (R18).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FieldChangeRow {
+    pub id: i64,
+    pub opportunity_id: Uuid,
+    pub field: String,
+    pub old_value: serde_json::Value,
+    pub new_value: serde_json::Value,
+    pub changed_by_id: String,
+    pub changed_by_name: String,
+    pub change_time: DateTime<Utc>,
+}
+
+/// The field history of one opportunity (R18), in the order of the changes (or newest
+/// first), after `after_id`, of `fields` only unless empty.
+#[tracing::instrument(name = "SELECT opportunity_field_changes", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "opportunity_field_changes"))]
+pub async fn field_changes<'e>(
+    db: impl PgExecutor<'e>,
+    opportunity_id: Uuid,
+    fields: &[String],
+    newest_first: bool,
+    after_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<FieldChangeRow>, sqlx::Error> {
+    if newest_first {
+        sqlx::query_as!(
+            FieldChangeRow,
+            "select id, opportunity_id, field, old_value, new_value, changed_by_id,
+                    changed_by_name, change_time
+             from opportunity_field_changes
+             where opportunity_id = $1 and (cardinality($2::text[]) = 0 or field = any($2))
+               and id < $3
+             order by id desc limit $4",
+            opportunity_id,
+            fields,
+            after_id.unwrap_or(i64::MAX),
+            limit
+        )
+        .fetch_all(db)
+        .await
+    } else {
+        sqlx::query_as!(
+            FieldChangeRow,
+            "select id, opportunity_id, field, old_value, new_value, changed_by_id,
+                    changed_by_name, change_time
+             from opportunity_field_changes
+             where opportunity_id = $1 and (cardinality($2::text[]) = 0 or field = any($2))
+               and id > $3
+             order by id limit $4",
+            opportunity_id,
+            fields,
+            after_id.unwrap_or(0),
+            limit
+        )
+        .fetch_all(db)
+        .await
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
