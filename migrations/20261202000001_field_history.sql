@@ -69,10 +69,10 @@ create table opportunity_field_changes (
 );
 -- An opportunity's changes in order (ListOpportunityChanges, R19's per-opportunity read).
 create index opportunity_field_change_idx on opportunity_field_changes (opportunity_id, id);
--- R19: the opportunities that ever changed owner, which an owner's past pipeline may hold
--- though someone else owns them now.
-create index opportunity_owner_change_idx on opportunity_field_changes (opportunity_id)
-    where field = 'owner_id';
+-- R19: the opportunities whose owner changed after a moment, which an owner's pipeline of
+-- that moment may hold though someone else owns them now.
+create index opportunity_owner_change_idx on opportunity_field_changes (change_time)
+    include (opportunity_id) where field = 'owner_id';
 
 create function field_change_append_only() returns trigger
 language plpgsql as $$
@@ -145,6 +145,11 @@ alter table opportunities
 create function opportunity_close_date_slip() returns trigger
 language plpgsql as $$
 begin
+    if tg_op = 'INSERT' then
+        new.close_date_push_count := 0;
+        new.close_date_slip_days := 0;
+        return new;
+    end if;
     new.close_date_push_count := old.close_date_push_count;
     new.close_date_slip_days := old.close_date_slip_days;
     if new.expected_close_date > old.expected_close_date then
@@ -156,7 +161,7 @@ begin
 end;
 $$;
 create trigger opportunity_close_date_slip
-    before update of expected_close_date, close_date_push_count, close_date_slip_days
+    before insert or update of expected_close_date, close_date_push_count, close_date_slip_days
     on opportunities
     for each row execute function opportunity_close_date_slip();
 
@@ -173,6 +178,9 @@ create index status_probability_change_idx
 create trigger status_probability_change_append_only
     before update or delete on opportunity_status_probability_changes
     for each row execute function field_change_append_only();
+create trigger status_probability_change_no_truncate
+    before truncate on opportunity_status_probability_changes
+    for each statement execute function field_change_append_only();
 
 create function status_probability_history() returns trigger
 language plpgsql as $$

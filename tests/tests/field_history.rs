@@ -419,6 +419,7 @@ async fn r18_every_field_change_is_recorded_once_with_its_old_and_new_value() {
         "update opportunity_field_changes set new_value = '\"x\"'",
         "delete from opportunity_field_changes",
         "truncate opportunity_field_changes",
+        "truncate opportunity_status_probability_changes",
     ] {
         let error = sqlx::query(sql).execute(w.db()).await.expect_err(sql);
         assert!(error.to_string().contains("append-only"), "{sql}: {error}");

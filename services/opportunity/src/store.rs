@@ -920,8 +920,8 @@ pub fn pipeline_groups(
 ///
 /// A caller who sees only some owners, or an owner filter, reads in the first part the rows
 /// of those owners (their owner has not changed), in the second those owned by them now or
-/// that ever changed owner (index reads both); the owner of then is filtered exactly by the
-/// summary's conditions on `o`.
+/// whose owner changed after `at` (index reads both); the owner of then is filtered exactly
+/// by the summary's conditions on `o`.
 fn push_as_of(
     query: &mut QueryBuilder<Postgres>,
     at: DateTime<Utc>,
@@ -997,10 +997,13 @@ fn push_as_of(
         query.push(" and ((true");
         push_visibility(query, visibility);
         push_owner_filter(query, filter);
-        query.push(
-            ") or o.id = any(array(select distinct opportunity_id from opportunity_field_changes \
-             where field = 'owner_id')))",
-        );
+        query
+            .push(
+                ") or o.id = any(array(select distinct opportunity_id from opportunity_field_changes \
+                 where field = 'owner_id' and change_time > ",
+            )
+            .push_bind(at)
+            .push(")))");
     }
     query.push(") o");
 }
@@ -1035,8 +1038,8 @@ pub async fn live_statuses<'e>(db: impl PgExecutor<'e>) -> Result<Vec<LiveStatus
         .collect())
 }
 
-/// R19: the statuses of a summary as of `at`: the live ones and those in `held` (archived
-/// since), in pipeline order, each with its probability of then.
+/// R19: the statuses of a summary as of `at`: the live ones that existed then and those in
+/// `held` (archived since), in pipeline order, each with its probability of then.
 #[tracing::instrument(name = "SELECT opportunity_statuses", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "opportunity_statuses"))]
 pub async fn statuses_as_of<'e>(
     db: impl PgExecutor<'e>,
@@ -1047,7 +1050,8 @@ pub async fn statuses_as_of<'e>(
         r#"select id, display_name, position,
                   salesopp_status_probability_at(id, $1) as "probability!",
                   kind::text as "kind!: StatusKind"
-           from opportunity_statuses where not archived or id = any($2) order by position"#,
+           from opportunity_statuses
+           where (not archived and create_time <= $1) or id = any($2) order by position"#,
         at,
         held
     )
