@@ -51,6 +51,8 @@ struct Deal {
     currency: &'static str,
     /// In nanos; 0 without an amount.
     amount: i128,
+    /// The expected close date (year, month, day), if any.
+    close: Option<(i32, i32, i32)>,
 }
 
 /// One opportunity's id and its states in order, each from its moment on.
@@ -164,6 +166,15 @@ async fn as_of(w: &mut World, caller: &str, at: DateTime<Utc>) -> opb::GetPipeli
     .unwrap_or_else(|e| panic!("as of {at}: {e:?}"))
 }
 
+/// A close date in 2031 or 2032, or none (one in five).
+fn random_close(rng: &mut fastrand::Rng) -> Option<(i32, i32, i32)> {
+    (rng.u8(..5) > 0).then(|| (rng.i32(2031..=2032), rng.i32(1..=12), rng.i32(1..=28)))
+}
+
+fn date_of((year, month, day): (i32, i32, i32)) -> common::Date {
+    common::Date { year, month, day }
+}
+
 fn random_amount(rng: &mut fastrand::Rng) -> (&'static str, Option<common::Money>, i128) {
     let currency = CURRENCIES[rng.usize(..CURRENCIES.len())];
     if currency.is_empty() {
@@ -223,6 +234,7 @@ async fn generate(w: &mut World, rng: &mut fastrand::Rng) -> (Model, Vec<DateTim
             let owner = OWNERS[rng.usize(..OWNERS.len())].0;
             let status = open[rng.usize(..open.len())].clone();
             let (currency, amount, value) = random_amount(rng);
+            let close = random_close(rng);
             let created = w
                 .try_create_request(
                     &admin,
@@ -232,6 +244,7 @@ async fn generate(w: &mut World, rng: &mut fastrand::Rng) -> (Model, Vec<DateTim
                             owner_id: owner.to_owned(),
                             title: format!("Deal {}", model.deals.len()),
                             amount,
+                            expected_close_date: close.map(date_of),
                             status_id: status.clone(),
                             ..Default::default()
                         }),
@@ -246,6 +259,7 @@ async fn generate(w: &mut World, rng: &mut fastrand::Rng) -> (Model, Vec<DateTim
                 status,
                 currency,
                 amount: value,
+                close,
             };
             model.deals.push((created.id, vec![(now, deal)]));
             continue;
@@ -268,7 +282,7 @@ async fn generate(w: &mut World, rng: &mut fastrand::Rng) -> (Model, Vec<DateTim
                     .expect("change status");
                 deal.status = to;
             }
-            70..=84 => {
+            70..=79 => {
                 let (currency, amount, value) = random_amount(rng);
                 update(
                     w,
@@ -283,6 +297,22 @@ async fn generate(w: &mut World, rng: &mut fastrand::Rng) -> (Model, Vec<DateTim
                 .await;
                 deal.currency = currency;
                 deal.amount = value;
+            }
+            80..=84 => {
+                let close = random_close(rng);
+                let expected_close_date = close.map(date_of);
+                update(
+                    w,
+                    &admin,
+                    id,
+                    opb::Opportunity {
+                        expected_close_date,
+                        ..Default::default()
+                    },
+                    "expected_close_date",
+                )
+                .await;
+                deal.close = close;
             }
             85..=94 => {
                 let owner = OWNERS[rng.usize(..OWNERS.len())].0;
@@ -445,6 +475,24 @@ async fn r19_as_of_equals_a_replay_of_the_history_at_ten_random_moments() {
             && !closing.contains(&d.status.as_str())),
         "south open as of {at}"
     );
+    // The expected close dates of then: a range keeps the deals expected in it then.
+    let at = moments[1];
+    let (from, to) = ((2031, 4, 1), (2031, 9, 30));
+    let ranged = summary(
+        &mut w,
+        &admin,
+        opb::GetPipelineSummaryRequest {
+            as_of: Some(ts(at)),
+            expected_close_date_from: Some(date_of(from)),
+            expected_close_date_to: Some(date_of(to)),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a close date range");
+    let want = model.at(at, |d| d.close.is_some_and(|c| c >= from && c <= to));
+    assert!(!want.is_empty(), "the range holds deals");
+    assert_eq!(answered(&ranged), want, "close dates in range as of {at}");
 }
 
 #[tokio::test]

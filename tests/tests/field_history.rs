@@ -166,6 +166,23 @@ async fn update(
     .unwrap_or_else(|e| panic!("update {paths:?}: {e:?}"))
 }
 
+/// Creates `opportunity` in INTERESTED.
+async fn create(w: &mut World, caller: &str, opportunity: opb::Opportunity) -> opb::Opportunity {
+    w.try_create_request(
+        caller,
+        opb::CreateOpportunityRequest {
+            opportunity: Some(opb::Opportunity {
+                status_id: INTERESTED.to_owned(),
+                ..opportunity
+            }),
+            request_id: rid(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("create")
+}
+
 fn other_rep() -> String {
     token("rep-a2", "Nida Rep", "north", &["sales_rep"])
 }
@@ -184,25 +201,19 @@ async fn r18_every_field_change_is_recorded_once_with_its_old_and_new_value() {
     }
     w.set_clock(t0()).await;
     let customer = w.customer(&rep, "Field history Co").await;
-    let created = w
-        .try_create_request(
-            &rep,
-            opb::CreateOpportunityRequest {
-                opportunity: Some(opb::Opportunity {
-                    customer_id: customer.id.clone(),
-                    title: "Solar roof".to_owned(),
-                    amount: Some(money("THB", 1000, 500_000_000)),
-                    expected_close_date: Some(date(2031, 9, 30)),
-                    next_step: "call".to_owned(),
-                    status_id: INTERESTED.to_owned(),
-                    ..Default::default()
-                }),
-                request_id: rid(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create");
+    let created = create(
+        &mut w,
+        &rep,
+        opb::Opportunity {
+            customer_id: customer.id.clone(),
+            title: "Solar roof".to_owned(),
+            amount: Some(money("THB", 1000, 500_000_000)),
+            expected_close_date: Some(date(2031, 9, 30)),
+            next_step: "call".to_owned(),
+            ..Default::default()
+        },
+    )
+    .await;
     let id = created.id.clone();
     assert!(
         all_changes(&mut w, &rep, &id).await.is_empty(),
@@ -484,22 +495,16 @@ async fn r18_close_date_pushes_count_later_dates_only() {
     let rep = rep_token();
     w.set_clock(t0()).await;
     let customer = w.customer(&rep, "Slipping Co").await;
-    let created = w
-        .try_create_request(
-            &rep,
-            opb::CreateOpportunityRequest {
-                opportunity: Some(opb::Opportunity {
-                    customer_id: customer.id.clone(),
-                    title: "Slips".to_owned(),
-                    status_id: INTERESTED.to_owned(),
-                    ..Default::default()
-                }),
-                request_id: rid(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create");
+    let created = create(
+        &mut w,
+        &rep,
+        opb::Opportunity {
+            customer_id: customer.id.clone(),
+            title: "Slips".to_owned(),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(
         (created.close_date_push_count, created.close_date_slip_days),
         (0, 0)

@@ -91,6 +91,28 @@ async fn set_threshold(
         .map(|r| r.into_inner())
 }
 
+/// CreateStatus of an OPEN "Negotiating" with `stale_after_days`.
+async fn create_negotiating(
+    w: &mut World,
+    stale_after_days: i32,
+) -> Result<spb::OpportunityStatus, tonic::Status> {
+    w.statuses
+        .create_status(authed(
+            &admin_token(),
+            spb::CreateStatusRequest {
+                status: Some(spb::OpportunityStatus {
+                    display_name: "Negotiating".to_owned(),
+                    probability: 60,
+                    stale_after_days,
+                    ..Default::default()
+                }),
+                request_id: rid(),
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 async fn create(w: &mut World, customer_id: &str, title: &str) -> opb::Opportunity {
     w.try_create_request(&rep_token(), new_in_interested(customer_id, title))
         .await
@@ -363,45 +385,14 @@ async fn r16_thresholds_are_validated_and_closing_statuses_are_never_stale() {
             .into_inner();
         assert_eq!(status.stale_after_days, 9);
     }
-    let created = w
-        .statuses
-        .create_status(authed(
-            &admin_token(),
-            spb::CreateStatusRequest {
-                status: Some(spb::OpportunityStatus {
-                    display_name: "Negotiating".to_owned(),
-                    probability: 60,
-                    stale_after_days: -3,
-                    ..Default::default()
-                }),
-                request_id: rid(),
-            },
-        ))
-        .await
-        .expect_err("refused");
+    let created = create_negotiating(&mut w, -3).await.expect_err("refused");
     assert_eq!(created.code(), Code::InvalidArgument);
     assert!(
         field_violations(&created)
             .iter()
             .any(|(f, _)| f == "status.stale_after_days")
     );
-    let created = w
-        .statuses
-        .create_status(authed(
-            &admin_token(),
-            spb::CreateStatusRequest {
-                status: Some(spb::OpportunityStatus {
-                    display_name: "Negotiating".to_owned(),
-                    probability: 60,
-                    stale_after_days: 14,
-                    ..Default::default()
-                }),
-                request_id: rid(),
-            },
-        ))
-        .await
-        .expect("created")
-        .into_inner();
+    let created = create_negotiating(&mut w, 14).await.expect("created");
     assert_eq!(created.stale_after_days, 14);
     // The schema holds the rule for any writer.
     let refused =

@@ -856,8 +856,8 @@ fn required_time(
     valid_time(violations, field, time)
 }
 
-/// A request time, or a violation when it is not a time of the years 1 to 9999 (the range
-/// of `google.protobuf.Timestamp`).
+/// A request time, or a violation when it is none (the range of `google.protobuf.Timestamp`
+/// is checked for every request before it gets here: `salesopp_proto::input`).
 fn valid_time(
     violations: &mut FieldViolations,
     field: &str,
@@ -866,8 +866,7 @@ fn valid_time(
     let parsed = u32::try_from(time.nanos)
         .ok()
         .filter(|nanos| *nanos < 1_000_000_000)
-        .and_then(|nanos| DateTime::from_timestamp(time.seconds, nanos))
-        .filter(|t| (1..=9999).contains(&t.year()));
+        .and_then(|nanos| DateTime::from_timestamp(time.seconds, nanos));
     if parsed.is_none() {
         violations.add(field, "not a valid time");
     }

@@ -563,43 +563,35 @@ pub async fn pipeline(
     input: PipelineInput,
 ) -> ApiResult<pb::GetPipelineSummaryResponse> {
     let visibility = Visibility::of(caller);
-    if let Some(at) = input.as_of {
-        return pipeline_as_of(pool, &visibility, &input.filter, at).await;
-    }
-    // R14: the totals the writes keep answer the boards; other filters aggregate the rows.
-    let rows = if summary::answers(&input.filter) {
-        summary::pipeline(pool, &visibility, &input.filter).await?
-    } else {
-        store::pipeline(pool, &visibility, &input.filter).await?
+    let filter = &input.filter;
+    let (rows, statuses) = match input.as_of {
+        // R19: the pipeline as it stood, from the history; its statuses are the live ones
+        // and those that held an opportunity then, with their probabilities of then.
+        Some(at) => {
+            if store::is_future(pool, at).await? {
+                return Err(ApiError::invalid(
+                    "as_of",
+                    "is in the future: the pipeline is known up to now",
+                ));
+            }
+            let rows = store::pipeline_groups(store::PipelineSource::AsOf(at), &visibility, filter)
+                .build_query_as::<store::PipelineRow>()
+                .fetch_all(pool)
+                .await?;
+            let held: Vec<Uuid> = rows.iter().filter_map(|row| row.status_id).collect();
+            let statuses = store::statuses_as_of(pool, at, &held).await?;
+            (rows, statuses)
+        }
+        // R14: the totals the writes keep answer the boards; other filters aggregate the rows.
+        None if summary::answers(filter) => (
+            summary::pipeline(pool, &visibility, filter).await?,
+            store::live_statuses(pool).await?,
+        ),
+        None => (
+            store::pipeline(pool, &visibility, filter).await?,
+            store::live_statuses(pool).await?,
+        ),
     };
-    let statuses = store::live_statuses(pool).await?;
-    let mut summary = Summary::default();
-    for row in &rows {
-        summary.add(row)?;
-    }
-    Ok(summary.finish(&statuses))
-}
-
-/// R19: the pipeline as it stood at `at`, from the history; its statuses are the live ones
-/// and those that held an opportunity then, with their probabilities of then.
-async fn pipeline_as_of(
-    pool: &PgPool,
-    visibility: &Visibility,
-    filter: &store::OpportunityFilter,
-    at: chrono::DateTime<chrono::Utc>,
-) -> ApiResult<pb::GetPipelineSummaryResponse> {
-    if store::is_future(pool, at).await? {
-        return Err(ApiError::invalid(
-            "as_of",
-            "is in the future: the pipeline is known up to now",
-        ));
-    }
-    let rows = store::pipeline_groups(store::PipelineSource::AsOf(at), visibility, filter)
-        .build_query_as::<store::PipelineRow>()
-        .fetch_all(pool)
-        .await?;
-    let held: Vec<Uuid> = rows.iter().filter_map(|row| row.status_id).collect();
-    let statuses = store::statuses_as_of(pool, at, &held).await?;
     let mut summary = Summary::default();
     for row in &rows {
         summary.add(row)?;
