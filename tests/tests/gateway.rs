@@ -2104,6 +2104,8 @@ impl OpportunityService for Parts {
             -> opb::GetPipelineVelocityResponse;
         list_opportunity_changes(opb::ListOpportunityChangesRequest)
             -> opb::ListOpportunityChangesResponse;
+        get_forecast_summary(opb::GetForecastSummaryRequest)
+            -> opb::GetForecastSummaryResponse;
     }
 }
 

@@ -1257,6 +1257,57 @@ async fn check_as_of(checker: &mut Checker, conn: &mut PgConnection, f: &Fixture
     }
 }
 
+/// R20: the forecast of the next quarter's expected close dates, by month: a rep's and a
+/// team's read their owners' entries of the owner close-date index, the admin's the range of
+/// the close-date index; every column summed is in those indexes (index-only).
+async fn check_forecast(checker: &mut Checker, conn: &mut PgConnection, f: &Fixtures) {
+    let (start, end) = (f.today, f.days[&90]);
+    let shapes = [
+        (
+            "Forecast next quarter, rep",
+            Visibility::Own {
+                me: "sp-002".into(),
+            },
+            0.02,
+            &["opportunity_owner_close_date_idx"][..],
+        ),
+        (
+            "Forecast next quarter, manager",
+            Visibility::Team {
+                me: "sp-001".into(),
+                team: "team-01".into(),
+            },
+            0.05,
+            &["opportunity_owner_close_date_idx"][..],
+        ),
+        (
+            "Forecast next quarter, admin",
+            Visibility::All,
+            0.5,
+            &["opportunity_close_date_idx"][..],
+        ),
+    ];
+    for (shape, visibility, share, indexes) in shapes {
+        for unit in ["month", "quarter"] {
+            let query =
+                store::forecast_query(&visibility, &OpportunityFilter::default(), start, end, unit);
+            let (sql, plan) = explain_builder(conn, query).await;
+            checker.record(
+                &format!("{shape}, by {unit}"),
+                &sql,
+                &plan,
+                Expect {
+                    table: "opportunities",
+                    seq_scan_ok: false,
+                    max_examined: Some(checker.rows as f64 * share),
+                    indexes,
+                    index_only: true,
+                },
+            );
+        }
+    }
+}
+
 async fn check_history_and_get(checker: &mut Checker, options: &PgConnectOptions, f: &Fixtures) {
     let by_id = Expect {
         table: "opportunities",
@@ -1413,6 +1464,7 @@ async fn check_all(rows: i64) {
     check_velocity_and_durations(&mut checker, &mut conn, &f).await;
     check_stale(&mut checker, &mut conn).await;
     check_as_of(&mut checker, &mut conn, &f).await;
+    check_forecast(&mut checker, &mut conn, &f).await;
     drop(conn);
     check_history_and_get(&mut checker, &database.options, &f).await;
     pool.close().await;

@@ -214,7 +214,15 @@ fn change_as_issued(inputs: &Inputs) -> String {
     // The row moved and its clock read, returning `time` and what changed.
     let move_to_status = as_pgbench(
         salesopp_opportunity::store::MOVE_TO_STATUS_SQL,
-        &[OPPORTUNITY, ":to_id", ":to_kind", "null", ":caller"],
+        &[
+            OPPORTUNITY,
+            ":to_id",
+            ":to_kind",
+            "null",
+            ":caller",
+            "null",
+            "null",
+        ],
     );
     // The change's event, as the service appends it at the opportunity's next version.
     let append_event = as_pgbench(
@@ -238,7 +246,7 @@ fn change_as_issued(inputs: &Inputs) -> String {
         to_kind::text as to_kind, to_probability, changed_by_id, changed_by_name, change_time, \
         note, currency_code, amount::text as amount, \
         (extract(epoch from time_in_previous_status) * 1000000)::bigint as micros_in_previous_status, \
-        lost_reason, request_id";
+        lost_reason, request_id, from_manual_probability, to_manual_probability";
     format!(
         "{PICK_OWN}BEGIN;
 -- kit idempotency::claim
@@ -250,7 +258,7 @@ insert into idempotency_records (caller_id, method, request_id, request_hash, re
  returning 1;
 -- kit people::record: no statement (the auth layer has recorded the caller)
 -- store::share_status (target chosen here: see the module's note)
-select id, display_name, kind::text as kind, probability, archived
+select id, display_name, kind::text as kind, probability, forecast_category, archived
  from opportunity_statuses where id = (
      select {NEXT_STATUS} from opportunities o join opportunity_statuses c on c.id = o.status_id
      where o.id = {OPPORTUNITY}) for share \\gset to_
@@ -263,13 +271,15 @@ select id from opportunities where id = {OPPORTUNITY} for update;
 insert into status_changes
      (opportunity_id, sequence, from_status_id, from_display_name, from_kind, from_probability,
       to_status_id, to_display_name, to_kind, to_probability, changed_by_id, changed_by_name,
-      change_time, note, currency_code, amount, time_in_previous_status, lost_reason, request_id)
+      change_time, note, currency_code, amount, time_in_previous_status, lost_reason, request_id,
+      from_manual_probability, to_manual_probability)
  values ({OPPORTUNITY},
  (select coalesce(max(sequence), 0) + 1 from status_changes where opportunity_id = {OPPORTUNITY}),
- (:cur_status_id)::uuid, :cur_status_name, (:cur_state)::text::status_kind, (:cur_probability)::smallint,
+ (:cur_status_id)::uuid, :cur_status_name, (:cur_state)::text::status_kind, (:cur_status_probability)::smallint,
  (:to_id)::uuid, :to_display_name, (:to_kind)::text::status_kind, (:to_probability)::smallint,
  :caller, :caller_name, (:time)::timestamptz, '', :cur_currency_code, (:cur_amount)::text::numeric,
- (:time)::timestamptz - (:cur_status_change_time)::timestamptz, null, 'pgbench-' || :r)
+ (:time)::timestamptz - (:cur_status_change_time)::timestamptz, null, 'pgbench-' || :r,
+ (nullif(:cur_manual_probability, ''))::smallint, null)
  returning {history_columns};
 -- events::append (outbox::write::append)
 {append_event};

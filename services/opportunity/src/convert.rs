@@ -34,6 +34,21 @@ pub fn state_to_proto(state: OpportunityState) -> pb::OpportunityState {
     }
 }
 
+/// R20: a forecast category as stored (`PIPELINE`, ...) as its protobuf value.
+pub fn category_to_proto(category: &str) -> common::ForecastCategory {
+    common::ForecastCategory::from_str_name(&format!("FORECAST_CATEGORY_{category}"))
+        .unwrap_or(common::ForecastCategory::Unspecified)
+}
+
+/// R17, R20: where a value comes from.
+fn source_to_proto(manual: bool) -> pb::ValueSource {
+    if manual {
+        pb::ValueSource::Manual
+    } else {
+        pb::ValueSource::Status
+    }
+}
+
 pub fn money_to_proto(money: &Money) -> common::Money {
     common::Money {
         currency_code: money.currency_code.clone(),
@@ -83,6 +98,11 @@ pub fn opportunity_to_proto(row: &OpportunityRow) -> pb::Opportunity {
         stale_since: row.stale_since.map(timestamp),
         close_date_push_count: row.close_date_push_count,
         close_date_slip_days: row.close_date_slip_days,
+        probability_source: source_to_proto(row.manual_probability.is_some()).into(),
+        status_probability: i32::from(row.status_probability),
+        forecast_category: category_to_proto(&row.forecast_category).into(),
+        forecast_category_source: source_to_proto(row.manual_forecast_category.is_some()).into(),
+        status_forecast_category: category_to_proto(&row.status_forecast_category).into(),
     }
 }
 
@@ -158,6 +178,15 @@ pub fn status_change_to_proto(row: &StatusChangeRow) -> pb::StatusChange {
         time_in_previous_status: row.micros_in_previous_status.map(duration_to_proto),
         lost_reason: row.lost_reason.clone().unwrap_or_default(),
         request_id: row.request_id.clone().unwrap_or_default(),
+        previous_probability: row
+            .from_probability
+            .map(|status| i32::from(row.from_manual_probability.unwrap_or(status))),
+        previous_probability_source: match row.from_probability {
+            Some(_) => source_to_proto(row.from_manual_probability.is_some()).into(),
+            None => pb::ValueSource::Unspecified.into(),
+        },
+        probability: i32::from(row.to_manual_probability.unwrap_or(row.to_probability)),
+        probability_source: source_to_proto(row.to_manual_probability.is_some()).into(),
     }
 }
 
@@ -332,6 +361,10 @@ pub struct OpportunityPatch {
     pub owner_id: Option<String>,
     pub status_id: Option<Uuid>,
     pub lost_reason: Option<Option<String>>,
+    /// R17: `Some(None)` resets to the status's probability.
+    pub probability: Option<Option<i16>>,
+    /// R20: `Some(None)` resets to the status's category (`PIPELINE`, ...).
+    pub forecast_category: Option<Option<String>>,
 }
 
 /// A validated UpdateOpportunity.
@@ -344,7 +377,7 @@ pub struct UpdateInput {
     pub retry: Retry,
 }
 
-const MUTABLE_PATHS: [&str; 7] = [
+const MUTABLE_PATHS: [&str; 11] = [
     "title",
     "amount",
     "expected_close_date",
@@ -352,6 +385,10 @@ const MUTABLE_PATHS: [&str; 7] = [
     "owner_id",
     "status_id",
     "lost_reason",
+    "probability",
+    "probability_source",
+    "forecast_category",
+    "forecast_category_source",
 ];
 
 impl TryFrom<&pb::UpdateOpportunityRequest> for UpdateInput {
@@ -405,9 +442,27 @@ fn patch_path(
                 domain::text(&o.lost_reason, domain::MAX_LOST_REASON_CHARS),
             )
         }
+        // Resolved together with their sources ([`overrides`]).
+        "probability" | "probability_source" | "forecast_category" | "forecast_category_source" => {
+        }
         "customer_id" => violations.add("update_mask", "customer_id is immutable"),
-        "id" | "etag" | "status_name" | "probability" | "state" | "close_time"
-        | "status_change_time" | "create_time" | "update_time" | "created_by" | "updated_by" => {
+        "id"
+        | "etag"
+        | "status_name"
+        | "state"
+        | "close_time"
+        | "status_change_time"
+        | "create_time"
+        | "update_time"
+        | "created_by"
+        | "updated_by"
+        | "version"
+        | "status_durations"
+        | "stale_since"
+        | "close_date_push_count"
+        | "close_date_slip_days"
+        | "status_probability"
+        | "status_forecast_category" => {
             violations.add("update_mask", format!("{path} is output only"))
         }
         other => violations.add("update_mask", format!("unknown field {other:?}")),
@@ -438,6 +493,10 @@ fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateInput
             ("owner_id", !o.owner_id.is_empty()),
             ("status_id", !o.status_id.is_empty()),
             ("lost_reason", !o.lost_reason.is_empty()),
+            ("probability", o.probability != 0),
+            ("probability_source", o.probability_source != 0),
+            ("forecast_category", o.forecast_category != 0),
+            ("forecast_category_source", o.forecast_category_source != 0),
         ],
         &mut violations,
     );
@@ -445,6 +504,11 @@ fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateInput
     for path in &paths {
         patch_path(&mut violations, &mut patch, o, path);
     }
+    let star = request
+        .update_mask
+        .as_ref()
+        .is_some_and(|m| m.paths.iter().any(|p| p == "*"));
+    overrides(&mut violations, &mut patch, o, &paths, star);
     violations.into_result()?;
     Ok(UpdateInput {
         id: id.ok_or_else(|| ApiError::internal("validated id missing"))?,
@@ -453,6 +517,99 @@ fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateInput
         note: note.unwrap_or_default(),
         retry: Retry::of("UpdateOpportunity", request_id, request),
     })
+}
+
+/// R17, R20: the overrides of UpdateOpportunity's mask. A value in the mask sets it by hand
+/// unless its source is in the mask as STATUS, which resets it to the status's (so an
+/// opportunity read and sent back whole changes nothing); MANUAL alone has no value to set.
+/// With `*` (a full replacement), a value whose source is not given is cleared: reset.
+fn overrides(
+    violations: &mut FieldViolations,
+    patch: &mut OpportunityPatch,
+    o: &pb::Opportunity,
+    paths: &[String],
+    star: bool,
+) {
+    let has = |path: &str| paths.iter().any(|p| p == path);
+    patch.probability = override_value(
+        violations,
+        star,
+        ("probability", has("probability")),
+        (
+            "probability_source",
+            has("probability_source"),
+            o.probability_source,
+        ),
+        || {
+            u8::try_from(o.probability)
+                .ok()
+                .filter(|p| *p <= 100)
+                .map(i16::from)
+                .ok_or_else(|| format!("must be 0..100 (percent), got {}", o.probability))
+        },
+    );
+    patch.forecast_category = override_value(
+        violations,
+        star,
+        ("forecast_category", has("forecast_category")),
+        (
+            "forecast_category_source",
+            has("forecast_category_source"),
+            o.forecast_category_source,
+        ),
+        || match common::ForecastCategory::try_from(o.forecast_category) {
+            Ok(
+                category @ (common::ForecastCategory::Pipeline
+                | common::ForecastCategory::BestCase
+                | common::ForecastCategory::Commit
+                | common::ForecastCategory::Omitted),
+            ) => Ok(category
+                .as_str_name()
+                .trim_start_matches("FORECAST_CATEGORY_")
+                .to_owned()),
+            _ => Err(
+                "an open opportunity's category is PIPELINE, BEST_CASE, COMMIT or OMITTED \
+                      (CLOSED is the WON status's)"
+                    .to_owned(),
+            ),
+        },
+    );
+}
+
+/// One override from its value's and its source's mask paths: `None` leaves it, `Some(None)`
+/// resets it, `Some(Some(value))` sets it by hand.
+fn override_value<T>(
+    violations: &mut FieldViolations,
+    star: bool,
+    (field, value_given): (&str, bool),
+    (source_field, source_given, source): (&str, bool, i32),
+    value: impl FnOnce() -> Result<T, String>,
+) -> Option<Option<T>> {
+    let source = source_given.then(|| pb::ValueSource::try_from(source));
+    match (value_given, source) {
+        (false, None) => None,
+        (_, Some(Ok(pb::ValueSource::Status))) => Some(None),
+        (_, Some(Ok(pb::ValueSource::Unspecified))) if star => Some(None),
+        (true, Some(Ok(pb::ValueSource::Manual | pb::ValueSource::Unspecified)) | None) => {
+            violations
+                .check(&format!("opportunity.{field}"), value())
+                .map(Some)
+        }
+        (false, Some(Ok(pb::ValueSource::Manual))) => {
+            violations.add(
+                format!("opportunity.{source_field}"),
+                format!("MANUAL needs {field} in the mask as well: the value to set"),
+            );
+            None
+        }
+        (_, Some(_)) => {
+            violations.add(
+                format!("opportunity.{source_field}"),
+                "must be STATUS (reset to the status's) or MANUAL",
+            );
+            None
+        }
+    }
 }
 
 /// A validated ChangeOpportunityStatus.
@@ -794,6 +951,130 @@ impl TryFrom<&pb::GetPipelineSummaryRequest> for PipelineInput {
                 stale_only: false,
             },
         })
+    }
+}
+
+/// The length of a forecast period (R20).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeriodKind {
+    Month,
+    Quarter,
+}
+
+impl PeriodKind {
+    /// The unit of Postgres' `date_trunc`.
+    pub fn unit(self) -> &'static str {
+        match self {
+            PeriodKind::Month => "month",
+            PeriodKind::Quarter => "quarter",
+        }
+    }
+
+    fn months(self) -> u32 {
+        match self {
+            PeriodKind::Month => 1,
+            PeriodKind::Quarter => 3,
+        }
+    }
+
+    /// The first day of the period holding `date`.
+    pub fn start_of(self, date: NaiveDate) -> NaiveDate {
+        let month0 = date.month0() - date.month0() % self.months();
+        NaiveDate::from_ymd_opt(date.year(), month0 + 1, 1).unwrap_or(date)
+    }
+
+    /// The first day of the next period.
+    pub fn next(self, start: NaiveDate) -> Option<NaiveDate> {
+        start.checked_add_months(chrono::Months::new(self.months()))
+    }
+}
+
+/// At most this many periods in one forecast.
+pub const MAX_FORECAST_PERIODS: usize = 120;
+
+/// A validated GetForecastSummary (R20).
+#[derive(Debug, Clone)]
+pub struct ForecastInput {
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+    pub kind: PeriodKind,
+    /// `owner_ids` and `team` only.
+    pub filter: OpportunityFilter,
+}
+
+impl ForecastInput {
+    /// The periods of the range, each cut to it: (first day, last day).
+    pub fn periods(&self) -> Vec<(NaiveDate, NaiveDate)> {
+        let mut periods = Vec::new();
+        let mut start = self.kind.start_of(self.start);
+        while start <= self.end && periods.len() <= MAX_FORECAST_PERIODS {
+            let next = self.kind.next(start);
+            let last = next.and_then(|n| n.pred_opt()).unwrap_or(NaiveDate::MAX);
+            periods.push((start.max(self.start), last.min(self.end)));
+            match next {
+                Some(next) => start = next,
+                None => break,
+            }
+        }
+        periods
+    }
+}
+
+impl TryFrom<&pb::GetForecastSummaryRequest> for ForecastInput {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::GetForecastSummaryRequest) -> ApiResult<Self> {
+        let mut violations = FieldViolations::new();
+        let start = date(&mut violations, "start_date", request.start_date.as_ref());
+        let end = date(&mut violations, "end_date", request.end_date.as_ref());
+        for (field, given) in [
+            ("start_date", request.start_date.is_some()),
+            ("end_date", request.end_date.is_some()),
+        ] {
+            if !given {
+                violations.add(field, "required");
+            }
+        }
+        let kind = match pb::ForecastPeriodKind::try_from(request.period_kind) {
+            Ok(pb::ForecastPeriodKind::Unspecified | pb::ForecastPeriodKind::Month) => {
+                Some(PeriodKind::Month)
+            }
+            Ok(pb::ForecastPeriodKind::Quarter) => Some(PeriodKind::Quarter),
+            Err(_) => {
+                violations.add("period_kind", "must be MONTH or QUARTER");
+                None
+            }
+        };
+        let owner_ids = owner_ids(&mut violations, &request.owner_ids);
+        let team = request.team.trim();
+        if team.chars().count() > 200 {
+            violations.add("team", "must be at most 200 characters");
+        }
+        let input = match (start, end, kind) {
+            (Some(start), Some(end), Some(kind)) => Some(ForecastInput {
+                start,
+                end,
+                kind,
+                filter: OpportunityFilter {
+                    owner_ids,
+                    team: (!team.is_empty()).then(|| team.to_owned()),
+                    ..OpportunityFilter::default()
+                },
+            }),
+            _ => None,
+        };
+        if let Some(input) = &input {
+            if input.end < input.start {
+                violations.add("end_date", "must not be before start_date");
+            } else if input.periods().len() > MAX_FORECAST_PERIODS {
+                violations.add(
+                    "end_date",
+                    format!("the range spans more than {MAX_FORECAST_PERIODS} periods"),
+                );
+            }
+        }
+        violations.into_result()?;
+        input.ok_or_else(|| ApiError::internal("validated forecast without its range"))
     }
 }
 

@@ -132,6 +132,16 @@ impl OpportunityService for Opportunities {
         .await
     }
 
+    async fn get_forecast_summary(
+        &self,
+        request: Request<pb::GetForecastSummaryRequest>,
+    ) -> Result<Response<pb::GetForecastSummaryResponse>, Status> {
+        handle::sales(request, async |caller, input| {
+            service::forecast(self.pools.read(), caller, input).await
+        })
+        .await
+    }
+
     type WatchOpportunityEventsStream = EventStream;
 
     async fn watch_opportunity_events(

@@ -12,14 +12,15 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::convert::{
-    self, ChangeInput, ChangesInput, GetInput, HistoryInput, ListInput, NewOpportunityInput,
-    OpportunityPatch, PipelineInput, SalespeopleInput, UpdateInput, VelocityInput,
-    opportunity_to_proto, status_change_to_proto,
+    self, ChangeInput, ChangesInput, ForecastInput, GetInput, HistoryInput, ListInput,
+    NewOpportunityInput, OpportunityPatch, PipelineInput, SalespeopleInput, UpdateInput,
+    VelocityInput, opportunity_to_proto, status_change_to_proto,
 };
 use crate::domain::{self, Money, Visibility};
 use crate::status_change::{self, Change};
 use crate::store::{
-    self, ListAfter, ListOrder, NewStatusChange, OpportunityRow, PipelineGroup, StatusInfo,
+    self, ListAfter, ListOrder, NewStatusChange, OpportunityRow, Overrides, PipelineGroup,
+    StatusInfo,
 };
 use crate::summary;
 
@@ -211,6 +212,8 @@ async fn insert(
             amount: input.amount.as_ref(),
             lost_reason: input.lost_reason.as_deref(),
             request_id,
+            from_manual_probability: None,
+            to_manual_probability: None,
         },
     )
     .await?;
@@ -275,10 +278,12 @@ pub async fn update(
         {
             check_owner(tx, caller, &visibility, "opportunity.owner_id", owner_id).await?;
         }
+        let overrides = overrides_after(&current, patch, moving)?;
         let before = opportunity_to_proto(&current);
-        let fields_changed = update_fields(tx, caller, &current, patch, moving.is_some()).await?;
+        let fields_changed =
+            update_fields(tx, caller, &current, patch, moving.is_some(), &overrides).await?;
         let updated = match moving {
-            Some(to) => move_in_update(tx, caller, input, &before, to).await?,
+            Some(to) => move_in_update(tx, caller, input, &before, to, &overrides).await?,
             None if fields_changed => record_update(tx, caller, input, before).await?,
             None => before,
         };
@@ -289,15 +294,61 @@ pub async fn update(
     Ok(response)
 }
 
+/// R17, R20: the overrides the opportunity has after the update: a status change resets
+/// them (to the new status's values), then the mask's are set in the status it ends in,
+/// which must be OPEN (WON is always 100 and CLOSED, LOST 0 and OMITTED).
+fn overrides_after(
+    current: &OpportunityRow,
+    patch: &OpportunityPatch,
+    moving: Option<&StatusInfo>,
+) -> ApiResult<Overrides> {
+    let mut overrides = match moving {
+        Some(_) => Overrides::default(),
+        None => Overrides {
+            probability: current.manual_probability,
+            forecast_category: current.manual_forecast_category.clone(),
+        },
+    };
+    if let Some(probability) = patch.probability {
+        overrides.probability = probability;
+    }
+    if let Some(category) = &patch.forecast_category {
+        overrides.forecast_category = category.clone();
+    }
+    let kind = moving.map_or(current.state.kind(), |to| to.kind);
+    if kind != salesopp_kit::StatusKind::Open {
+        let why = "set by hand only on an open opportunity: WON is always 100 and CLOSED, \
+                   LOST 0 and OMITTED";
+        if overrides.probability.is_some() {
+            return Err(ApiError::invalid("opportunity.probability", why));
+        }
+        if overrides.forecast_category.is_some() {
+            return Err(ApiError::invalid("opportunity.forecast_category", why));
+        }
+    }
+    Ok(overrides)
+}
+
 /// Writes the masked fields other than the status, when they change anything; whether they
-/// did. A lost reason given with a move is the move's (R8), not a field change.
+/// did. A lost reason given with a move is the move's (R8), not a field change, and so are
+/// the overrides (`overrides`, set in the new status).
 async fn update_fields(
     tx: &mut PgConnection,
     caller: &Principal,
     current: &OpportunityRow,
     patch: &OpportunityPatch,
     moving: bool,
+    overrides: &Overrides,
 ) -> ApiResult<bool> {
+    let current_overrides = Overrides {
+        probability: current.manual_probability,
+        forecast_category: current.manual_forecast_category.clone(),
+    };
+    let overrides = if moving {
+        &current_overrides
+    } else {
+        overrides
+    };
     let current_amount = current.money();
     let amount = patch
         .amount
@@ -318,13 +369,15 @@ async fn update_fields(
             Some(reason) if !moving => reason.as_deref(),
             _ => current.lost_reason.as_deref(),
         },
+        overrides,
     };
     let changed = fields.owner_id != current.owner_id
         || fields.title != current.title
         || fields.amount != current_amount.as_ref()
         || fields.expected_close_date != current.expected_close_date
         || fields.next_step != current.next_step.as_deref()
-        || fields.lost_reason != current.lost_reason.as_deref();
+        || fields.lost_reason != current.lost_reason.as_deref()
+        || *overrides != current_overrides;
     if changed {
         store::update_fields(tx, current.id, &fields, &caller.id).await?;
     }
@@ -339,6 +392,7 @@ async fn move_in_update(
     input: &UpdateInput,
     before: &pb::Opportunity,
     to: &StatusInfo,
+    overrides: &Overrides,
 ) -> ApiResult<pb::Opportunity> {
     let updated = store::lock(tx, input.id)
         .await?
@@ -348,6 +402,7 @@ async fn move_in_update(
         note: &input.note,
         lost_reason: input.patch.lost_reason.as_ref().and_then(|r| r.as_deref()),
         request_id: input.retry.request_id(),
+        overrides,
     };
     Ok(
         match status_change::change_status(tx, &updated, before, change, caller).await? {
@@ -406,6 +461,7 @@ pub async fn change_status(
             note: &input.note,
             lost_reason: input.lost_reason.as_deref(),
             request_id: input.retry.request_id(),
+            overrides: &Overrides::default(),
         };
         let (after, status_change) =
             match status_change::change_status(tx, &current, &before, change, caller).await? {
@@ -515,10 +571,23 @@ pub async fn changes(
 }
 
 fn currency_total(row: &store::PipelineRow) -> ApiResult<pb::CurrencyTotal> {
-    let currency_code = row.currency_code.clone().unwrap_or_default();
-    let total_amount = row
-        .total
-        .as_deref()
+    currency_total_of(
+        row.currency_code.as_deref(),
+        row.count,
+        row.total.as_deref(),
+        row.weighted_x100.as_deref(),
+    )
+}
+
+/// One currency's total from its count, exact sum and exact weighted sum x 100 (R14).
+fn currency_total_of(
+    currency_code: Option<&str>,
+    count: i64,
+    total: Option<&str>,
+    weighted_x100: Option<&str>,
+) -> ApiResult<pb::CurrencyTotal> {
+    let currency_code = currency_code.unwrap_or_default().to_owned();
+    let total_amount = total
         .map(|text| {
             Money::from_decimal(&currency_code, text)
                 .map(|m| convert::money_to_proto(&m))
@@ -527,9 +596,7 @@ fn currency_total(row: &store::PipelineRow) -> ApiResult<pb::CurrencyTotal> {
                 })
         })
         .transpose()?;
-    let weighted_amount = row
-        .weighted_x100
-        .as_deref()
+    let weighted_amount = weighted_x100
         .map(|text| {
             Money::weighted(&currency_code, text)
                 .map(|m| convert::money_to_proto(&m))
@@ -538,7 +605,7 @@ fn currency_total(row: &store::PipelineRow) -> ApiResult<pb::CurrencyTotal> {
         .transpose()?;
     Ok(pb::CurrencyTotal {
         currency_code,
-        count: row.count,
+        count,
         total_amount,
         weighted_amount,
     })
@@ -679,6 +746,83 @@ impl Summary {
             total: Some(self.total),
         }
     }
+}
+
+/// R20: the forecast per period x salesperson x category, per currency, of the
+/// opportunities the caller may see.
+pub async fn forecast(
+    pool: &PgPool,
+    caller: Sales<'_>,
+    input: ForecastInput,
+) -> ApiResult<pb::GetForecastSummaryResponse> {
+    let visibility = Visibility::of(caller);
+    let rows = store::forecast(
+        pool,
+        &visibility,
+        &input.filter,
+        input.start,
+        input.end,
+        input.kind.unit(),
+    )
+    .await?;
+    let mut periods: Vec<pb::ForecastPeriod> = Vec::new();
+    let mut starts = Vec::new();
+    for (first, last) in input.periods() {
+        starts.push(input.kind.start_of(first));
+        periods.push(pb::ForecastPeriod {
+            start_date: Some(convert::date_to_proto(first)),
+            end_date: Some(convert::date_to_proto(last)),
+            categories: Vec::new(),
+            by_owner: Vec::new(),
+        });
+    }
+    for row in &rows {
+        let Some(period) = starts
+            .iter()
+            .position(|start| *start == row.period_start)
+            .and_then(|i| periods.get_mut(i))
+        else {
+            return Err(ApiError::internal("forecast row outside its periods"));
+        };
+        let total = currency_total_of(
+            row.currency_code.as_deref(),
+            row.count,
+            row.total.as_deref(),
+            row.weighted_x100.as_deref(),
+        )?;
+        let categories = match &row.owner_id {
+            None => &mut period.categories,
+            Some(owner_id) => {
+                if period
+                    .by_owner
+                    .last()
+                    .is_none_or(|last| last.owner_id != *owner_id)
+                {
+                    period.by_owner.push(pb::ForecastOwnerTotal {
+                        owner_id: owner_id.clone(),
+                        owner_display_name: row.owner_name.clone().unwrap_or_default(),
+                        categories: Vec::new(),
+                    });
+                }
+                match period.by_owner.last_mut() {
+                    Some(owner) => &mut owner.categories,
+                    None => return Err(ApiError::internal("forecast owner missing")),
+                }
+            }
+        };
+        let category = convert::category_to_proto(&row.category) as i32;
+        match categories
+            .last_mut()
+            .filter(|last| last.category == category)
+        {
+            Some(last) => last.totals.push(total),
+            None => categories.push(pb::ForecastCategoryTotal {
+                category,
+                totals: vec![total],
+            }),
+        }
+    }
+    Ok(pb::GetForecastSummaryResponse { periods })
 }
 
 /// R15: how fast the opportunities the caller may see moved through each status in a period.

@@ -14,7 +14,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::convert::{opportunity_to_proto, status_change_to_proto};
-use crate::store::{self, NewStatusChange, OpportunityRow, StatusChangeRow, StatusInfo};
+use crate::store::{self, NewStatusChange, OpportunityRow, Overrides, StatusChangeRow, StatusInfo};
 use salesopp_outbox::NewEvent;
 
 /// The event types, as stored in the outbox.
@@ -98,7 +98,8 @@ fn current_status(row: &OpportunityRow) -> StatusInfo {
         id: row.status_id,
         display_name: row.status_name.clone(),
         kind: row.state.kind(),
-        probability: row.probability,
+        probability: row.status_probability,
+        forecast_category: row.status_forecast_category.clone(),
         archived: false,
     }
 }
@@ -110,6 +111,8 @@ pub struct Change<'a> {
     pub note: &'a str,
     pub lost_reason: Option<&'a str>,
     pub request_id: Option<&'a str>,
+    /// R17, R20: the overrides in the new status; none (the default) follows the status.
+    pub overrides: &'a Overrides,
 }
 
 /// Moves the locked opportunity `current` to `change.to`. `before` is the opportunity as the
@@ -128,8 +131,15 @@ pub async fn change_status(
     crate::domain::check_lost_reason("lost_reason", change.to.kind, change.lost_reason.is_some())?;
     let from = current_status(current);
     let amount = current.money();
-    let moved =
-        store::move_to_status(tx, current.id, change.to, change.lost_reason, &actor.id).await?;
+    let moved = store::move_to_status(
+        tx,
+        current.id,
+        change.to,
+        change.lost_reason,
+        &actor.id,
+        change.overrides,
+    )
+    .await?;
     let time = moved.time;
     let entry = store::append_status_change(
         tx,
@@ -144,6 +154,8 @@ pub async fn change_status(
             amount: amount.as_ref(),
             lost_reason: change.lost_reason,
             request_id: change.request_id,
+            from_manual_probability: current.manual_probability,
+            to_manual_probability: change.overrides.probability,
         },
     )
     .await?;
@@ -152,7 +164,19 @@ pub async fn change_status(
     let mut after = OpportunityRow {
         status_id: change.to.id,
         status_name: change.to.display_name.clone(),
-        probability: change.to.probability,
+        probability: change
+            .overrides
+            .probability
+            .unwrap_or(change.to.probability),
+        status_probability: change.to.probability,
+        manual_probability: change.overrides.probability,
+        forecast_category: change
+            .overrides
+            .forecast_category
+            .clone()
+            .unwrap_or_else(|| change.to.forecast_category.clone()),
+        status_forecast_category: change.to.forecast_category.clone(),
+        manual_forecast_category: change.overrides.forecast_category.clone(),
         state: change.to.kind.state(),
         lost_reason: moved.lost_reason,
         close_time: moved.close_time,
@@ -206,6 +230,7 @@ pub async fn move_all(
             note,
             lost_reason: None,
             request_id: None,
+            overrides: &Overrides::default(),
         };
         if change_status(tx, &current, &before, change, actor)
             .await?

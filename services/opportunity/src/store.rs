@@ -28,7 +28,14 @@ pub struct OpportunityRow {
     pub expected_close_date: Option<NaiveDate>,
     pub status_id: Uuid,
     pub status_name: String,
+    /// R17: the effective probability (the manual one, else the status's).
     pub probability: i16,
+    pub status_probability: i16,
+    pub manual_probability: Option<i16>,
+    /// R20: the effective forecast category (the manual one, else the status's).
+    pub forecast_category: String,
+    pub status_forecast_category: String,
+    pub manual_forecast_category: Option<String>,
     pub state: OpportunityState,
     pub lost_reason: Option<String>,
     pub next_step: Option<String>,
@@ -124,6 +131,7 @@ pub struct StatusInfo {
     pub display_name: String,
     pub kind: StatusKind,
     pub probability: i16,
+    pub forecast_category: String,
     pub archived: bool,
 }
 
@@ -134,7 +142,8 @@ pub async fn share_status(
 ) -> Result<Option<StatusInfo>, sqlx::Error> {
     sqlx::query_as!(
         StatusInfo,
-        r#"select id, display_name, kind::text as "kind!: StatusKind", probability, archived
+        r#"select id, display_name, kind::text as "kind!: StatusKind", probability,
+                  forecast_category, archived
            from opportunity_statuses where id = $1 for share"#,
         id
     )
@@ -152,7 +161,8 @@ pub async fn share_default_status(tx: &mut PgConnection) -> ApiResult<StatusInfo
     for _ in 0..ATTEMPTS {
         let default = sqlx::query_as!(
             StatusInfo,
-            r#"select id, display_name, kind::text as "kind!: StatusKind", probability, archived
+            r#"select id, display_name, kind::text as "kind!: StatusKind", probability,
+                      forecast_category, archived
                from opportunity_statuses where is_default for share"#
         )
         .fetch_optional(&mut *tx)
@@ -234,6 +244,15 @@ pub struct Fields<'a> {
     pub expected_close_date: Option<NaiveDate>,
     pub next_step: Option<&'a str>,
     pub lost_reason: Option<&'a str>,
+    /// R17, R20: the overrides in the current status.
+    pub overrides: &'a Overrides,
+}
+
+/// The overrides an opportunity has after a write (R17, R20); `None` follows the status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub probability: Option<i16>,
+    pub forecast_category: Option<String>,
 }
 
 pub async fn update_fields(
@@ -246,6 +265,7 @@ pub async fn update_fields(
         "update opportunities
          set owner_id = $2, title = $3, currency_code = $4, amount = $5::text::numeric,
              expected_close_date = $6, next_step = $7, lost_reason = $8, updated_by = $9,
+             manual_probability = $10, manual_forecast_category = $11,
              revision = revision + 1, update_time = salesopp_now()
          where id = $1",
         id,
@@ -257,6 +277,8 @@ pub async fn update_fields(
         fields.next_step,
         fields.lost_reason,
         actor_id,
+        fields.overrides.probability,
+        fields.overrides.forecast_category.as_deref(),
     )
     .execute(tx)
     .await?;
@@ -286,6 +308,7 @@ pub async fn move_to_status(
     status: &StatusInfo,
     lost_reason: Option<&str>,
     actor_id: &str,
+    overrides: &Overrides,
 ) -> Result<Moved, sqlx::Error> {
     sqlx::query_file_as!(
         Moved,
@@ -294,7 +317,9 @@ pub async fn move_to_status(
         status.id,
         status.kind as StatusKind,
         lost_reason,
-        actor_id
+        actor_id,
+        overrides.probability,
+        overrides.forecast_category.as_deref()
     )
     .fetch_one(tx)
     .await
@@ -322,6 +347,9 @@ pub struct StatusChangeRow {
     pub micros_in_previous_status: Option<i64>,
     pub lost_reason: Option<String>,
     pub request_id: Option<String>,
+    /// R17: the manual probabilities before and after the change (`None`: the status's).
+    pub from_manual_probability: Option<i16>,
+    pub to_manual_probability: Option<i16>,
 }
 
 /// One history entry to append (R9): the snapshots are of this moment (R7).
@@ -336,6 +364,9 @@ pub struct NewStatusChange<'a> {
     pub amount: Option<&'a Money>,
     pub lost_reason: Option<&'a str>,
     pub request_id: Option<&'a str>,
+    /// R17: the manual probabilities before and after (`None`: the status's).
+    pub from_manual_probability: Option<i16>,
+    pub to_manual_probability: Option<i16>,
 }
 
 /// Appends the next entry of the opportunity's chain; the caller holds the opportunity's lock.
@@ -352,11 +383,12 @@ pub async fn append_status_change(
         r#"insert into status_changes
                (opportunity_id, sequence, from_status_id, from_display_name, from_kind, from_probability,
                 to_status_id, to_display_name, to_kind, to_probability, changed_by_id, changed_by_name,
-                change_time, note, currency_code, amount, time_in_previous_status, lost_reason, request_id)
+                change_time, note, currency_code, amount, time_in_previous_status, lost_reason, request_id,
+                from_manual_probability, to_manual_probability)
            values ($1,
                    (select coalesce(max(sequence), 0) + 1 from status_changes where opportunity_id = $1),
                    $2, $3, $4::status_kind, $5, $6, $7, $8::status_kind, $9, $10, $11, $12, $13, $14,
-                   $15::text::numeric, $12::timestamptz - $16::timestamptz, $17, $18)
+                   $15::text::numeric, $12::timestamptz - $16::timestamptz, $17, $18, $19, $20)
            returning id, opportunity_id, sequence, from_status_id, from_display_name,
                      from_kind::text as "from_kind: StatusKind", from_probability, to_status_id,
                      to_display_name, to_kind::text as "to_kind!: StatusKind", to_probability,
@@ -364,7 +396,7 @@ pub async fn append_status_change(
                      amount::text as amount,
                      (extract(epoch from time_in_previous_status) * 1000000)::bigint
                          as micros_in_previous_status,
-                     lost_reason, request_id"#,
+                     lost_reason, request_id, from_manual_probability, to_manual_probability"#,
         change.opportunity_id,
         from.map(|s| s.id),
         from.map(|s| s.display_name.as_str()),
@@ -383,6 +415,8 @@ pub async fn append_status_change(
         entered,
         change.lost_reason,
         change.request_id,
+        change.from_manual_probability,
+        change.to_manual_probability,
     )
     .fetch_one(tx)
     .await
@@ -407,7 +441,7 @@ pub async fn history<'e>(
                       amount::text as amount,
                       (extract(epoch from time_in_previous_status) * 1000000)::bigint
                           as micros_in_previous_status,
-                      lost_reason, request_id
+                      lost_reason, request_id, from_manual_probability, to_manual_probability
                from status_changes where opportunity_id = $1 and sequence < $2
                order by sequence desc limit $3"#,
             opportunity_id,
@@ -426,7 +460,7 @@ pub async fn history<'e>(
                       amount::text as amount,
                       (extract(epoch from time_in_previous_status) * 1000000)::bigint
                           as micros_in_previous_status,
-                      lost_reason, request_id
+                      lost_reason, request_id, from_manual_probability, to_manual_probability
                from status_changes where opportunity_id = $1 and sequence > $2
                order by sequence limit $3"#,
             opportunity_id,
@@ -823,7 +857,7 @@ impl PipelineRow {
 /// Every grouping in one pass, exact: `weighted_x100` is the exact sum of amount x
 /// probability; the service divides by 100 and rounds once per group, half to even, to the
 /// nano ([`crate::domain::Money::weighted`]), so a total is never a sum of rounded parts.
-/// Probabilities are the statuses' current ones (R7).
+/// Probabilities are the effective ones: a manual one (R17), else the status's current one (R7).
 pub fn pipeline_query(
     visibility: &Visibility,
     filter: &OpportunityFilter,
@@ -841,7 +875,7 @@ pub enum PipelineSource {
     /// `amount` their sum (`crate::summary`): the SQL of that relation.
     Groups(&'static str),
     /// R19: every opportunity as it stood at this moment, from its history
-    /// ([`push_as_of`]), weighed with its status's probability of that moment.
+    /// ([`push_as_of`]), weighed with its probability of that moment.
     AsOf(DateTime<Utc>),
 }
 
@@ -851,9 +885,17 @@ pub fn pipeline_groups(
     visibility: &Visibility,
     filter: &OpportunityFilter,
 ) -> QueryBuilder<Postgres> {
-    let count = match source {
-        PipelineSource::Groups(_) => "sum(o.count)::bigint",
-        PipelineSource::Rows | PipelineSource::AsOf(_) => "count(*)",
+    // R17: each opportunity weighed with its effective probability; a group of the totals
+    // keeps its overridden opportunities' amount and weighted sum apart.
+    let (count, weighted) = match source {
+        PipelineSource::Groups(_) => (
+            "sum(o.count)::bigint",
+            "sum((o.amount - o.manual_amount) * s.probability + o.manual_weighted)",
+        ),
+        PipelineSource::Rows | PipelineSource::AsOf(_) => (
+            "count(*)",
+            "sum(o.amount * coalesce(o.manual_probability, s.probability))",
+        ),
     };
     let mut query = QueryBuilder::new(
         "select g.grouping, g.owner_id, sp.display_name as owner_name, g.status_id,
@@ -866,10 +908,11 @@ pub fn pipeline_groups(
                     case when grouping(o.state) = 0 then o.state end as state,
                     o.currency_code, ",
     );
-    query.push(count).push(
-        " as count, sum(o.amount) as total, sum(o.amount * s.probability) as weighted_x100
-             from ",
-    );
+    query
+        .push(count)
+        .push(" as count, sum(o.amount) as total, ")
+        .push(weighted)
+        .push(" as weighted_x100 from ");
     match source {
         PipelineSource::Rows => {
             query.push("opportunities o join opportunity_statuses s on s.id = o.status_id");
@@ -916,7 +959,11 @@ pub fn pipeline_groups(
 /// - one changed since, and created by then, has its status and state from its last status
 ///   change up to `at`, and its owner, amount (with currency), customer and expected close
 ///   date each the new value of the field's last change up to `at`, else the old value of
-///   its first change after, else the current column (migration `field_history`).
+///   its first change after, else the current column (migration `field_history`); and its
+///   effective probability likewise from the probability history, which records every
+///   change of it (R17: status changes, overrides, a status's own re-weighting), as
+///   `manual_probability`, which the summary takes over the status's probability of then.
+///   An unchanged one keeps its override, or follows its status's probability of then.
 ///
 /// A caller who sees only some owners, or an owner filter, reads in the first part the rows
 /// of those owners (their owner has not changed), in the second those owned by them now or
@@ -933,7 +980,7 @@ fn push_as_of(
         || filter.team.is_some();
     query.push(
         "(select o.id, o.status_id, o.state, o.owner_id, o.currency_code, o.amount,
-                 o.customer_id, o.expected_close_date
+                 o.customer_id, o.expected_close_date, o.manual_probability
           from opportunities o where o.update_time <= ",
     );
     query.push_bind(at);
@@ -950,7 +997,10 @@ fn push_as_of(
                  case when f.customer is null then o.customer_id
                       else (f.customer #>> '{}')::uuid end,
                  case when f.close_date is null then o.expected_close_date
-                      else salesopp_value_date(f.close_date) end
+                      else salesopp_value_date(f.close_date) end,
+                 coalesce((f.probability #>> '{}')::smallint, o.manual_probability,
+                          (select cs.probability from opportunity_statuses cs
+                           where cs.id = o.status_id))
           from opportunities o
           cross join lateral (
               select c.to_status_id, c.to_kind from status_changes c
@@ -965,6 +1015,7 @@ fn push_as_of(
         ("amount", "amount"),
         ("customer", "customer_id"),
         ("close_date", "expected_close_date"),
+        ("probability", "probability"),
     ]
     .into_iter()
     .enumerate()
@@ -986,7 +1037,8 @@ fn push_as_of(
     query.push(
         " from opportunity_field_changes h
           where h.opportunity_id = o.id
-            and h.field in ('owner_id', 'amount', 'customer_id', 'expected_close_date')) f
+            and h.field in ('owner_id', 'amount', 'customer_id', 'expected_close_date',
+                            'probability')) f
           where o.update_time > ",
     );
     query
@@ -1070,6 +1122,85 @@ pub async fn is_future<'e>(
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(r#"select $1 > salesopp_now() as "future!""#, at)
         .fetch_one(db)
+        .await
+}
+
+/// One group of the forecast (R20): a period, a category and a currency, of one owner or of
+/// every owner together (`owner_id` `None`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ForecastRow {
+    pub period_start: NaiveDate,
+    pub owner_id: Option<String>,
+    pub owner_name: Option<String>,
+    pub category: String,
+    pub currency_code: Option<String>,
+    pub count: i64,
+    pub total: Option<String>,
+    /// The exact sum of amount x effective probability (percent).
+    pub weighted_x100: Option<String>,
+}
+
+/// R20: the opportunities the caller may see (R12) and `filter` keeps (owners, team) whose
+/// expected close date is in `start..=end`, per period (`unit`: `month` or `quarter`) x
+/// effective category x currency, for every owner together and for each owner; in period
+/// order, every owner together first, then owners by name, categories in forecast order.
+/// The range is read from the close-date indexes, which hold every column summed.
+pub fn forecast_query(
+    visibility: &Visibility,
+    filter: &OpportunityFilter,
+    start: NaiveDate,
+    end: NaiveDate,
+    unit: &'static str,
+) -> QueryBuilder<Postgres> {
+    let mut query = QueryBuilder::new(format!(
+        "select g.period_start, g.owner_id, sp.display_name as owner_name, g.category,
+                g.currency_code, g.count, g.total::text as total,
+                g.weighted_x100::text as weighted_x100
+         from (
+             select f.period_start,
+                    case when grouping(f.owner_id) = 0 then f.owner_id end as owner_id,
+                    f.category, f.currency_code, count(*) as count, sum(f.amount) as total,
+                    sum(f.amount * f.probability) as weighted_x100
+             from (
+                 select date_trunc('{unit}', o.expected_close_date::timestamp)::date as period_start,
+                        o.owner_id, coalesce(o.manual_forecast_category, s.forecast_category) as category,
+                        o.currency_code, o.amount,
+                        coalesce(o.manual_probability, s.probability) as probability
+                 from opportunities o join opportunity_statuses s on s.id = o.status_id
+                 where coalesce(o.expected_close_date, 'infinity'::date) >= "
+    ));
+    query
+        .push_bind(start)
+        .push(" and coalesce(o.expected_close_date, 'infinity'::date) <= ")
+        .push_bind(end);
+    push_visibility(&mut query, visibility);
+    push_owner_filter(&mut query, filter);
+    query.push(
+        ") f
+             group by grouping sets ((f.period_start, f.category, f.currency_code),
+                                     (f.period_start, f.owner_id, f.category, f.currency_code))
+         ) g
+         left join salespeople sp on sp.id = g.owner_id
+         order by g.period_start, g.owner_id is not null, sp.display_name, g.owner_id,
+                  array_position(array['PIPELINE', 'BEST_CASE', 'COMMIT', 'CLOSED', 'OMITTED'],
+                                 g.category),
+                  g.currency_code nulls first",
+    );
+    query
+}
+
+#[tracing::instrument(name = "SELECT opportunities", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "opportunities"))]
+pub async fn forecast<'e>(
+    db: impl PgExecutor<'e>,
+    visibility: &Visibility,
+    filter: &OpportunityFilter,
+    start: NaiveDate,
+    end: NaiveDate,
+    unit: &'static str,
+) -> Result<Vec<ForecastRow>, sqlx::Error> {
+    forecast_query(visibility, filter, start, end, unit)
+        .build_query_as()
+        .fetch_all(db)
         .await
 }
 

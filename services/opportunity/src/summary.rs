@@ -41,10 +41,15 @@ const GROUPS: &str = "(
     select t.owner_id, t.status_id, st.kind as state,
            nullif(t.currency_code, '') as currency_code,
            sum(t.count) as count,
-           case when t.currency_code <> '' then sum(t.amount) end as amount
-    from (select owner_id, status_id, currency_code, count, amount from pipeline_totals
+           case when t.currency_code <> '' then sum(t.amount) end as amount,
+           sum(t.manual_amount) as manual_amount, sum(t.manual_weighted) as manual_weighted
+    from (select owner_id, status_id, currency_code, count, amount, manual_amount,
+                 manual_weighted
+          from pipeline_totals
           union all
-          select owner_id, status_id, currency_code, count, amount from pipeline_deltas) t
+          select owner_id, status_id, currency_code, count, amount, manual_amount,
+                 manual_weighted
+          from pipeline_deltas) t
     join opportunity_statuses st on st.id = t.status_id
     group by t.owner_id, t.status_id, st.kind, t.currency_code
     having sum(t.count) <> 0
@@ -78,16 +83,23 @@ pub async fn fold(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
         r#"with moved as (
              delete from pipeline_deltas
              where id in (select id from pipeline_deltas order by id limit $1)
-             returning owner_id, status_id, currency_code, count, amount
+             returning owner_id, status_id, currency_code, count, amount, manual_amount,
+                       manual_weighted
          ), summed as (
              select owner_id, status_id, currency_code, sum(count) as count,
-                    sum(amount) as amount, count(*) as deltas
+                    sum(amount) as amount, sum(manual_amount) as manual_amount,
+                    sum(manual_weighted) as manual_weighted, count(*) as deltas
              from moved group by owner_id, status_id, currency_code
          ), added as (
-             insert into pipeline_totals as t (owner_id, status_id, currency_code, count, amount)
-             select owner_id, status_id, currency_code, count, amount from summed
+             insert into pipeline_totals as t
+                 (owner_id, status_id, currency_code, count, amount, manual_amount, manual_weighted)
+             select owner_id, status_id, currency_code, count, amount, manual_amount,
+                    manual_weighted
+             from summed
              on conflict (owner_id, status_id, currency_code) do update
-                 set count = t.count + excluded.count, amount = t.amount + excluded.amount
+                 set count = t.count + excluded.count, amount = t.amount + excluded.amount,
+                     manual_amount = t.manual_amount + excluded.manual_amount,
+                     manual_weighted = t.manual_weighted + excluded.manual_weighted
          )
          select coalesce(sum(deltas), 0)::bigint as "moved!" from summed"#,
         batch

@@ -15,8 +15,8 @@ use crate::domain::input::{
     UpdateStatus,
 };
 use crate::domain::{
-    LocalizedNames, NewStatus, StatusKind, StatusName, StatusPatch, open_probability,
-    stale_after_days_for,
+    LocalizedNames, NewStatus, StatusKind, StatusName, StatusPatch, forecast_category_for,
+    open_probability, stale_after_days_for,
 };
 use crate::store::StatusRow;
 
@@ -42,6 +42,12 @@ pub fn status_to_proto(row: &StatusRow) -> pb::OpportunityStatus {
         create_time: Some(timestamp(row.create_time)),
         update_time: Some(timestamp(row.update_time)),
         stale_after_days: row.stale_after_days,
+        forecast_category: salesopp_proto::common::v1::ForecastCategory::from_str_name(&format!(
+            "FORECAST_CATEGORY_{}",
+            row.forecast_category
+        ))
+        .unwrap_or_default()
+        .into(),
     }
 }
 
@@ -87,6 +93,13 @@ fn new_status(request: &pb::CreateStatusRequest) -> ApiResult<NewStatus> {
         "status.stale_after_days",
         stale_after_days_for(StatusKind::Open, status.stale_after_days),
     );
+    let forecast_category = match status.forecast_category {
+        0 => None,
+        raw => violations.check(
+            "status.forecast_category",
+            forecast_category_for(StatusKind::Open, raw),
+        ),
+    };
     if status.position < 0 {
         violations.add(
             "status.position",
@@ -101,6 +114,7 @@ fn new_status(request: &pb::CreateStatusRequest) -> ApiResult<NewStatus> {
                 display_name,
                 probability,
                 stale_after_days,
+                forecast_category,
                 position: u32::try_from(status.position).ok().filter(|p| *p > 0),
                 make_default: status.is_default,
             })
@@ -110,11 +124,12 @@ fn new_status(request: &pb::CreateStatusRequest) -> ApiResult<NewStatus> {
 }
 
 /// The paths UpdateStatus may change.
-const MUTABLE_PATHS: [&str; 4] = [
+const MUTABLE_PATHS: [&str; 5] = [
     "display_name",
     "localized_names",
     "probability",
     "stale_after_days",
+    "forecast_category",
 ];
 
 /// UpdateStatus: the status id, the etag precondition, and the patch of the masked fields.
@@ -135,9 +150,14 @@ fn status_patch(
             ("localized_names", !status.localized_names.is_empty()),
             ("probability", status.probability != 0),
             ("stale_after_days", status.stale_after_days != 0),
+            ("forecast_category", status.forecast_category != 0),
         ],
         &mut violations,
     );
+    let star = request
+        .update_mask
+        .as_ref()
+        .is_some_and(|m| m.paths.iter().any(|p| p == "*"));
     let mut patch = StatusPatch::default();
     for path in &paths {
         match path.as_str() {
@@ -151,6 +171,10 @@ fn status_patch(
                 patch.localized_names = names(&mut violations, "status.localized_names", status);
             }
             "probability" => patch.probability = Some(status.probability),
+            // Checked against the kind once the status is read. Under `*` an unset category
+            // keeps the current one (a client that does not know the field changes nothing).
+            "forecast_category" if star && status.forecast_category == 0 => {}
+            "forecast_category" => patch.forecast_category = Some(status.forecast_category),
             // The range here, with the other fields; the kind once the status is read.
             "stale_after_days" => {
                 patch.stale_after_days = violations.check(

@@ -118,6 +118,30 @@ pub fn stale_after_days_for(kind: StatusKind, raw: i32) -> Result<i32, String> {
     }
 }
 
+/// R20: the forecast category a status of `kind` may have, as stored: WON's is CLOSED and
+/// LOST's OMITTED (fixed); an OPEN status's PIPELINE, BEST_CASE, COMMIT or OMITTED.
+pub fn forecast_category_for(kind: StatusKind, raw: i32) -> Result<String, String> {
+    use salesopp_proto::common::v1::ForecastCategory as C;
+    let category = C::try_from(raw).unwrap_or(C::Unspecified);
+    let name = category
+        .as_str_name()
+        .trim_start_matches("FORECAST_CATEGORY_");
+    match (kind, category) {
+        (StatusKind::Won, C::Closed) | (StatusKind::Lost, C::Omitted) => Ok(name.to_owned()),
+        (StatusKind::Won, _) => Err("the WON status's forecast category is fixed: CLOSED".into()),
+        (StatusKind::Lost, _) => {
+            Err("the LOST status's forecast category is fixed: OMITTED".into())
+        }
+        (StatusKind::Open, C::Pipeline | C::BestCase | C::Commit | C::Omitted) => {
+            Ok(name.to_owned())
+        }
+        (StatusKind::Open, _) => Err(format!(
+            "an OPEN status's forecast category is PIPELINE, BEST_CASE, COMMIT or OMITTED, got {}",
+            category.as_str_name()
+        )),
+    }
+}
+
 /// R3: the probability a status of `kind` may be set to.
 pub fn probability_for(kind: StatusKind, raw: i32) -> Result<u8, String> {
     match kind.fixed_probability() {
@@ -138,6 +162,8 @@ pub struct NewStatus {
     pub probability: u8,
     /// R16: checked by [`stale_after_days_for`].
     pub stale_after_days: i32,
+    /// R20: checked by [`forecast_category_for`]; `None` is the kind's default (PIPELINE).
+    pub forecast_category: Option<String>,
     /// 1-based place to insert at; `None` places it after the last OPEN status.
     pub position: Option<u32>,
     pub make_default: bool,
@@ -152,6 +178,8 @@ pub struct StatusPatch {
     pub probability: Option<i32>,
     /// Checked against the status's kind by [`stale_after_days_for`] once the status is read.
     pub stale_after_days: Option<i32>,
+    /// Checked against the status's kind by [`forecast_category_for`] once it is read.
+    pub forecast_category: Option<i32>,
 }
 
 /// The decoded input of each call: what the service function works on, every field

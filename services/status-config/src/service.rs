@@ -14,7 +14,7 @@ use crate::domain::input::{
     CreateStatus, DeleteStatus, GetStatus, ListStatuses, ReorderStatuses, SetDefaultStatus,
     UpdateStatus,
 };
-use crate::domain::{StatusKind, probability_for, stale_after_days_for};
+use crate::domain::{StatusKind, forecast_category_for, probability_for, stale_after_days_for};
 use crate::store::{self, StatusRow};
 
 const RESOURCE: &str = "status";
@@ -94,7 +94,7 @@ pub async fn create(
                 .unwrap_or(i32::MAX)
                 .min(live.len() as i32 + 1),
         };
-        let row = store::insert(tx, status, position)
+        let row = store::insert(tx, status, position, &caller.id)
             .await
             .map_err(map_write_error)?;
         Ok(status_to_proto(&row))
@@ -131,6 +131,11 @@ pub async fn update(
                 .map_err(|why| ApiError::invalid("status.stale_after_days", why))?,
             None => current.stale_after_days,
         };
+        let forecast_category = match patch.forecast_category {
+            Some(raw) => forecast_category_for(current.kind(), raw)
+                .map_err(|why| ApiError::invalid("status.forecast_category", why))?,
+            None => current.forecast_category.clone(),
+        };
         let display_name = patch
             .display_name
             .as_ref()
@@ -142,16 +147,16 @@ pub async fn update(
         let localized_names = localized_names
             .as_ref()
             .map_or(&current.localized_names.0, |names| names.as_map());
-        let row = store::update(
-            tx,
-            id,
+        let values = store::StatusValues {
             display_name,
             localized_names,
             probability,
             stale_after_days,
-        )
-        .await
-        .map_err(map_write_error)?;
+            forecast_category: &forecast_category,
+        };
+        let row = store::update(tx, id, &values, &caller.id)
+            .await
+            .map_err(map_write_error)?;
         Ok(status_to_proto(&row))
     })
     .await?;

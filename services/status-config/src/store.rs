@@ -27,6 +27,8 @@ pub struct StatusRow {
     pub update_time: DateTime<Utc>,
     /// R16: days without a change before an OPEN opportunity here is stale; 0 = never.
     pub stale_after_days: i32,
+    /// R20: the forecast category of the opportunities here that do not override it.
+    pub forecast_category: String,
 }
 
 impl StatusRow {
@@ -55,7 +57,7 @@ pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<StatusR
         r#"select id, display_name,
                   localized_names as "localized_names: Json<BTreeMap<String, String>>",
                   probability, kind::text as "kind!: StatusKind", position, is_default, archived,
-                  revision, create_time, update_time, stale_after_days
+                  revision, create_time, update_time, stale_after_days, forecast_category
            from opportunity_statuses where id = $1"#,
         id
     )
@@ -77,7 +79,7 @@ pub async fn get_for_update(
         r#"select id, display_name,
                   localized_names as "localized_names: Json<BTreeMap<String, String>>",
                   probability, kind::text as "kind!: StatusKind", position, is_default, archived,
-                  revision, create_time, update_time, stale_after_days
+                  revision, create_time, update_time, stale_after_days, forecast_category
            from opportunity_statuses where id = $1 for no key update"#,
         id
     )
@@ -98,7 +100,7 @@ pub async fn list<'e>(
         r#"select id, display_name,
                   localized_names as "localized_names: Json<BTreeMap<String, String>>",
                   probability, kind::text as "kind!: StatusKind", position, is_default, archived,
-                  revision, create_time, update_time, stale_after_days
+                  revision, create_time, update_time, stale_after_days, forecast_category
            from opportunity_statuses
            where ($1 or not archived) and position > $2
            order by position
@@ -118,7 +120,7 @@ pub async fn list_live(tx: &mut PgConnection) -> Result<Vec<StatusRow>, sqlx::Er
         r#"select id, display_name,
                   localized_names as "localized_names: Json<BTreeMap<String, String>>",
                   probability, kind::text as "kind!: StatusKind", position, is_default, archived,
-                  revision, create_time, update_time, stale_after_days
+                  revision, create_time, update_time, stale_after_days, forecast_category
            from opportunity_statuses where not archived order by position"#
     )
     .fetch_all(tx)
@@ -130,6 +132,7 @@ pub async fn insert(
     tx: &mut PgConnection,
     status: &NewStatus,
     position: i32,
+    actor_id: &str,
 ) -> Result<StatusRow, sqlx::Error> {
     sqlx::query!(
         "update opportunity_statuses set position = position + 1 where position >= $1",
@@ -144,18 +147,21 @@ pub async fn insert(
         StatusRow,
         r#"insert into opportunity_statuses
                (display_name, localized_names, probability, kind, position, is_default,
-                stale_after_days)
-           values ($1, $2, $3, 'OPEN', $4, $5, $6)
+                stale_after_days, forecast_category, updated_by)
+           values ($1, $2, $3, 'OPEN', $4, $5, $6, $7, $8)
            returning id, display_name,
                      localized_names as "localized_names: Json<BTreeMap<String, String>>",
                      probability, kind::text as "kind!: StatusKind", position, is_default,
-                     archived, revision, create_time, update_time, stale_after_days"#,
+                     archived, revision, create_time, update_time, stale_after_days,
+                     forecast_category"#,
         status.display_name.as_str(),
         Json(status.localized_names.as_map()) as _,
         i16::from(status.probability),
         position,
         status.make_default,
-        status.stale_after_days
+        status.stale_after_days,
+        status.forecast_category.as_deref(),
+        actor_id
     )
     .fetch_one(tx)
     .await
@@ -172,29 +178,42 @@ async fn clear_default(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// The values an update writes, every one of them (the current ones where unchanged).
+pub struct StatusValues<'a> {
+    pub display_name: &'a str,
+    pub localized_names: &'a BTreeMap<String, String>,
+    pub probability: i16,
+    pub stale_after_days: i32,
+    /// R20: as stored (`PIPELINE`, ...).
+    pub forecast_category: &'a str,
+}
+
+/// Writes `values` by `actor_id` (the one a probability change is recorded by, R18).
 pub async fn update(
     tx: &mut PgConnection,
     id: Uuid,
-    display_name: &str,
-    localized_names: &BTreeMap<String, String>,
-    probability: i16,
-    stale_after_days: i32,
+    values: &StatusValues<'_>,
+    actor_id: &str,
 ) -> Result<StatusRow, sqlx::Error> {
     sqlx::query_as!(
         StatusRow,
         r#"update opportunity_statuses
            set display_name = $2, localized_names = $3, probability = $4,
-               stale_after_days = $5, revision = revision + 1, update_time = salesopp_now()
+               stale_after_days = $5, forecast_category = $6, updated_by = $7,
+               revision = revision + 1, update_time = salesopp_now()
            where id = $1
            returning id, display_name,
                      localized_names as "localized_names: Json<BTreeMap<String, String>>",
                      probability, kind::text as "kind!: StatusKind", position, is_default,
-                     archived, revision, create_time, update_time, stale_after_days"#,
+                     archived, revision, create_time, update_time, stale_after_days,
+                     forecast_category"#,
         id,
-        display_name,
-        Json(localized_names) as _,
-        probability,
-        stale_after_days
+        values.display_name,
+        Json(values.localized_names) as _,
+        values.probability,
+        values.stale_after_days,
+        values.forecast_category,
+        actor_id
     )
     .fetch_one(tx)
     .await
@@ -211,7 +230,8 @@ pub async fn set_default(tx: &mut PgConnection, id: Uuid) -> Result<StatusRow, s
            returning id, display_name,
                      localized_names as "localized_names: Json<BTreeMap<String, String>>",
                      probability, kind::text as "kind!: StatusKind", position, is_default,
-                     archived, revision, create_time, update_time, stale_after_days"#,
+                     archived, revision, create_time, update_time, stale_after_days,
+                     forecast_category"#,
         id
     )
     .fetch_one(tx)
@@ -256,7 +276,7 @@ pub async fn archive(tx: &mut PgConnection, id: Uuid) -> Result<StatusRow, sqlx:
         r#"select id, display_name,
                   localized_names as "localized_names: Json<BTreeMap<String, String>>",
                   probability, kind::text as "kind!: StatusKind", position, is_default, archived,
-                  revision, create_time, update_time, stale_after_days
+                  revision, create_time, update_time, stale_after_days, forecast_category
            from opportunity_statuses where id = $1"#,
         id
     )
