@@ -669,3 +669,134 @@ async fn r17_weighted_totals_use_the_effective_probability() {
     let listed = &stage(QUOTATION);
     assert_eq!(listed.len(), 1);
 }
+
+#[tokio::test]
+async fn r17_a_status_change_sent_back_whole_resets_the_overrides() {
+    let mut w = World::new().await;
+    let rep = rep_token();
+    w.set_clock(t0()).await;
+    let customer = w.customer(&rep, "Round trip Co").await;
+    let created = create(&mut w, &rep, &customer.id, INTERESTED, None).await;
+    let id = created.id.clone();
+    set_probability(&mut w, &rep, &id, 50).await;
+    // An opportunity read with its override, its status changed, and sent back whole (with
+    // `*` and with an empty mask): the move resets the override, as any status change does.
+    for (status, paths) in [(PRESENTED, vec!["*"]), (SENT_EMAIL, vec![])] {
+        set_probability(&mut w, &rep, &id, 50).await;
+        let read = w.get(&rep, &id).await;
+        assert_eq!(probabilities(&read).1, MANUAL);
+        let moved = try_update(
+            &mut w,
+            &rep,
+            opb::Opportunity {
+                status_id: status.to_owned(),
+                ..read
+            },
+            &paths,
+        )
+        .await
+        .expect("move sent back whole");
+        assert_eq!(moved.status_id, status, "{paths:?}");
+        assert_eq!(moved.probability_source, STATUS, "{paths:?}");
+        assert_eq!(moved.probability, moved.status_probability, "{paths:?}");
+    }
+    // And so it can be closed that way.
+    set_probability(&mut w, &rep, &id, 50).await;
+    let read = w.get(&rep, &id).await;
+    let won = try_update(
+        &mut w,
+        &rep,
+        opb::Opportunity {
+            status_id: WON.to_owned(),
+            ..read
+        },
+        &["*"],
+    )
+    .await
+    .expect("won, sent back whole");
+    assert_eq!(probabilities(&won), (100, STATUS, 100));
+    // With `*` and no source (a client that does not know the fields), an override stays.
+    let other = create(&mut w, &rep, &customer.id, INTERESTED, None).await;
+    let manual = set_probability(&mut w, &rep, &other.id, 40).await;
+    let kept = try_update(
+        &mut w,
+        &rep,
+        opb::Opportunity {
+            title: "Cold room, renamed".to_owned(),
+            probability_source: 0,
+            forecast_category_source: 0,
+            ..manual
+        },
+        &["*"],
+    )
+    .await
+    .expect("update *");
+    assert_eq!(kept.title, "Cold room, renamed");
+    assert_eq!(probabilities(&kept), (40, MANUAL, 10));
+}
+
+#[tokio::test]
+async fn r19_a_status_reweighted_before_its_opportunities_listed_it_is_read_at_its_probability_then()
+ {
+    let mut w = World::new().await;
+    let rep = rep_token();
+    w.set_clock(t0()).await;
+    let customer = w.customer(&rep, "Before Co").await;
+    let created = create(
+        &mut w,
+        &rep,
+        &customer.id,
+        INTERESTED,
+        Some(money("THB", 1000, 0)),
+    )
+    .await;
+    // At hour 2, Interested went from 10 to 20 with only the status's own record (as a
+    // database migrated before re-weightings were listed per opportunity has it).
+    let mut conn = w.db().acquire().await.expect("a connection");
+    for sql in [
+        "set session_replication_role = replica",
+        "update opportunity_statuses set probability = 20, update_time = '2031-08-01 11:00:00+00' \
+         where id = '00000000-0000-4000-8000-000000000001'",
+        "insert into opportunity_status_probability_changes \
+         (status_id, old_probability, new_probability, change_time) \
+         values ('00000000-0000-4000-8000-000000000001', 10, 20, '2031-08-01 11:00:00+00')",
+        "set session_replication_role = origin",
+    ] {
+        sqlx::query(sql).execute(&mut *conn).await.expect(sql);
+    }
+    drop(conn);
+    // Changed since (its amount): the replay weighs it at 10% before hour 2, 20% after.
+    w.set_clock(at(3)).await;
+    try_update(
+        &mut w,
+        &rep,
+        opb::Opportunity {
+            id: created.id.clone(),
+            amount: Some(money("THB", 2000, 0)),
+            ..Default::default()
+        },
+        &["amount"],
+    )
+    .await
+    .expect("re-price");
+    w.set_clock(at(4)).await;
+    for (moment, expected) in [
+        (at(1), "100.000000000"),
+        (at(2) + Duration::minutes(1), "200.000000000"),
+    ] {
+        let response = summary(
+            &mut w,
+            &rep,
+            opb::GetPipelineSummaryRequest {
+                as_of: Some(prost_types::Timestamp {
+                    seconds: moment.timestamp(),
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+        )
+        .await;
+        let open = &response.total.expect("total").open;
+        assert_eq!(weighted(open, "THB"), expected, "as of {moment}");
+    }
+}

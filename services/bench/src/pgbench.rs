@@ -204,7 +204,7 @@ fn get_sql() -> String {
     as_pgbench(salesopp_opportunity::store::GET_SQL, &[OPPORTUNITY])
 }
 
-/// The 10 statements ChangeOpportunityStatus issues, the store's own texts where it has them.
+/// The 11 statements ChangeOpportunityStatus issues, the store's own texts where it has them.
 fn change_as_issued(inputs: &Inputs) -> String {
     let payload = hex(&inputs.event_payload);
     let response = hex(&inputs.stored_response);
@@ -262,7 +262,9 @@ select id, display_name, kind::text as kind, probability, forecast_category, arc
  from opportunity_statuses where id = (
      select {NEXT_STATUS} from opportunities o join opportunity_statuses c on c.id = o.status_id
      where o.id = {OPPORTUNITY}) for share \\gset to_
--- store::lock
+-- store::lock_in_its_status: the current status first, then the row
+select s.id from opportunity_statuses s
+ where s.id = (select o.status_id from opportunities o where o.id = {OPPORTUNITY}) for share;
 select id from opportunities where id = {OPPORTUNITY} for update;
 {get} \\gset cur_
 -- store::move_to_status (reads the clock and returns what changed)

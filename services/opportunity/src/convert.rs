@@ -365,6 +365,8 @@ pub struct OpportunityPatch {
     pub probability: Option<Option<i16>>,
     /// R20: `Some(None)` resets to the status's category (`PIPELINE`, ...).
     pub forecast_category: Option<Option<String>>,
+    /// Whether the mask names the overrides' paths (not `*`, not empty).
+    pub overrides_named: bool,
 }
 
 /// A validated UpdateOpportunity.
@@ -504,10 +506,12 @@ fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateInput
     for path in &paths {
         patch_path(&mut violations, &mut patch, o, path);
     }
-    let star = request
+    let named = request
         .update_mask
         .as_ref()
-        .is_some_and(|m| m.paths.iter().any(|p| p == "*"));
+        .map_or(&[][..], |m| m.paths.as_slice());
+    let star = named.iter().any(|p| p == "*");
+    patch.overrides_named = !star && !named.is_empty();
     overrides(&mut violations, &mut patch, o, &paths, star);
     violations.into_result()?;
     Ok(UpdateInput {
@@ -522,7 +526,8 @@ fn update_input(request: &pb::UpdateOpportunityRequest) -> ApiResult<UpdateInput
 /// R17, R20: the overrides of UpdateOpportunity's mask. A value in the mask sets it by hand
 /// unless its source is in the mask as STATUS, which resets it to the status's (so an
 /// opportunity read and sent back whole changes nothing); MANUAL alone has no value to set.
-/// With `*` (a full replacement), a value whose source is not given is cleared: reset.
+/// With `*`, a value whose source is not given (a client that does not know the fields)
+/// keeps the current one, as UpdateStatus does with an unset category.
 fn overrides(
     violations: &mut FieldViolations,
     patch: &mut OpportunityPatch,
@@ -589,7 +594,7 @@ fn override_value<T>(
     match (value_given, source) {
         (false, None) => None,
         (_, Some(Ok(pb::ValueSource::Status))) => Some(None),
-        (_, Some(Ok(pb::ValueSource::Unspecified))) if star => Some(None),
+        (_, Some(Ok(pb::ValueSource::Unspecified))) if star => None,
         (true, Some(Ok(pb::ValueSource::Manual | pb::ValueSource::Unspecified)) | None) => {
             violations
                 .check(&format!("opportunity.{field}"), value())

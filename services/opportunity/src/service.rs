@@ -263,7 +263,11 @@ pub async fn update(
             Some(id) => Some(target_status(tx, "opportunity.status_id", id).await?),
             None => None,
         };
-        let current = visible(&visibility, input.id, store::lock(tx, input.id).await?)?;
+        let current = visible(
+            &visibility,
+            input.id,
+            store::lock_in_its_status(tx, input.id).await?,
+        )?;
         check_etag(&current, input.etag.as_ref())?;
         let moving = target.as_ref().filter(|t| t.id != current.status_id);
         // R8: a lost reason belongs to the LOST status: the one moved to, or else the current.
@@ -314,6 +318,11 @@ fn overrides_after(
     }
     if let Some(category) = &patch.forecast_category {
         overrides.forecast_category = category.clone();
+    }
+    // A status change resets the overrides: only those the mask names are set in the new
+    // status, not those an opportunity read and sent back whole (`*`, an empty mask) had.
+    if moving.is_some() && !patch.overrides_named {
+        overrides = Overrides::default();
     }
     let kind = moving.map_or(current.state.kind(), |to| to.kind);
     if kind != salesopp_kit::StatusKind::Open {
@@ -452,7 +461,7 @@ pub async fn change_status(
         let current = visible(
             &visibility,
             input.opportunity_id,
-            store::lock(tx, input.opportunity_id).await?,
+            store::lock_in_its_status(tx, input.opportunity_id).await?,
         )?;
         check_etag(&current, input.etag.as_ref())?;
         let before = opportunity_to_proto(&current);

@@ -111,6 +111,38 @@ pub async fn lock(tx: &mut PgConnection, id: Uuid) -> Result<Option<OpportunityR
     }
 }
 
+/// [`lock`], after holding the opportunity's current status FOR SHARE: a write takes its
+/// status before its opportunity, like DeleteStatus (status, then its opportunities, R6), so
+/// the two never wait on each other in a cycle; and a concurrent change of that status's
+/// probability either comes before this write, and the write sees it, or waits for it (R17,
+/// R18). A move between the two reads is retried; `None` when no opportunity has the id.
+pub async fn lock_in_its_status(
+    tx: &mut PgConnection,
+    id: Uuid,
+) -> ApiResult<Option<OpportunityRow>> {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let status = sqlx::query_scalar!(
+            "select s.id from opportunity_statuses s
+             where s.id = (select o.status_id from opportunities o where o.id = $1) for share",
+            id
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(status) = status else {
+            return Ok(None);
+        };
+        match lock(tx, id).await? {
+            Some(row) if row.status_id != status => continue,
+            row => return Ok(row),
+        }
+    }
+    Err(ApiError::Aborted {
+        reason: Reason::ConcurrentChange,
+        message: "the opportunity kept changing status during the call: retry".into(),
+    })
+}
+
 /// The ids of the opportunities in a status, locked, in id order (R6 moves them).
 pub async fn lock_in_status(
     tx: &mut PgConnection,
@@ -962,8 +994,11 @@ pub fn pipeline_groups(
 ///   its first change after, else the current column (migration `field_history`); and its
 ///   effective probability likewise from the probability history, which records every
 ///   change of it (R17: status changes, overrides, a status's own re-weighting), as
-///   `manual_probability`, which the summary takes over the status's probability of then.
-///   An unchanged one keeps its override, or follows its status's probability of then.
+///   `manual_probability`, which the summary takes over the status's probability of then;
+///   with no probability change recorded, its current override, else its status's
+///   probability of then (a status re-weighted before the history listed re-weightings per
+///   opportunity is still read right). An unchanged one keeps its override, or follows its
+///   status's probability of then.
 ///
 /// A caller who sees only some owners, or an owner filter, reads in the first part the rows
 /// of those owners (their owner has not changed), in the second those owned by them now or
@@ -998,9 +1033,7 @@ fn push_as_of(
                       else (f.customer #>> '{}')::uuid end,
                  case when f.close_date is null then o.expected_close_date
                       else salesopp_value_date(f.close_date) end,
-                 coalesce((f.probability #>> '{}')::smallint, o.manual_probability,
-                          (select cs.probability from opportunity_statuses cs
-                           where cs.id = o.status_id))
+                 coalesce((f.probability #>> '{}')::smallint, o.manual_probability)
           from opportunities o
           cross join lateral (
               select c.to_status_id, c.to_kind from status_changes c
