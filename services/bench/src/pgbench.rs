@@ -61,7 +61,7 @@ impl Script {
     /// is [`Script::text`]).
     pub fn statements(self) -> u32 {
         match self {
-            Script::ChangeAsIssued => 10,
+            Script::ChangeAsIssued => 11,
             Script::ChangeReference => 6,
             Script::GetAsIssued | Script::GetReference => 1,
         }
