@@ -308,10 +308,7 @@ fn overrides_after(
 ) -> ApiResult<Overrides> {
     let mut overrides = match moving {
         Some(_) => Overrides::default(),
-        None => Overrides {
-            probability: current.manual_probability,
-            forecast_category: current.manual_forecast_category.clone(),
-        },
+        None => current.overrides(),
     };
     if let Some(probability) = patch.probability {
         overrides.probability = probability;
@@ -349,10 +346,7 @@ async fn update_fields(
     moving: bool,
     overrides: &Overrides,
 ) -> ApiResult<bool> {
-    let current_overrides = Overrides {
-        probability: current.manual_probability,
-        forecast_category: current.manual_forecast_category.clone(),
-    };
+    let current_overrides = current.overrides();
     let overrides = if moving {
         &current_overrides
     } else {

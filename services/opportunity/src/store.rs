@@ -63,6 +63,14 @@ impl OpportunityRow {
         self.revision.to_string()
     }
 
+    /// Its overrides (R17, R20) as they are.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            probability: self.manual_probability,
+            forecast_category: self.manual_forecast_category.clone(),
+        }
+    }
+
     /// The amount; `None` when it is not known yet.
     pub fn money(&self) -> Option<Money> {
         Money::from_row(self.currency_code.as_deref(), self.amount.as_deref())
