@@ -2,7 +2,8 @@
 //! generates the tonic clients and servers, and writes the encoded file descriptor set that
 //! the reflection service serves.
 //!
-//! The contracts import `google/api/field_behavior.proto` and `google/api/resource.proto`.
+//! The contracts import `google/api/field_behavior.proto`, `google/api/resource.proto` and
+//! `google/rpc/status.proto` (the batch calls' per-item errors).
 //! They are not copied into this repository: the `google-cloud-googleapis` crate, a
 //! dependency of this one, ships the upstream googleapis tree in its package, and
 //! `cargo metadata` says where Cargo unpacked it (the registry, a vendor directory, ...).
@@ -135,7 +136,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .open_files(&files)?;
     let descriptors = compiler.file_descriptor_set();
     for file in &descriptors.file {
-        if file.name().starts_with("google/api/") {
+        if file.name().starts_with("google/api/") || file.name().starts_with("google/rpc/") {
             println!(
                 "cargo:rerun-if-changed={}",
                 googleapis.join(file.name()).display()
@@ -151,7 +152,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     )?;
 
     // Rust for the salesopp packages alone: the google/api files are in the set for their
-    // options (and for reflection), and the generated types do not depend on them.
+    // options (and for reflection), and the generated types do not depend on them. The
+    // batch calls' `google.rpc.Status` is tonic-types' own (the type tonic's rich errors are
+    // made of), not a second copy: its file stays in the set (the generator reads its
+    // message), mapped to that type.
     let mut generated = descriptors;
     generated
         .file
@@ -163,6 +167,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_server(true)
         .build_client(true)
         .btree_map(".")
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .codec_path("crate::codec::CheckedCodec")
         .compile_fds_with_config(generated, config)?;
     Ok(())

@@ -2095,6 +2095,10 @@ impl OpportunityService for Parts {
 
     not_a_leg! {
         create_opportunity(opb::CreateOpportunityRequest) -> opb::Opportunity;
+        batch_create_opportunities(opb::BatchCreateOpportunitiesRequest)
+            -> opb::BatchCreateOpportunitiesResponse;
+        batch_change_opportunity_status(opb::BatchChangeOpportunityStatusRequest)
+            -> opb::BatchChangeOpportunityStatusResponse;
         update_opportunity(opb::UpdateOpportunityRequest) -> opb::Opportunity;
         change_opportunity_status(opb::ChangeOpportunityStatusRequest)
             -> opb::ChangeOpportunityStatusResponse;
@@ -2146,6 +2150,8 @@ impl CustomerService for Parts {
 
     not_a_leg! {
         create_customer(cpb::CreateCustomerRequest) -> cpb::Customer;
+        batch_create_customers(cpb::BatchCreateCustomersRequest)
+            -> cpb::BatchCreateCustomersResponse;
         update_customer(cpb::UpdateCustomerRequest) -> cpb::Customer;
         delete_customer(cpb::DeleteCustomerRequest) -> cpb::Customer;
     }

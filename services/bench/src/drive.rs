@@ -53,10 +53,17 @@ pub enum Workload {
     GatewayHistory,
     /// 70% reads and 30% writes by distinct salespeople, with event watchers attached.
     Mix,
+    /// BatchCreateOpportunities of [`BATCH_ITEMS`] items by one caller (an ERP's import).
+    BatchCreate,
+    /// BatchChangeOpportunityStatus of [`BATCH_ITEMS`] items by one caller (an ERP's sync).
+    BatchChangeStatus,
 }
 
+/// The items of one call of the batch workloads (R21 takes up to 1,000).
+pub const BATCH_ITEMS: usize = 100;
+
 impl Workload {
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 12] = [
         Workload::ChangeStatus,
         Workload::ChangeStatusCallers,
         Workload::Create,
@@ -67,6 +74,8 @@ impl Workload {
         Workload::SearchCustomers,
         Workload::GatewayHistory,
         Workload::Mix,
+        Workload::BatchCreate,
+        Workload::BatchChangeStatus,
     ];
 
     /// Its name on the command line and in the report.
@@ -82,6 +91,8 @@ impl Workload {
             Workload::SearchCustomers => "search-customers",
             Workload::GatewayHistory => "gateway-history",
             Workload::Mix => "mix",
+            Workload::BatchCreate => "batch-create",
+            Workload::BatchChangeStatus => "batch-change-status",
         }
     }
 
@@ -98,6 +109,16 @@ impl Workload {
             Workload::SearchCustomers => "ListCustomers search (Thai, Latin)",
             Workload::GatewayHistory => "gateway GetOpportunityWithHistory",
             Workload::Mix => "mix 70% reads / 30% writes + 3 watchers",
+            Workload::BatchCreate => "BatchCreateOpportunities, 100 items, 1 caller",
+            Workload::BatchChangeStatus => "BatchChangeOpportunityStatus, 100 items, 1 caller",
+        }
+    }
+
+    /// The opportunities one call creates or changes (or reads).
+    pub fn items_per_call(self) -> usize {
+        match self {
+            Workload::BatchCreate | Workload::BatchChangeStatus => BATCH_ITEMS,
+            _ => 1,
         }
     }
 }
@@ -165,6 +186,8 @@ pub struct Measured {
     /// Successful calls in the measured window.
     pub calls: u64,
     pub per_second: f64,
+    /// Items (opportunities created, changed or read) per call: 1 but for the batches.
+    pub items_per_call: usize,
     pub latency: Latency,
     /// Failed calls in the measured window, by gRPC code.
     pub errors: BTreeMap<String, u64>,
@@ -318,6 +341,80 @@ impl Worker {
             .map_err(|s| s.code())
     }
 
+    /// One BatchCreateOpportunities of [`BATCH_ITEMS`] deals for random customers.
+    async fn batch_create(&mut self, customers: u64) -> Outcome {
+        let requests = (0..BATCH_ITEMS)
+            .map(|_| {
+                let units = self.rng.i64(1_000..5_000_000);
+                pb::CreateOpportunityRequest {
+                    opportunity: Some(pb::Opportunity {
+                        customer_id: scheme::customer_id(self.rng.u64(1..=customers)).to_string(),
+                        title: format!("Bench batch deal {units}"),
+                        amount: Some(common::Money {
+                            currency_code: "THB".to_owned(),
+                            units,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    }),
+                    request_id: Uuid::new_v4().to_string(),
+                    note: String::new(),
+                }
+            })
+            .collect();
+        self.opportunities
+            .batch_create_opportunities(self.request(pb::BatchCreateOpportunitiesRequest {
+                requests,
+                ..Default::default()
+            }))
+            .await
+            .map(drop)
+            .map_err(|s| s.code())
+    }
+
+    /// One BatchChangeOpportunityStatus moving [`BATCH_ITEMS`] of this task's opportunities
+    /// (a run of them from a random place) each to its next status.
+    async fn batch_change(&mut self, statuses: &[Status]) -> Outcome {
+        if self.owned.is_empty() {
+            return Err(tonic::Code::FailedPrecondition);
+        }
+        let start = self.rng.usize(..self.owned.len());
+        let picked: Vec<usize> = (0..BATCH_ITEMS.min(self.owned.len()))
+            .map(|n| (start + n) % self.owned.len())
+            .collect();
+        let requests = picked
+            .iter()
+            .map(|&at| {
+                let (id, current) = self.owned[at];
+                pb::ChangeOpportunityStatusRequest {
+                    opportunity_id: id.to_string(),
+                    status_id: scheme::next_status(statuses, current).id.to_string(),
+                    request_id: Uuid::new_v4().to_string(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let response = self
+            .opportunities
+            .batch_change_opportunity_status(self.request(
+                pb::BatchChangeOpportunityStatusRequest {
+                    requests,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map_err(|s| s.code())?;
+        for (at, answer) in picked.into_iter().zip(response.into_inner().responses) {
+            if let Some(now) = answer
+                .opportunity
+                .and_then(|o| Uuid::parse_str(&o.status_id).ok())
+            {
+                self.owned[at].1 = now;
+            }
+        }
+        Ok(())
+    }
+
     fn own_opportunity(&mut self, scale: u64) -> String {
         if self.owned.is_empty() {
             return self.random_opportunity(scale);
@@ -357,6 +454,8 @@ impl Worker {
                 70..90 => self.change(&context.statuses).await,
                 _ => self.create(context.customers).await,
             },
+            Workload::BatchCreate => self.batch_create(context.customers).await,
+            Workload::BatchChangeStatus => self.batch_change(&context.statuses).await,
         }
     }
 }
@@ -411,7 +510,7 @@ async fn worker(
     let bearer: MetadataValue<Ascii> = format!("Bearer {token}").parse()?;
     let owned = match workload {
         // One caller: task t changes the opportunities numbered t mod tasks (a sample).
-        Workload::ChangeStatus => {
+        Workload::ChangeStatus | Workload::BatchChangeStatus => {
             let (task, tasks) = (task as u64, tasks as u64);
             let numbered = context.scale.saturating_sub(task).div_ceil(tasks);
             let mut rng = fastrand::Rng::with_seed(task);
@@ -640,6 +739,7 @@ pub async fn run(
         seconds,
         calls: latencies.len(),
         per_second: latencies.len() as f64 / seconds.max(f64::EPSILON),
+        items_per_call: workload.items_per_call(),
         latency: Latency::of(&latencies),
         errors,
         peak_rss_kib: (peak > 0).then_some(peak),

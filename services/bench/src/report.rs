@@ -136,9 +136,9 @@ impl Report {
     fn markdown_workloads(&self, md: &mut String) {
         let _ = writeln!(
             *md,
-            "| workload | call | calls/s | p50 ms | p95 ms | p99 ms | max ms | errors | server peak RSS MiB |"
+            "| workload | call | calls/s | items/s | p50 ms | p95 ms | p99 ms | max ms | errors | server peak RSS MiB |"
         );
-        let _ = writeln!(*md, "|---|---|---:|---:|---:|---:|---:|---|---:|");
+        let _ = writeln!(*md, "|---|---|---:|---:|---:|---:|---:|---:|---|---:|");
         for m in &self.workloads {
             let errors = if m.errors.is_empty() {
                 "0".to_owned()
@@ -151,10 +151,11 @@ impl Report {
             };
             let _ = writeln!(
                 *md,
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} |",
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} |",
                 m.workload.name(),
                 m.call,
                 m.per_second,
+                m.per_second * m.items_per_call as f64,
                 m.latency.p50_ms,
                 m.latency.p95_ms,
                 m.latency.p99_ms,

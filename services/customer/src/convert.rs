@@ -11,8 +11,11 @@ use uuid::Uuid;
 use salesopp_kit::idempotency::request_id;
 use salesopp_kit::{PageRequest, Retry};
 
+use salesopp_kit::batch::Batch;
+
 use crate::domain::input::{
-    CreateCustomer, DeleteCustomer, GetCustomer, ListCustomers, UpdateCustomer,
+    BatchCreateCustomers, CreateCustomer, DeleteCustomer, GetCustomer, ListCustomers,
+    UpdateCustomer,
 };
 use crate::domain::{self, CustomerFields, CustomerPatch};
 use crate::store::{CustomerRow, ListFilter, ListOrder};
@@ -234,6 +237,21 @@ impl TryFrom<&pb::CreateCustomerRequest> for CreateCustomer {
             owner_id,
             retry: Retry::of("CreateCustomer", optional(&request.request_id), request),
         })
+    }
+}
+
+impl TryFrom<&pb::BatchCreateCustomersRequest> for BatchCreateCustomers {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::BatchCreateCustomersRequest) -> ApiResult<Self> {
+        Batch::decode(
+            "BatchCreateCustomers",
+            &request.requests,
+            request.allow_partial_success,
+            &request.request_id,
+            request,
+        )
+        .map(Self)
     }
 }
 

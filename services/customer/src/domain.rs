@@ -224,6 +224,9 @@ pub mod input {
         pub retry: Retry,
     }
 
+    /// BatchCreateCustomers (R21): each item a CreateCustomer.
+    pub struct BatchCreateCustomers(pub salesopp_kit::batch::Batch<CreateCustomer>);
+
     pub struct UpdateCustomer {
         pub id: Uuid,
         pub etag: Option<String>,

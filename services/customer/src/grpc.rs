@@ -65,6 +65,16 @@ impl CustomerService for Customers {
         .await
     }
 
+    async fn batch_create_customers(
+        &self,
+        request: Request<pb::BatchCreateCustomersRequest>,
+    ) -> Result<Response<pb::BatchCreateCustomersResponse>, Status> {
+        handle::sales(request, async |caller, input| {
+            service::batch_create(self.pools.primary(), caller, input).await
+        })
+        .await
+    }
+
     async fn delete_customer(
         &self,
         request: Request<pb::DeleteCustomerRequest>,

@@ -2,6 +2,9 @@
 //! record the acting salesperson in it; a failed call rolls back and changes nothing.
 
 use salesopp_kit::error::{ApiError, ApiResult, Reason, violated_constraint};
+use std::collections::HashMap;
+
+use salesopp_kit::batch::Items;
 use salesopp_kit::idempotency::write;
 use salesopp_kit::{Principal, Sales, Visibility, people};
 use salesopp_proto::customer::v1 as pb;
@@ -10,7 +13,8 @@ use uuid::Uuid;
 
 use crate::convert::customer_to_proto;
 use crate::domain::input::{
-    CreateCustomer, DeleteCustomer, GetCustomer, ListCustomers, UpdateCustomer,
+    BatchCreateCustomers, CreateCustomer, DeleteCustomer, GetCustomer, ListCustomers,
+    UpdateCustomer,
 };
 use crate::store::{self, ListAfter, ListFilter, ListOrder};
 
@@ -39,14 +43,16 @@ async fn fetch(tx: &mut PgConnection, id: Uuid) -> ApiResult<pb::Customer> {
 /// An owner other than the caller must be a salesperson the suite knows.
 async fn check_owner(tx: &mut PgConnection, caller: &Principal, owner_id: &str) -> ApiResult<()> {
     if owner_id != caller.id && people::team_of(tx, owner_id).await?.is_none() {
-        return Err(ApiError::invalid(
-            "customer.owner_id",
-            format!(
-                "no salesperson {owner_id:?} is known: they appear once they have used the suite"
-            ),
-        ));
+        return Err(unknown_owner(owner_id));
     }
     Ok(())
+}
+
+fn unknown_owner(owner_id: &str) -> ApiError {
+    ApiError::invalid(
+        "customer.owner_id",
+        format!("no salesperson {owner_id:?} is known: they appear once they have used the suite"),
+    )
 }
 
 pub async fn create(
@@ -66,6 +72,104 @@ pub async fn create(
     })
     .await?;
     tracing::info!(customer_id = %response.id, actor = %caller.id, "customer created");
+    Ok(response)
+}
+
+fn code_taken(message: String) -> ApiError {
+    ApiError::AlreadyExists {
+        reason: Reason::CustomerCodeTaken,
+        resource: RESOURCE,
+        field: "code",
+        message,
+    }
+}
+
+/// R21: every item as CreateCustomer would create it, in one transaction and a few
+/// statements: the request ids claimed at once, the owners read at once, one insert.
+pub async fn batch_create(
+    pool: &PgPool,
+    caller: Sales<'_>,
+    input: BatchCreateCustomers,
+) -> ApiResult<pb::BatchCreateCustomersResponse> {
+    let caller: &Principal = &caller;
+    let BatchCreateCustomers(batch) = input;
+    let retry = batch.retry.clone();
+    let response = write(pool, caller, &retry, async |tx| {
+        let mut items: Items<CreateCustomer, pb::Customer> = Items::new(batch);
+        items.claim(tx, &caller.id, |input| &input.retry).await?;
+        let owner = |input: &CreateCustomer| -> String {
+            input.owner_id.clone().unwrap_or_else(|| caller.id.clone())
+        };
+        let others: Vec<String> = items
+            .pending()
+            .map(|(_, input)| owner(input))
+            .filter(|id| *id != caller.id)
+            .collect();
+        let known = people::teams_of(tx, &others).await?;
+        let mut refused = Vec::new();
+        let mut codes = HashMap::new();
+        for (index, input) in items.pending() {
+            let owner_id = owner(input);
+            if owner_id != caller.id && !known.contains_key(&owner_id) {
+                refused.push((index, unknown_owner(&owner_id)));
+                continue;
+            }
+            if let Some(code) = &input.fields.code
+                && let Some(first) = codes.insert(code.to_lowercase(), index)
+            {
+                codes.insert(code.to_lowercase(), first);
+                refused.push((
+                    index,
+                    code_taken(format!(
+                        "requests[{first}] has the same code (codes are unique, ignoring case)"
+                    )),
+                ));
+            }
+        }
+        for (index, error) in refused {
+            items.fail(index, error);
+        }
+        let owners: Vec<(usize, Uuid, String)> = items
+            .pending()
+            .map(|(index, input)| (index, Uuid::new_v4(), owner(input)))
+            .collect();
+        let new: Vec<store::NewCustomer> = owners
+            .iter()
+            .map(|(index, id, owner_id)| store::NewCustomer {
+                id: *id,
+                fields: &items.input(*index).fields,
+                owner_id,
+            })
+            .collect();
+        let written = store::insert_many(tx, &new, &caller.id).await?;
+        let mut rows: HashMap<Uuid, store::CustomerRow> = store::get_many(tx, &written)
+            .await?
+            .into_iter()
+            .map(|row| (row.id, row))
+            .collect();
+        drop(new);
+        for (index, id, _) in owners {
+            match rows.remove(&id) {
+                Some(row) => items.done(index, customer_to_proto(&row)),
+                None => items.fail(
+                    index,
+                    code_taken(
+                        "another customer already has this code (codes are unique, ignoring case)"
+                            .into(),
+                    ),
+                ),
+            }
+        }
+        let (customers, errors) = items.finish(tx, &caller.id).await?;
+        Ok(pb::BatchCreateCustomersResponse { customers, errors })
+    })
+    .await?;
+    tracing::info!(
+        created = response.customers.iter().filter(|c| !c.id.is_empty()).count(),
+        failed = response.errors.len(),
+        actor = %caller.id,
+        "customers created in a batch"
+    );
     Ok(response)
 }
 

@@ -124,6 +124,69 @@ pub async fn insert(
     .await
 }
 
+/// One customer of a batch to insert (R21), with the id it gets.
+pub struct NewCustomer<'a> {
+    pub id: Uuid,
+    pub fields: &'a CustomerFields,
+    pub owner_id: &'a str,
+}
+
+/// Inserts a batch of customers in one statement; returns the ids written. A customer whose
+/// code is taken (by a committed customer, or by one inserted earlier in the same statement)
+/// is not written and its id is missing from the answer: the caller says why.
+pub async fn insert_many(
+    tx: &mut PgConnection,
+    customers: &[NewCustomer<'_>],
+    actor_id: &str,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let column = |get: fn(&CustomerFields) -> Option<&str>| -> Vec<Option<String>> {
+        customers
+            .iter()
+            .map(|c| get(c.fields).map(str::to_owned))
+            .collect()
+    };
+    let ids: Vec<Uuid> = customers.iter().map(|c| c.id).collect();
+    let names: Vec<String> = customers
+        .iter()
+        .map(|c| c.fields.display_name.clone())
+        .collect();
+    let owners: Vec<String> = customers.iter().map(|c| c.owner_id.to_owned()).collect();
+    sqlx::query_scalar!(
+        r#"insert into customers (id, code, display_name, email, phone, contact_name, tax_id,
+                                address, owner_id, created_by, updated_by)
+         select item.id, item.code, item.display_name, item.email, item.phone,
+                item.contact_name, item.tax_id, item.address, item.owner_id, $10, $10
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::text[])
+              as item (id, code, display_name, email, phone, contact_name, tax_id, address,
+                       owner_id)
+         on conflict (lower(code)) where code is not null do nothing
+         returning id"#,
+        &ids,
+        &column(|f| f.code.as_deref()) as &[Option<String>],
+        &names,
+        &column(|f| f.email.as_deref()) as &[Option<String>],
+        &column(|f| f.phone.as_deref()) as &[Option<String>],
+        &column(|f| f.contact_name.as_deref()) as &[Option<String>],
+        &column(|f| f.tax_id.as_deref()) as &[Option<String>],
+        &column(|f| f.address.as_deref()) as &[Option<String>],
+        &owners,
+        actor_id,
+    )
+    .fetch_all(tx)
+    .await
+}
+
+/// The customers with these ids, in no particular order (a batch's answer, R21).
+pub async fn get_many(
+    tx: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<CustomerRow>, sqlx::Error> {
+    let mut query = QueryBuilder::new(select_customer());
+    query.push("where c.id = any(").push_bind(ids).push(")");
+    query.build_query_as().fetch_all(tx).await
+}
+
 pub async fn update(
     tx: &mut PgConnection,
     id: Uuid,

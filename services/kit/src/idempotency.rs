@@ -186,3 +186,147 @@ async fn complete<Resp: Message>(
     .await?;
     Ok(())
 }
+
+/// What the claim of one batch item's request id found (R11 per item, [`crate::batch`]).
+pub enum ItemClaim<R> {
+    /// First time: write the item, then [`complete_items`] in the same transaction.
+    New,
+    /// A retry: the first call's answer for the item.
+    Replay(R),
+    /// The id was used with a different request.
+    Refused(ApiError),
+}
+
+/// Claims the request ids of a batch's items at once, each under its single call's method,
+/// so a batch item and a single call with the same id are one request. Ids are claimed in
+/// their sort order, so two batches sharing ids wait on each other rather than deadlock.
+/// Every retry must carry a request id.
+pub async fn claim_items<Resp: Message + Default>(
+    tx: &mut PgConnection,
+    caller: &str,
+    retries: &[&Retry],
+) -> Result<Vec<ItemClaim<Resp>>, ApiError> {
+    let Some(method) = retries.first().map(|r| r.method) else {
+        return Ok(Vec::new());
+    };
+    if retries.iter().any(|r| r.method != method) {
+        return Err(ApiError::internal(
+            "a batch claims one method's request ids",
+        ));
+    }
+    let ids: Vec<&str> = retries
+        .iter()
+        .map(|r| {
+            r.request_id()
+                .ok_or_else(|| ApiError::internal("a batch claim without an id"))
+        })
+        .collect::<Result<_, _>>()?;
+    let hashes: Vec<Vec<u8>> = retries.iter().map(|r| r.hash.clone()).collect();
+    let claimed: std::collections::HashSet<String> = sqlx::query_scalar!(
+        r#"insert into idempotency_records (caller_id, method, request_id, request_hash, response)
+         select $1, $2, item.request_id, item.request_hash, ''
+         from unnest($3::text[], $4::bytea[]) as item (request_id, request_hash)
+         order by item.request_id
+         on conflict (caller_id, method, request_id) do update
+             set request_hash = excluded.request_hash, response = '', create_time = now()
+             where idempotency_records.create_time < now() - make_interval(hours => $5)
+         returning request_id"#,
+        caller,
+        method,
+        &ids as &[&str],
+        &hashes,
+        RETENTION_HOURS as i32,
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let taken: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| !claimed.contains(*id))
+        .collect();
+    let mut firsts = std::collections::HashMap::new();
+    if !taken.is_empty() {
+        for first in sqlx::query!(
+            "select request_id, request_hash, response from idempotency_records
+             where caller_id = $1 and method = $2 and request_id = any($3)",
+            caller,
+            method,
+            &taken as &[&str],
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            firsts.insert(first.request_id, (first.request_hash, first.response));
+        }
+    }
+    retries
+        .iter()
+        .zip(&ids)
+        .map(|(retry, id)| {
+            if claimed.contains(*id) {
+                return Ok(ItemClaim::New);
+            }
+            let (hash, response) = firsts
+                .remove(*id)
+                .ok_or_else(|| ApiError::internal("a taken request id has no record"))?;
+            if hash != retry.hash {
+                return Ok(ItemClaim::Refused(ApiError::invalid(
+                    "request_id",
+                    "this request_id was already used for a different request",
+                )));
+            }
+            let response = Resp::decode(response.as_slice()).map_err(ApiError::internal)?;
+            Ok(ItemClaim::Replay(response))
+        })
+        .collect()
+}
+
+/// Stores the answers of claimed batch items, in the batch's transaction.
+pub async fn complete_items<Resp: Message>(
+    tx: &mut PgConnection,
+    caller: &str,
+    items: &[(Retry, Resp)],
+) -> Result<(), ApiError> {
+    let Some(method) = items.first().map(|(r, _)| r.method) else {
+        return Ok(());
+    };
+    let ids: Vec<&str> = items.iter().filter_map(|(r, _)| r.request_id()).collect();
+    let responses: Vec<Vec<u8>> = items.iter().map(|(_, resp)| resp.encode_to_vec()).collect();
+    sqlx::query!(
+        "update idempotency_records r set response = item.response
+         from unnest($3::text[], $4::bytea[]) as item (request_id, response)
+         where r.caller_id = $1 and r.method = $2 and r.request_id = item.request_id",
+        caller,
+        method,
+        &ids as &[&str],
+        &responses,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Gives back the claims of batch items that were not written (partial success), so their
+/// retries are tried again.
+pub async fn release_items(
+    tx: &mut PgConnection,
+    caller: &str,
+    retries: &[Retry],
+) -> Result<(), ApiError> {
+    let Some(method) = retries.first().map(|r| r.method) else {
+        return Ok(());
+    };
+    let ids: Vec<&str> = retries.iter().filter_map(|r| r.request_id()).collect();
+    sqlx::query!(
+        "delete from idempotency_records
+         where caller_id = $1 and method = $2 and request_id = any($3)",
+        caller,
+        method,
+        &ids as &[&str],
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

@@ -4,6 +4,7 @@
 //! reflection and graceful shutdown.
 
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -65,6 +65,21 @@ pub async fn team_of(tx: &mut PgConnection, id: &str) -> Result<Option<String>, 
         .await
 }
 
+/// The teams of the recorded salespeople among `ids` (R21: a batch reads its owners at
+/// once); one never recorded is missing from the map.
+pub async fn teams_of(
+    tx: &mut PgConnection,
+    ids: &[String],
+) -> Result<HashMap<String, String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query!("select id, team from salespeople where id = any($1)", ids)
+        .fetch_all(tx)
+        .await?;
+    Ok(rows.into_iter().map(|row| (row.id, row.team)).collect())
+}
+
 /// Records every principal on their first call, reads included (R12: "salespeople are
 /// recorded from their token on first use"), again whenever their name, team or roles
 /// change, and at most once per [`SEEN_REFRESH`] otherwise, so `last_seen_time` is the

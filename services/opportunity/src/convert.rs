@@ -2,6 +2,7 @@
 //! problem is reported as a field violation naming the request's field path.
 
 use chrono::{DateTime, Datelike as _, NaiveDate, Utc};
+use salesopp_kit::batch::Batch;
 use salesopp_kit::error::{ApiError, ApiResult, FieldViolations, update_paths};
 use salesopp_kit::idempotency;
 use salesopp_kit::ids;
@@ -633,6 +634,42 @@ impl TryFrom<&pb::ChangeOpportunityStatusRequest> for ChangeInput {
 
     fn try_from(request: &pb::ChangeOpportunityStatusRequest) -> ApiResult<Self> {
         change_input(request)
+    }
+}
+
+/// A decoded BatchCreateOpportunities (R21): each item a CreateOpportunity.
+pub struct BatchCreateInput(pub Batch<NewOpportunityInput>);
+
+impl TryFrom<&pb::BatchCreateOpportunitiesRequest> for BatchCreateInput {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::BatchCreateOpportunitiesRequest) -> ApiResult<Self> {
+        Batch::decode(
+            "BatchCreateOpportunities",
+            &request.requests,
+            request.allow_partial_success,
+            &request.request_id,
+            request,
+        )
+        .map(Self)
+    }
+}
+
+/// A decoded BatchChangeOpportunityStatus (R21): each item a ChangeOpportunityStatus.
+pub struct BatchChangeInput(pub Batch<ChangeInput>);
+
+impl TryFrom<&pb::BatchChangeOpportunityStatusRequest> for BatchChangeInput {
+    type Error = ApiError;
+
+    fn try_from(request: &pb::BatchChangeOpportunityStatusRequest) -> ApiResult<Self> {
+        Batch::decode(
+            "BatchChangeOpportunityStatus",
+            &request.requests,
+            request.allow_partial_success,
+            &request.request_id,
+            request,
+        )
+        .map(Self)
     }
 }
 

@@ -42,6 +42,26 @@ impl OpportunityService for Opportunities {
         .await
     }
 
+    async fn batch_create_opportunities(
+        &self,
+        request: Request<pb::BatchCreateOpportunitiesRequest>,
+    ) -> Result<Response<pb::BatchCreateOpportunitiesResponse>, Status> {
+        handle::sales(request, async |caller, input| {
+            crate::batch::create(self.pools.primary(), caller, input).await
+        })
+        .await
+    }
+
+    async fn batch_change_opportunity_status(
+        &self,
+        request: Request<pb::BatchChangeOpportunityStatusRequest>,
+    ) -> Result<Response<pb::BatchChangeOpportunityStatusResponse>, Status> {
+        handle::sales(request, async |caller, input| {
+            crate::batch::change_status(self.pools.primary(), caller, input).await
+        })
+        .await
+    }
+
     async fn get_opportunity(
         &self,
         request: Request<pb::GetOpportunityRequest>,

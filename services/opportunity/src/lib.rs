@@ -9,9 +9,11 @@
 //!   stream starts, its filters, heartbeats, the per-caller cap and shutdown.
 //! - `stale`: the sweep that writes one STALE event per quiet stretch (R16).
 //! - `service`: one function per call; opens the transactions.
+//! - `batch`: the batch calls (R21), each item under its single call's rules, set-based.
 //! - `convert`: protobuf <-> domain.
 //! - `grpc`: the tonic trait, thin.
 
+pub mod batch;
 pub mod convert;
 pub mod domain;
 pub mod events;

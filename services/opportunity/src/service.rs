@@ -28,7 +28,7 @@ const RESOURCE: &str = "opportunity";
 
 /// AIP-211: a caller who may not see an opportunity learns nothing of it, not even whether
 /// it exists; only an admin (who sees everything) is told NOT_FOUND.
-fn hidden(visibility: &Visibility, id: Uuid) -> ApiError {
+pub(crate) fn hidden(visibility: &Visibility, id: Uuid) -> ApiError {
     match visibility {
         Visibility::All => ApiError::not_found(RESOURCE, id.to_string()),
         _ => ApiError::out_of_scope(format!(
@@ -37,7 +37,7 @@ fn hidden(visibility: &Visibility, id: Uuid) -> ApiError {
     }
 }
 
-fn visible(
+pub(crate) fn visible(
     visibility: &Visibility,
     id: Uuid,
     row: Option<OpportunityRow>,
@@ -49,7 +49,7 @@ fn visible(
 }
 
 /// R15: fills each opportunity's `status_durations`, read in one statement for them all.
-async fn with_durations<'e>(
+pub(crate) async fn with_durations<'e>(
     db: impl sqlx::PgExecutor<'e>,
     opportunities: &mut [pb::Opportunity],
 ) -> ApiResult<()> {
@@ -82,7 +82,16 @@ async fn with_durations_one<'e>(
 
 /// A status a call moves to: it exists and is not archived; held so it stays so.
 async fn target_status(tx: &mut PgConnection, field: &str, id: Uuid) -> ApiResult<StatusInfo> {
-    match store::share_status(tx, id).await? {
+    usable_status(field, id, store::share_status(tx, id).await?)
+}
+
+/// The rule of [`target_status`] on the status read (`None`: no status has the id).
+pub(crate) fn usable_status(
+    field: &str,
+    id: Uuid,
+    status: Option<StatusInfo>,
+) -> ApiResult<StatusInfo> {
+    match status {
         None => Err(ApiError::invalid(
             field,
             format!("no status has the id {id}"),
@@ -107,6 +116,17 @@ async fn check_owner(
         return Ok(());
     }
     let team = people::team_of(tx, owner_id).await?;
+    owner_allowed(visibility, field, owner_id, team)
+}
+
+/// The rule of [`check_owner`] for an owner other than the caller, whose team (`None`: never
+/// recorded) is read.
+pub(crate) fn owner_allowed(
+    visibility: &Visibility,
+    field: &str,
+    owner_id: &str,
+    team: Option<String>,
+) -> ApiResult<()> {
     match (visibility, team) {
         (Visibility::Own { .. }, _) => Err(ApiError::out_of_scope(
             "a sales rep owns only their own opportunities: a manager or an admin reassigns them",
@@ -156,7 +176,15 @@ pub async fn create(
 /// R1: an opportunity belongs to an existing customer that is not archived (held so it
 /// stays so until the commit).
 async fn check_customer(tx: &mut PgConnection, customer_id: Uuid) -> ApiResult<()> {
-    match store::share_customer(tx, customer_id).await? {
+    customer_takes_opportunities(customer_id, store::share_customer(tx, customer_id).await?)
+}
+
+/// The rule of [`check_customer`] on the customer's `archived` flag (`None`: no customer).
+pub(crate) fn customer_takes_opportunities(
+    customer_id: Uuid,
+    archived: Option<bool>,
+) -> ApiResult<()> {
+    match archived {
         None => Err(ApiError::invalid(
             "opportunity.customer_id",
             format!("no customer has the id {customer_id}"),
@@ -242,7 +270,7 @@ pub async fn get(pool: &PgPool, caller: Sales<'_>, input: GetInput) -> ApiResult
 }
 
 /// R10: a stale etag precondition is refused.
-fn check_etag(current: &OpportunityRow, etag: Option<&String>) -> ApiResult<()> {
+pub(crate) fn check_etag(current: &OpportunityRow, etag: Option<&String>) -> ApiResult<()> {
     match etag {
         Some(etag) if *etag != current.etag() => Err(ApiError::stale_etag(RESOURCE)),
         _ => Ok(()),

@@ -39,61 +39,106 @@ fn event_type(name: &str) -> pb::OpportunityEventType {
 #[allow(clippy::too_many_arguments)]
 pub async fn append_event(
     tx: &mut PgConnection,
-    kind: &str,
+    kind: &'static str,
     actor: &Principal,
     time: DateTime<Utc>,
     before: Option<pb::Opportunity>,
-    mut after: pb::Opportunity,
+    after: pb::Opportunity,
     status_change: Option<pb::StatusChange>,
     request_id: Option<&str>,
 ) -> ApiResult<i64> {
-    let version = after.version + 1;
-    after.version = version;
-    let event_id = Uuid::new_v4();
-    let opportunity_id = Uuid::parse_str(&after.id).map_err(ApiError::internal)?;
-    let owner_id = after.owner_id.clone();
-    let previous_owner_id = before
-        .as_ref()
-        .map(|b| b.owner_id.clone())
-        .filter(|previous| *previous != owner_id);
-    let event = pb::OpportunityEvent {
-        event_id: event_id.to_string(),
-        cursor: String::new(),
-        r#type: event_type(kind).into(),
-        opportunity_id: after.id.clone(),
-        occur_time: Some(timestamp(time)),
-        actor: Some(Actor {
-            id: actor.id.clone(),
-            display_name: actor.display_name.clone(),
-        }),
-        before,
-        after: Some(after),
-        status_change,
-        request_id: request_id.unwrap_or_default().to_owned(),
-        version,
-    };
-    salesopp_outbox::append(
-        tx,
-        &NewEvent {
+    let event = Event::new(kind, actor, time, before, after, status_change, request_id)?;
+    salesopp_outbox::append(tx, &event.row(actor, time, request_id)).await?;
+    Ok(event.version)
+}
+
+/// One outbox event, encoded and ready to write (one at a time with [`append_event`], or a
+/// batch's at once with `salesopp_outbox::append_many`).
+pub struct Event {
+    pub event_id: Uuid,
+    pub kind: &'static str,
+    pub opportunity_id: Uuid,
+    pub owner_id: String,
+    pub previous_owner_id: Option<String>,
+    /// The opportunity's version this event makes.
+    pub version: i64,
+    pub payload: Vec<u8>,
+}
+
+impl Event {
+    /// The event of a change of `after` (the opportunity as written, before its version
+    /// moves) by `actor` at `time`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kind: &'static str,
+        actor: &Principal,
+        time: DateTime<Utc>,
+        before: Option<pb::Opportunity>,
+        mut after: pb::Opportunity,
+        status_change: Option<pb::StatusChange>,
+        request_id: Option<&str>,
+    ) -> ApiResult<Self> {
+        let version = after.version + 1;
+        after.version = version;
+        let event_id = Uuid::new_v4();
+        let opportunity_id = Uuid::parse_str(&after.id).map_err(ApiError::internal)?;
+        let owner_id = after.owner_id.clone();
+        let previous_owner_id = before
+            .as_ref()
+            .map(|b| b.owner_id.clone())
+            .filter(|previous| *previous != owner_id);
+        let event = pb::OpportunityEvent {
+            event_id: event_id.to_string(),
+            cursor: String::new(),
+            r#type: event_type(kind).into(),
+            opportunity_id: after.id.clone(),
+            occur_time: Some(timestamp(time)),
+            actor: Some(Actor {
+                id: actor.id.clone(),
+                display_name: actor.display_name.clone(),
+            }),
+            before,
+            after: Some(after),
+            status_change,
+            request_id: request_id.unwrap_or_default().to_owned(),
+            version,
+        };
+        Ok(Self {
             event_id,
-            event_type: kind,
+            kind,
             opportunity_id,
+            owner_id,
+            previous_owner_id,
+            version,
+            payload: event.encode_to_vec(),
+        })
+    }
+
+    /// The outbox row of this event.
+    pub fn row<'a>(
+        &'a self,
+        actor: &'a Principal,
+        time: DateTime<Utc>,
+        request_id: Option<&'a str>,
+    ) -> NewEvent<'a> {
+        NewEvent {
+            event_id: self.event_id,
+            event_type: self.kind,
+            opportunity_id: self.opportunity_id,
             time,
             actor_id: &actor.id,
             actor_name: &actor.display_name,
             request_id,
-            owner_id: &owner_id,
-            previous_owner_id: previous_owner_id.as_deref(),
-            version,
-            payload: event.encode_to_vec(),
-        },
-    )
-    .await?;
-    Ok(version)
+            owner_id: &self.owner_id,
+            previous_owner_id: self.previous_owner_id.as_deref(),
+            version: self.version,
+            payload: &self.payload,
+        }
+    }
 }
 
 /// The status the opportunity is in now, as a snapshot for its history.
-fn current_status(row: &OpportunityRow) -> StatusInfo {
+pub fn current_status(row: &OpportunityRow) -> StatusInfo {
     StatusInfo {
         id: row.status_id,
         display_name: row.status_name.clone(),
@@ -159,9 +204,31 @@ pub async fn change_status(
         },
     )
     .await?;
-    // The row after the move: the locked `current` with what the move changed (its owner,
-    // customer and other fields are untouched, so no second read of the row).
-    let mut after = OpportunityRow {
+    let mut after = moved_row(current, &change, moved, actor);
+    after.version = append_event(
+        tx,
+        STATUS_CHANGED,
+        actor,
+        time,
+        Some(before.clone()),
+        opportunity_to_proto(&after),
+        Some(status_change_to_proto(&entry)),
+        change.request_id,
+    )
+    .await?;
+    Ok(Some((after, entry)))
+}
+
+/// The row after a move: the locked `current` with what the move changed (its owner,
+/// customer and other fields are untouched, so no second read of the row).
+pub fn moved_row(
+    current: &OpportunityRow,
+    change: &Change<'_>,
+    moved: store::Moved,
+    actor: &Principal,
+) -> OpportunityRow {
+    let time = moved.time;
+    OpportunityRow {
         status_id: change.to.id,
         status_name: change.to.display_name.clone(),
         probability: change
@@ -188,19 +255,7 @@ pub async fn change_status(
         // Just changed: not stale (R16).
         stale_since: None,
         ..current.clone()
-    };
-    after.version = append_event(
-        tx,
-        STATUS_CHANGED,
-        actor,
-        time,
-        Some(before.clone()),
-        opportunity_to_proto(&after),
-        Some(status_change_to_proto(&entry)),
-        change.request_id,
-    )
-    .await?;
-    Ok(Some((after, entry)))
+    }
 }
 
 /// R6: moves every opportunity in `from` to `to`, each as a normal status change with its

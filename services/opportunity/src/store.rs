@@ -276,6 +276,108 @@ pub async fn insert(tx: &mut PgConnection, new: &NewOpportunity<'_>) -> Result<(
     Ok(())
 }
 
+/// The statuses with these ids, held FOR SHARE in id order (a batch's targets, R21).
+pub async fn share_statuses(
+    tx: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<StatusInfo>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as!(
+        StatusInfo,
+        r#"select id, display_name, kind::text as "kind!: StatusKind", probability,
+                  forecast_category, archived
+           from opportunity_statuses where id = any($1) order by id for share"#,
+        ids
+    )
+    .fetch_all(tx)
+    .await
+}
+
+/// The `archived` flags of these customers, held FOR SHARE in id order (R1 for a batch);
+/// a customer that does not exist is missing.
+pub async fn share_customers(
+    tx: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, bool)>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query!(
+        "select id, archived from customers where id = any($1) order by id for share",
+        ids
+    )
+    .fetch_all(tx)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.id, row.archived)).collect())
+}
+
+/// Inserts a batch of checked new opportunities in one statement (R21), all at `time` by
+/// `actor_id` (every item of a batch has the batch's moment and actor).
+pub async fn insert_many(
+    tx: &mut PgConnection,
+    new: &[NewOpportunity<'_>],
+    actor_id: &str,
+    time: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = new.iter().map(|n| n.id).collect();
+    let customers: Vec<Uuid> = new.iter().map(|n| n.customer_id).collect();
+    let owners: Vec<&str> = new.iter().map(|n| n.owner_id).collect();
+    let titles: Vec<&str> = new.iter().map(|n| n.title).collect();
+    let currencies: Vec<Option<&str>> = new
+        .iter()
+        .map(|n| n.amount.map(|m| m.currency_code.as_str()))
+        .collect();
+    let amounts: Vec<Option<String>> = new.iter().map(|n| n.amount.map(Money::decimal)).collect();
+    let dates: Vec<Option<NaiveDate>> = new.iter().map(|n| n.expected_close_date).collect();
+    let statuses: Vec<Uuid> = new.iter().map(|n| n.status.id).collect();
+    let kinds: Vec<&str> = new.iter().map(|n| n.status.kind.as_str()).collect();
+    let lost_reasons: Vec<Option<&str>> = new.iter().map(|n| n.lost_reason).collect();
+    let next_steps: Vec<Option<&str>> = new.iter().map(|n| n.next_step).collect();
+    sqlx::query!(
+        "insert into opportunities
+             (id, customer_id, owner_id, title, currency_code, amount, expected_close_date,
+              status_id, state, lost_reason, next_step, close_time, status_change_time,
+              created_by, updated_by, create_time, update_time)
+         select item.id, item.customer_id, item.owner_id, item.title, item.currency_code,
+                item.amount::numeric, item.expected_close_date, item.status_id,
+                item.kind::status_kind, item.lost_reason, item.next_step,
+                case when item.kind = 'OPEN' then null else $12::timestamptz end, $12,
+                $13, $13, $12, $12
+         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::date[], $8::uuid[], $9::text[], $10::text[], $11::text[])
+              as item (id, customer_id, owner_id, title, currency_code, amount,
+                       expected_close_date, status_id, kind, lost_reason, next_step)",
+        &ids,
+        &customers,
+        &owners as &[&str],
+        &titles as &[&str],
+        &currencies as &[Option<&str>],
+        &amounts as &[Option<String>],
+        &dates as &[Option<NaiveDate>],
+        &statuses,
+        &kinds as &[&str],
+        &lost_reasons as &[Option<&str>],
+        &next_steps as &[Option<&str>],
+        time,
+        actor_id,
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// The opportunities with these ids, in no particular order (a batch's answers, R21).
+pub async fn get_many(
+    tx: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<OpportunityRow>, sqlx::Error> {
+    let mut query = QueryBuilder::new(select_opportunity());
+    query.push("where o.id = any(").push_bind(ids).push(")");
+    query.build_query_as().fetch_all(tx).await
+}
+
 /// The fields an update writes besides the status.
 pub struct Fields<'a> {
     pub owner_id: &'a str,
@@ -363,6 +465,112 @@ pub async fn move_to_status(
     )
     .fetch_one(tx)
     .await
+}
+
+/// One opportunity of a batch to move (R21): to `status`, with the lost reason the call gave.
+pub struct Move<'a> {
+    pub id: Uuid,
+    pub status: &'a StatusInfo,
+    pub lost_reason: Option<&'a str>,
+}
+
+/// [`move_to_status`] for a batch (R21), without overrides (BatchChangeOpportunityStatus
+/// sets none): one statement moves them all and returns what changed for each. The caller
+/// holds their row locks and each opportunity appears once.
+pub async fn move_many_to_status(
+    tx: &mut PgConnection,
+    moves: &[Move<'_>],
+    actor_id: &str,
+) -> Result<Vec<(Uuid, Moved)>, sqlx::Error> {
+    if moves.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = moves.iter().map(|m| m.id).collect();
+    let statuses: Vec<Uuid> = moves.iter().map(|m| m.status.id).collect();
+    let kinds: Vec<&str> = moves.iter().map(|m| m.status.kind.as_str()).collect();
+    let lost_reasons: Vec<Option<&str>> = moves.iter().map(|m| m.lost_reason).collect();
+    let rows = sqlx::query!(
+        r#"update opportunities o
+           set status_id = item.status_id, state = item.kind::status_kind,
+               close_time = case when item.kind = 'OPEN' then null
+                                 when o.state = 'OPEN' or o.state::text <> item.kind then t.now
+                                 else o.close_time end,
+               lost_reason = case when item.kind = 'LOST' then item.lost_reason else null end,
+               status_change_time = t.now, updated_by = $5,
+               manual_probability = null, manual_forecast_category = null,
+               override_status_id = null,
+               revision = o.revision + 1, update_time = t.now
+           from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])
+                    as item (id, status_id, kind, lost_reason),
+                (select salesopp_now() as now) t
+           where o.id = item.id
+           returning o.id, t.now as "time!", o.close_time, o.lost_reason, o.revision,
+                     (select display_name from salespeople where id = $5) as "updated_by_name!""#,
+        &ids,
+        &statuses,
+        &kinds as &[&str],
+        &lost_reasons as &[Option<&str>],
+        actor_id,
+    )
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            (
+                row.id,
+                Moved {
+                    time: row.time,
+                    close_time: row.close_time,
+                    lost_reason: row.lost_reason,
+                    revision: row.revision,
+                    updated_by_name: row.updated_by_name,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Locks the opportunities with these ids in id order, after holding FOR SHARE the statuses
+/// they are in (the order of [`lock_in_its_status`], for a batch, R21), and reads them.
+/// One whose status moved between the two reads has its new status held too, under its
+/// row lock (as [`lock_in_its_status`] does on a retry). A missing id is missing.
+pub async fn lock_many_in_their_statuses(
+    tx: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<OpportunityRow>, sqlx::Error> {
+    let mut held: Vec<Uuid> = sqlx::query_scalar!(
+        r#"select s.id as "id!" from opportunity_statuses s
+           where s.id in (select o.status_id from opportunities o where o.id = any($1))
+           order by s.id for share"#,
+        ids
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query_scalar!(
+        "select id from opportunities where id = any($1) order by id for update",
+        ids
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let rows = get_many(tx, ids).await?;
+    held.sort_unstable();
+    let mut moved: Vec<Uuid> = rows
+        .iter()
+        .map(|row| row.status_id)
+        .filter(|status| held.binary_search(status).is_err())
+        .collect();
+    if !moved.is_empty() {
+        moved.sort_unstable();
+        moved.dedup();
+        sqlx::query!(
+            "select id from opportunity_statuses where id = any($1) order by id for share",
+            &moved
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+    }
+    Ok(rows)
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -459,6 +667,114 @@ pub async fn append_status_change(
         change.to_manual_probability,
     )
     .fetch_one(tx)
+    .await
+}
+
+/// [`append_status_change`] for a batch (R21): one entry for each of many opportunities,
+/// each the next of its own chain, in one statement; the caller holds their locks and each
+/// opportunity appears once. The entries come back in no particular order.
+pub async fn append_status_changes(
+    tx: &mut PgConnection,
+    changes: &[NewStatusChange<'_>],
+) -> Result<Vec<StatusChangeRow>, sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    fn from<'a>(change: &NewStatusChange<'a>) -> Option<&'a StatusInfo> {
+        change.from.map(|(status, _)| status)
+    }
+    let opportunities: Vec<Uuid> = changes.iter().map(|c| c.opportunity_id).collect();
+    let from_ids: Vec<Option<Uuid>> = changes.iter().map(|c| from(c).map(|s| s.id)).collect();
+    let from_names: Vec<Option<&str>> = changes
+        .iter()
+        .map(|c| from(c).map(|s| s.display_name.as_str()))
+        .collect();
+    let from_kinds: Vec<Option<&str>> = changes
+        .iter()
+        .map(|c| from(c).map(|s| s.kind.as_str()))
+        .collect();
+    let from_probabilities: Vec<Option<i16>> = changes
+        .iter()
+        .map(|c| from(c).map(|s| s.probability))
+        .collect();
+    let entered: Vec<Option<DateTime<Utc>>> = changes
+        .iter()
+        .map(|c| c.from.map(|(_, entered)| entered))
+        .collect();
+    let to_ids: Vec<Uuid> = changes.iter().map(|c| c.to.id).collect();
+    let to_names: Vec<&str> = changes.iter().map(|c| c.to.display_name.as_str()).collect();
+    let to_kinds: Vec<&str> = changes.iter().map(|c| c.to.kind.as_str()).collect();
+    let to_probabilities: Vec<i16> = changes.iter().map(|c| c.to.probability).collect();
+    let actor_ids: Vec<&str> = changes.iter().map(|c| c.actor_id).collect();
+    let actor_names: Vec<&str> = changes.iter().map(|c| c.actor_name).collect();
+    let times: Vec<DateTime<Utc>> = changes.iter().map(|c| c.time).collect();
+    let notes: Vec<&str> = changes.iter().map(|c| c.note).collect();
+    let currencies: Vec<Option<&str>> = changes
+        .iter()
+        .map(|c| c.amount.map(|m| m.currency_code.as_str()))
+        .collect();
+    let amounts: Vec<Option<String>> = changes
+        .iter()
+        .map(|c| c.amount.map(Money::decimal))
+        .collect();
+    let lost_reasons: Vec<Option<&str>> = changes.iter().map(|c| c.lost_reason).collect();
+    let request_ids: Vec<Option<&str>> = changes.iter().map(|c| c.request_id).collect();
+    let from_manual: Vec<Option<i16>> = changes.iter().map(|c| c.from_manual_probability).collect();
+    let to_manual: Vec<Option<i16>> = changes.iter().map(|c| c.to_manual_probability).collect();
+    sqlx::query_as!(
+        StatusChangeRow,
+        r#"insert into status_changes
+               (opportunity_id, sequence, from_status_id, from_display_name, from_kind, from_probability,
+                to_status_id, to_display_name, to_kind, to_probability, changed_by_id, changed_by_name,
+                change_time, note, currency_code, amount, time_in_previous_status, lost_reason, request_id,
+                from_manual_probability, to_manual_probability)
+           select e.opportunity_id,
+                  (select coalesce(max(s.sequence), 0) + 1 from status_changes s
+                   where s.opportunity_id = e.opportunity_id),
+                  e.from_status_id, e.from_display_name, e.from_kind::status_kind, e.from_probability,
+                  e.to_status_id, e.to_display_name, e.to_kind::status_kind, e.to_probability,
+                  e.changed_by_id, e.changed_by_name, e.change_time, e.note, e.currency_code,
+                  e.amount::numeric, e.change_time - e.entered, e.lost_reason, e.request_id,
+                  e.from_manual_probability, e.to_manual_probability
+           from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::smallint[],
+                       $6::timestamptz[], $7::uuid[], $8::text[], $9::text[], $10::smallint[],
+                       $11::text[], $12::text[], $13::timestamptz[], $14::text[], $15::text[],
+                       $16::text[], $17::text[], $18::text[], $19::smallint[], $20::smallint[])
+                as e (opportunity_id, from_status_id, from_display_name, from_kind,
+                      from_probability, entered, to_status_id, to_display_name, to_kind,
+                      to_probability, changed_by_id, changed_by_name, change_time, note,
+                      currency_code, amount, lost_reason, request_id, from_manual_probability,
+                      to_manual_probability)
+           returning id, opportunity_id, sequence, from_status_id, from_display_name,
+                     from_kind::text as "from_kind: StatusKind", from_probability, to_status_id,
+                     to_display_name, to_kind::text as "to_kind!: StatusKind", to_probability,
+                     changed_by_id, changed_by_name, change_time, note, currency_code,
+                     amount::text as amount,
+                     (extract(epoch from time_in_previous_status) * 1000000)::bigint
+                         as micros_in_previous_status,
+                     lost_reason, request_id, from_manual_probability, to_manual_probability"#,
+        &opportunities,
+        &from_ids as &[Option<Uuid>],
+        &from_names as &[Option<&str>],
+        &from_kinds as &[Option<&str>],
+        &from_probabilities as &[Option<i16>],
+        &entered as &[Option<DateTime<Utc>>],
+        &to_ids,
+        &to_names as &[&str],
+        &to_kinds as &[&str],
+        &to_probabilities,
+        &actor_ids as &[&str],
+        &actor_names as &[&str],
+        &times,
+        &notes as &[&str],
+        &currencies as &[Option<&str>],
+        &amounts as &[Option<String>],
+        &lost_reasons as &[Option<&str>],
+        &request_ids as &[Option<&str>],
+        &from_manual as &[Option<i16>],
+        &to_manual as &[Option<i16>],
+    )
+    .fetch_all(tx)
     .await
 }
 

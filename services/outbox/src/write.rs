@@ -18,7 +18,7 @@ pub struct NewEvent<'a> {
     pub previous_owner_id: Option<&'a str>,
     /// The opportunity's version this event makes (its current one + 1).
     pub version: i64,
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
 }
 
 /// [`append`]'s statement (the benchmark's pgbench script runs this same text). The select
@@ -41,7 +41,7 @@ pub async fn append(tx: &mut PgConnection, event: &NewEvent<'_>) -> ApiResult<()
         event.request_id,
         event.owner_id,
         event.previous_owner_id,
-        &event.payload,
+        event.payload,
         event.version
     )
     .execute(tx)
@@ -51,6 +51,68 @@ pub async fn append(tx: &mut PgConnection, event: &NewEvent<'_>) -> ApiResult<()
             "opportunity {} is not at version {} (its row lock is not held?)",
             event.opportunity_id,
             event.version - 1
+        )));
+    }
+    Ok(())
+}
+
+/// [`append`] for many opportunities at once (R21 batches): one statement moves each to its
+/// event's version and writes the events. The caller holds every opportunity's row lock, and
+/// each opportunity appears once.
+pub async fn append_many(tx: &mut PgConnection, events: &[NewEvent<'_>]) -> ApiResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let types: Vec<&str> = events.iter().map(|e| e.event_type).collect();
+    let actor_ids: Vec<&str> = events.iter().map(|e| e.actor_id).collect();
+    let actor_names: Vec<&str> = events.iter().map(|e| e.actor_name).collect();
+    let request_ids: Vec<Option<&str>> = events.iter().map(|e| e.request_id).collect();
+    let owner_ids: Vec<&str> = events.iter().map(|e| e.owner_id).collect();
+    let previous_owner_ids: Vec<Option<&str>> =
+        events.iter().map(|e| e.previous_owner_id).collect();
+    let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let opportunity_ids: Vec<Uuid> = events.iter().map(|e| e.opportunity_id).collect();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.time).collect();
+    let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
+    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload).collect();
+    let written = sqlx::query!(
+        r#"with item as (
+             select * from unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[],
+                                  $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                                  $10::bytea[], $11::bigint[])
+                 as e (event_id, type, opportunity_id, occur_time, actor_id, actor_name,
+                       request_id, owner_id, previous_owner_id, payload, version)),
+         bumped as (
+             update opportunities o set version = item.version
+             from item where o.id = item.opportunity_id and o.version = item.version - 1
+             returning o.id, o.version)
+         insert into opportunity_events
+             (event_id, type, opportunity_id, occur_time, actor_id, actor_name, request_id,
+              owner_id, previous_owner_id, payload, version)
+         select item.event_id, item.type, item.opportunity_id, item.occur_time, item.actor_id,
+                item.actor_name, item.request_id, item.owner_id, item.previous_owner_id,
+                item.payload, bumped.version
+         from item join bumped on bumped.id = item.opportunity_id,
+              (select pg_notify('salesopp_events', '')) wake"#,
+        &event_ids,
+        &types as &[&str],
+        &opportunity_ids,
+        &times,
+        &actor_ids as &[&str],
+        &actor_names as &[&str],
+        &request_ids as &[Option<&str>],
+        &owner_ids as &[&str],
+        &previous_owner_ids as &[Option<&str>],
+        &payloads as &[&[u8]],
+        &versions,
+    )
+    .execute(tx)
+    .await?;
+    if written.rows_affected() != events.len() as u64 {
+        return Err(ApiError::internal(format!(
+            "{} of {} opportunities were not at the version before their event (their row locks are not held?)",
+            events.len() as u64 - written.rows_affected(),
+            events.len()
         )));
     }
     Ok(())
