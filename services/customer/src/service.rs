@@ -129,6 +129,9 @@ pub async fn batch_create(
         for (index, error) in refused {
             items.fail(index, error);
         }
+        if items.atomic_failed() {
+            return Err(items.atomic_failure());
+        }
         let owners: Vec<(usize, Uuid, String)> = items
             .pending()
             .map(|(index, input)| (index, Uuid::new_v4(), owner(input)))

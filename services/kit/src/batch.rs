@@ -106,8 +106,9 @@ pub struct Batch<In> {
 impl<In> Batch<In> {
     /// Decodes `requests` with the single call's `TryFrom`; `whole` is the batch request
     /// (its hash keys the batch's `request_id`). The batch itself is refused when it has no
-    /// item or more than [`MAX_ITEMS`], or a malformed `request_id`; atomically, when any
-    /// item is malformed (all their violations in one answer).
+    /// item or more than [`MAX_ITEMS`], or a malformed `request_id`. A malformed item is a
+    /// failed one: the service still checks the others, so an atomic batch's answer names
+    /// every bad item at once ([`Items::finish`]).
     pub fn decode<Req, Whole>(
         method: &'static str,
         requests: &[Req],
@@ -138,29 +139,11 @@ impl<In> Batch<In> {
             .enumerate()
             .map(|(index, request)| In::try_from(request).map_err(|e| e.in_item(index)))
             .collect();
-        let batch = Self {
+        Ok(Self {
             items,
             allow_partial_success,
             retry: Retry::of(method, request_id, whole),
-        };
-        if !allow_partial_success {
-            batch.fail_if_any_malformed()?;
-        }
-        Ok(batch)
-    }
-
-    fn fail_if_any_malformed(&self) -> ApiResult<()> {
-        let violations: Vec<FieldViolation> = self
-            .items
-            .iter()
-            .filter_map(|item| item.as_ref().err())
-            .flat_map(|error| error.field_violations().iter().cloned())
-            .collect();
-        if violations.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::InvalidArgument(violations))
-        }
+        })
     }
 }
 
@@ -233,6 +216,31 @@ where
 
     pub fn is_pending(&self, index: usize) -> bool {
         matches!(self.slots[index], Slot::Pending { .. })
+    }
+
+    /// Whether the batch is atomic and an item has failed: once every item is checked, the
+    /// service writes nothing and goes straight to [`Items::finish`], which answers the
+    /// failures (the transaction rolls back).
+    pub fn atomic_failed(&self) -> bool {
+        !self.allow_partial_success
+            && self
+                .slots
+                .iter()
+                .any(|slot| matches!(slot, Slot::Failed { .. }))
+    }
+
+    /// [`Items::finish`] for an [`Items::atomic_failed`] batch: its error.
+    pub fn atomic_failure(self) -> ApiError {
+        let failures = self
+            .slots
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, slot)| match slot {
+                Slot::Failed { error, .. } => Some((index, error)),
+                _ => None,
+            })
+            .collect();
+        atomic_failure(failures)
     }
 
     /// Refuses pending item `index` with the single call's `error` (named for the item
@@ -367,6 +375,9 @@ where
 /// The one error of an atomic batch with failed items: every field violation when all
 /// failures are bad input, else the first failure that is not.
 fn atomic_failure(failures: Vec<(usize, ApiError)>) -> ApiError {
+    if failures.is_empty() {
+        return ApiError::internal("an atomic batch failed without a failed item");
+    }
     if failures
         .iter()
         .all(|(_, error)| matches!(error, ApiError::InvalidArgument(_)))

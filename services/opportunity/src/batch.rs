@@ -112,6 +112,9 @@ pub async fn create(
         for (index, error) in refused {
             items.fail(index, error);
         }
+        if items.atomic_failed() {
+            return Err(items.atomic_failure());
+        }
         if checked.is_empty() {
             let (opportunities, errors) = items.finish(tx, &caller.id).await?;
             return Ok(pb::BatchCreateOpportunitiesResponse {
@@ -306,6 +309,9 @@ pub async fn change_status(
                 Ok(current) => unchanged.push((index, opportunity_to_proto(&current))),
                 Err(error) => items.fail(index, error),
             }
+        }
+        if items.atomic_failed() {
+            return Err(items.atomic_failure());
         }
         let moves: Vec<store::Move> = moving
             .iter()
