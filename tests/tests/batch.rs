@@ -1724,7 +1724,136 @@ async fn r21_concurrent_batch_status_changes_over_overlapping_opportunities_neve
 // Imports (`salesopp import customers|opportunities FILE.csv`, through the batch calls)
 // =======================================================================================
 
-// TODO(importer): the 100,000-row import test goes here, once `salesopp import` exists
-// (being built separately): a CSV of 100,000 rows loaded in batches of 1,000, each row
-// written once with its history entry and event, bad rows reported by line, and a re-run of
-// the same file writing nothing twice (R11 per row).
+// ---------------------------------------------------------------------------------------
+// The importer: `salesopp import` over the batch calls
+// ---------------------------------------------------------------------------------------
+
+/// The rows of the 100,000-opportunity file.
+const IMPORT_ROWS: u64 = 100_000;
+
+/// A CSV of `rows` opportunities for `customers` (Thai titles, amounts, dates, status names
+/// and ids), one per line after the header, each title naming its line.
+fn opportunities_csv(rows: u64, customers: &[String]) -> String {
+    let mut csv =
+        String::from("customer_id,title,amount,currency_code,expected_close_date,status,note\n");
+    for n in 0..rows {
+        let line = n + 2;
+        let customer = &customers[n as usize % customers.len()];
+        let status = ["", "นำเสนอ", "Quotation", "เสนอราคา"][n as usize % 4];
+        csv.push_str(&format!(
+            "{customer},\"ระบบคลังสินค้า line {line}\",{}.{:02},THB,2027-{:02}-{:02},{status},imported\n",
+            10_000 + n * 7,
+            n % 100,
+            1 + n % 12,
+            1 + n % 28,
+        ));
+    }
+    csv
+}
+
+/// How many of the kind of row each table holds for the import's opportunities.
+async fn imported(db: &sqlx::PgPool) -> (i64, i64, i64, i64, i64) {
+    sqlx::query_as(
+        "select (select count(*) from opportunities),
+                (select count(distinct title) from opportunities),
+                (select count(*) from status_changes),
+                (select count(*) from status_changes where sequence = 1 and from_status_id is null
+                     and request_id like 'import:%'),
+                (select count(distinct opportunity_id) from opportunity_events
+                  where type = 'CREATED' and version = 1 and request_id like 'import:%')",
+    )
+    .fetch_one(db)
+    .await
+    .expect("count the imported rows")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r21_an_import_of_100000_opportunities_interrupted_twice_ends_with_exactly_100000() {
+    use salesopp::import::{self, ImportOptions, Kind};
+
+    let mut w = World::new().await;
+    let admin = admin_token();
+    let mut customers = Vec::new();
+    for n in 0..10 {
+        customers.push(w.customer(&admin, &format!("ลูกค้านำเข้า {n}")).await.id);
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("opportunities.csv");
+    std::fs::write(&file, opportunities_csv(IMPORT_ROWS, &customers)).expect("write the csv");
+    let options = || ImportOptions::new(Kind::Opportunities, &file, w.suite.url(), admin.clone());
+
+    // Interrupted after 30,000 rows, as a stop between batches would.
+    let first = import::run(ImportOptions {
+        stop_after_rows: Some(30_000),
+        ..options()
+    })
+    .await
+    .expect("the first run");
+    assert_eq!(
+        (first.written, first.unread),
+        (30_000, IMPORT_ROWS - 30_000),
+        "{first}"
+    );
+    assert!(first.failed.is_empty(), "{first}");
+
+    // Interrupted again in the middle of its batches: the client goes away while batches
+    // are in flight (their transactions roll back or commit whole).
+    let second = tokio::spawn(import::run(options()));
+    while imported(w.db()).await.0 < 60_000 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    second.abort();
+    let _ = second.await;
+    let at_the_kill = imported(w.db()).await.0;
+    assert!(
+        (60_000..IMPORT_ROWS as i64).contains(&at_the_kill),
+        "the second run was stopped part way: {at_the_kill} written"
+    );
+
+    // Run again to the end: what was written is replayed, the rest created.
+    let last = import::run(options()).await.expect("the last run");
+    assert!(last.ok(), "{last}");
+    assert_eq!(
+        (last.read, last.written),
+        (IMPORT_ROWS, IMPORT_ROWS),
+        "{last}"
+    );
+    eprintln!(
+        "import of {IMPORT_ROWS} opportunities, resumed with {at_the_kill} already written: \
+         {:.1} s, {:.0} rows/s (this build, this machine; no timing is asserted)",
+        last.elapsed.as_secs_f64(),
+        last.rows_per_second()
+    );
+
+    // Exactly one opportunity per line, each with its first history entry and CREATED event.
+    let rows = IMPORT_ROWS as i64;
+    assert_eq!(imported(w.db()).await, (rows, rows, rows, rows, rows));
+    let request_ids: i64 = sqlx::query_scalar(
+        "select count(*) from idempotency_records
+          where method = 'CreateOpportunity' and request_id like 'import:%'",
+    )
+    .fetch_one(w.db())
+    .await
+    .expect("count the request ids");
+    assert_eq!(
+        request_ids, rows,
+        "one request id per line, kept for its retries"
+    );
+    let by_status: Vec<(String, i64)> = sqlx::query_as(
+        "select s.display_name, count(*) from opportunities o
+           join opportunity_statuses s on s.id = o.status_id
+          group by s.display_name order by s.display_name",
+    )
+    .fetch_all(w.db())
+    .await
+    .expect("count by status");
+    assert_eq!(
+        by_status,
+        [
+            ("Interested".to_owned(), rows / 4),
+            ("Presented".to_owned(), rows / 4),
+            ("Quotation".to_owned(), rows / 2),
+        ],
+        "the default status where the row names none (R5), else the status named, in Thai or English"
+    );
+}

@@ -1,8 +1,10 @@
 //! The `salesopp` program's library: which services a process hosts and how it serves them,
-//! and the development tokens `demo` and `token` mint for it. `main.rs` parses the command
-//! line; the end-to-end tests use [`serve`] and [`demo::play`] directly.
+//! the development tokens `demo` and `token` mint for it, and the CSV import. `main.rs`
+//! parses the command line; the end-to-end tests use [`serve`], [`demo::play`] and
+//! [`import::run`] directly.
 
 pub mod demo;
+pub mod import;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,7 +1,8 @@
 //! `salesopp`: serve one service or all of them, apply the schema, relay the events, play
-//! the demo, mint a development token, benchmark the suite (`bench`). `demo` and `token`
-//! read the same settings as `serve` (the kit's [`AuthArgs`] and [`ListenArgs`]), so they
-//! reach and satisfy the suite it serves.
+//! the demo, mint a development token, benchmark the suite (`bench`), import customers or
+//! opportunities from a CSV file (`import`). `demo`, `token` and `import` read the same
+//! settings as `serve` (the kit's [`AuthArgs`] and [`ListenArgs`]), so they reach and satisfy
+//! the suite it serves.
 
 use std::time::Duration;
 
@@ -324,6 +325,19 @@ enum Command {
     /// over gRPC and measure it beside pgbench running the same SQL (and a minimal
     /// reference) on the same data; writes report.json, report.md and report.svg.
     Bench(Box<salesopp_bench::BenchArgs>),
+    /// Import customers or opportunities from a CSV file through the batch calls, resumably.
+    ///
+    /// Run the same file again after an interruption and only the rows not yet written are
+    /// created. Each failed row is listed with its line; the exit status is 2 when any row
+    /// failed.
+    // Tokens are minted as `token` mints them, with the suite's secret, issuer and audience.
+    #[command(
+        mut_arg("auth_jwks", |a| a.hide(true)),
+        mut_arg("auth_hs256_secret", |a| a.alias("secret").help(SECRET_HELP)),
+        mut_arg("auth_issuer", |a| a.help(ISSUER_HELP)),
+        mut_arg("auth_audience", |a| a.help(AUDIENCE_HELP)),
+    )]
+    Import(Box<salesopp::import::ImportArgs>),
 }
 
 #[tokio::main]
@@ -341,6 +355,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate { database } => migrate(database).await,
         Command::Bench(args) => {
             salesopp_bench::run(*args).await?;
+            Ok(())
+        }
+        Command::Import(args) => {
+            let summary = salesopp::import::run(args.options()?).await?;
+            print!("{summary}");
+            if !summary.ok() {
+                // Not an error of the command: the rows that failed are listed above.
+                std::io::Write::flush(&mut std::io::stdout())?;
+                std::process::exit(2);
+            }
             Ok(())
         }
         Command::Token {
