@@ -295,9 +295,13 @@ pub async fn complete_items<Resp: Message>(
     let ids: Vec<&str> = items.iter().filter_map(|(r, _)| r.request_id()).collect();
     let responses: Vec<Vec<u8>> = items.iter().map(|(_, resp)| resp.encode_to_vec()).collect();
     sqlx::query!(
+        // `request_id = any($3)` finds the rows by the primary key: joined to the unnest
+        // alone, the planner may read every record of the caller (it cannot see the
+        // array's length).
         "update idempotency_records r set response = item.response
          from unnest($3::text[], $4::bytea[]) as item (request_id, response)
-         where r.caller_id = $1 and r.method = $2 and r.request_id = item.request_id",
+         where r.caller_id = $1 and r.method = $2 and r.request_id = any($3)
+           and r.request_id = item.request_id",
         caller,
         method,
         &ids as &[&str],

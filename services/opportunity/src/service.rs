@@ -258,6 +258,7 @@ async fn insert(
         response.clone(),
         Some(status_change_to_proto(&entry)),
         request_id,
+        status_change::Version::Written,
     )
     .await?;
     with_durations_one(&mut *tx, response).await
@@ -464,6 +465,7 @@ async fn record_update(
         after.clone(),
         None,
         input.retry.request_id(),
+        status_change::Version::ByEvent,
     )
     .await?;
     Ok(after)

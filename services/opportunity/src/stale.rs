@@ -19,7 +19,7 @@ use salesopp_kit::error::ApiResult;
 use sqlx::PgPool;
 
 use crate::convert::opportunity_to_proto;
-use crate::status_change::{STALE, append_event};
+use crate::status_change::{STALE, Version, append_event};
 use crate::store;
 
 /// The lock one replica's sweep holds.
@@ -95,6 +95,7 @@ pub async fn sweep(pool: &PgPool, batch: i64) -> ApiResult<Option<u64>> {
             opportunity_to_proto(&row),
             None,
             None,
+            Version::ByEvent,
         )
         .await?;
         sent += 1;

@@ -33,9 +33,19 @@ fn event_type(name: &str) -> pb::OpportunityEventType {
     }
 }
 
-/// Writes one outbox event with the before and after of the change; `after` is the
-/// opportunity as written, before its version moves. Returns the opportunity's new version
-/// (the event's), which every answer of the write must show.
+/// Who moves the opportunity's version to its event's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// The change's own write of the row did (an insert at 1, a status move): `after`
+    /// carries the event's version.
+    Written,
+    /// The event does (an update of fields, the stale mark): `after` is the opportunity as
+    /// written, before its version moves.
+    ByEvent,
+}
+
+/// Writes one outbox event with the before and after of the change. Returns the
+/// opportunity's new version (the event's), which every answer of the write must show.
 #[allow(clippy::too_many_arguments)]
 pub async fn append_event(
     tx: &mut PgConnection,
@@ -43,12 +53,20 @@ pub async fn append_event(
     actor: &Principal,
     time: DateTime<Utc>,
     before: Option<pb::Opportunity>,
-    after: pb::Opportunity,
+    mut after: pb::Opportunity,
     status_change: Option<pb::StatusChange>,
     request_id: Option<&str>,
+    version: Version,
 ) -> ApiResult<i64> {
+    if version == Version::ByEvent {
+        after.version += 1;
+    }
     let event = Event::new(kind, actor, time, before, after, status_change, request_id)?;
-    salesopp_outbox::append(tx, &event.row(actor, time, request_id)).await?;
+    let row = event.row(actor, time, request_id);
+    match version {
+        Version::Written => salesopp_outbox::append(tx, &row).await?,
+        Version::ByEvent => salesopp_outbox::append_moving(tx, &row).await?,
+    }
     Ok(event.version)
 }
 
@@ -66,20 +84,19 @@ pub struct Event {
 }
 
 impl Event {
-    /// The event of a change of `after` (the opportunity as written, before its version
-    /// moves) by `actor` at `time`.
+    /// The event of a change of `after` (the opportunity as written, at the event's version)
+    /// by `actor` at `time`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         kind: &'static str,
         actor: &Principal,
         time: DateTime<Utc>,
         before: Option<pb::Opportunity>,
-        mut after: pb::Opportunity,
+        after: pb::Opportunity,
         status_change: Option<pb::StatusChange>,
         request_id: Option<&str>,
     ) -> ApiResult<Self> {
-        let version = after.version + 1;
-        after.version = version;
+        let version = after.version;
         let event_id = Uuid::new_v4();
         let opportunity_id = Uuid::parse_str(&after.id).map_err(ApiError::internal)?;
         let owner_id = after.owner_id.clone();
@@ -214,6 +231,7 @@ pub async fn change_status(
         opportunity_to_proto(&after),
         Some(status_change_to_proto(&entry)),
         change.request_id,
+        Version::Written,
     )
     .await?;
     Ok(Some((after, entry)))
@@ -249,6 +267,7 @@ pub fn moved_row(
         close_time: moved.close_time,
         status_change_time: time,
         revision: moved.revision,
+        version: moved.version,
         update_time: time,
         updated_by: actor.id.clone(),
         updated_by_name: moved.updated_by_name,

@@ -247,6 +247,8 @@ pub struct NewOpportunity<'a> {
     pub time: DateTime<Utc>,
 }
 
+/// Inserts a checked new opportunity at version 1, its CREATED event's (outbox `append`
+/// checks it).
 pub async fn insert(tx: &mut PgConnection, new: &NewOpportunity<'_>) -> Result<(), sqlx::Error> {
     // The amount is bound as its decimal text (no decimal crate here) and the kind as its
     // name, which the macro cannot match with `status_kind`: `as StatusKind` says so.
@@ -254,9 +256,10 @@ pub async fn insert(tx: &mut PgConnection, new: &NewOpportunity<'_>) -> Result<(
         "insert into opportunities
              (id, customer_id, owner_id, title, currency_code, amount, expected_close_date,
               status_id, state, lost_reason, next_step, close_time, status_change_time,
-              created_by, updated_by, create_time, update_time)
+              created_by, updated_by, create_time, update_time, version)
          values ($1, $2, $3, $4, $5, $6::text::numeric, $7, $8, $9::status_kind, $10, $11,
-                 case when $9 = 'OPEN' then null else $12::timestamptz end, $12, $13, $13, $12, $12)",
+                 case when $9 = 'OPEN' then null else $12::timestamptz end, $12, $13, $13, $12, $12,
+                 1)",
         new.id,
         new.customer_id,
         new.owner_id,
@@ -339,12 +342,12 @@ pub async fn insert_many(
         "insert into opportunities
              (id, customer_id, owner_id, title, currency_code, amount, expected_close_date,
               status_id, state, lost_reason, next_step, close_time, status_change_time,
-              created_by, updated_by, create_time, update_time)
+              created_by, updated_by, create_time, update_time, version)
          select item.id, item.customer_id, item.owner_id, item.title, item.currency_code,
                 item.amount::numeric, item.expected_close_date, item.status_id,
                 item.kind::status_kind, item.lost_reason, item.next_step,
                 case when item.kind = 'OPEN' then null else $12::timestamptz end, $12,
-                $13, $13, $12, $12
+                $13, $13, $12, $12, 1
          from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::date[], $8::uuid[], $9::text[], $10::text[], $11::text[])
               as item (id, customer_id, owner_id, title, currency_code, amount,
@@ -435,6 +438,8 @@ pub struct Moved {
     pub close_time: Option<DateTime<Utc>>,
     pub lost_reason: Option<String>,
     pub revision: i64,
+    /// The opportunity's version after the move: its event's.
+    pub version: i64,
     pub updated_by_name: String,
 }
 
@@ -499,12 +504,12 @@ pub async fn move_many_to_status(
                status_change_time = t.now, updated_by = $5,
                manual_probability = null, manual_forecast_category = null,
                override_status_id = null,
-               revision = o.revision + 1, update_time = t.now
+               revision = o.revision + 1, update_time = t.now, version = o.version + 1
            from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])
                     as item (id, status_id, kind, lost_reason),
                 (select salesopp_now() as now) t
-           where o.id = item.id
-           returning o.id, t.now as "time!", o.close_time, o.lost_reason, o.revision,
+           where o.id = any($1) and o.id = item.id
+           returning o.id, t.now as "time!", o.close_time, o.lost_reason, o.revision, o.version,
                      (select display_name from salespeople where id = $5) as "updated_by_name!""#,
         &ids,
         &statuses,
@@ -524,6 +529,7 @@ pub async fn move_many_to_status(
                     close_time: row.close_time,
                     lost_reason: row.lost_reason,
                     revision: row.revision,
+                    version: row.version,
                     updated_by_name: row.updated_by_name,
                 },
             )

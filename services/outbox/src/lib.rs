@@ -25,4 +25,4 @@ pub mod write;
 pub use cursor::{cursor, parse_cursor};
 pub use read::{Bounds, Page, ReadError, StoredEvent};
 pub use tail::Tail;
-pub use write::{NewEvent, append, append_many};
+pub use write::{NewEvent, append, append_many, append_moving};

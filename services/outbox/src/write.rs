@@ -25,13 +25,45 @@ pub struct NewEvent<'a> {
 /// list names each value's type: Postgres reads an untyped `$n` there as text.
 pub const APPEND_SQL: &str = include_str!("../queries/append.sql");
 
-/// Appends `event` in the caller's transaction, which holds the opportunity's row lock, and
-/// moves the opportunity to the event's version in the same statement (one write, one
-/// version); wakes the sequencer when the transaction commits. Writers take no other lock:
-/// the order of delivery is the sequencer's work, after commit.
+/// Appends `event` in the caller's transaction, which holds the opportunity's row lock and
+/// whose own write of the row already moved it to the event's version (an insert at version
+/// 1, a status move at the next): one write of the row per change, so no second version of
+/// it (and of its index entries) just for the number. The statement checks the version; the
+/// unique (opportunity, version) index makes each version one event. Wakes the sequencer
+/// when the transaction commits. Writers take no other lock: the order of delivery is the
+/// sequencer's work, after commit.
 pub async fn append(tx: &mut PgConnection, event: &NewEvent<'_>) -> ApiResult<()> {
     let written = sqlx::query_file!(
         "queries/append.sql",
+        event.event_id,
+        event.event_type,
+        event.opportunity_id,
+        event.time,
+        event.actor_id,
+        event.actor_name,
+        event.request_id,
+        event.owner_id,
+        event.previous_owner_id,
+        event.payload,
+        event.version
+    )
+    .execute(tx)
+    .await?;
+    if written.rows_affected() != 1 {
+        return Err(ApiError::internal(format!(
+            "opportunity {} is not at version {} (was it written at its event's version?)",
+            event.opportunity_id, event.version
+        )));
+    }
+    Ok(())
+}
+
+/// [`append`] for a change whose writes did not move the opportunity's version (an update
+/// of its fields, the stale sweep's mark): this statement moves it, from the event's
+/// version - 1, under the row lock the caller holds.
+pub async fn append_moving(tx: &mut PgConnection, event: &NewEvent<'_>) -> ApiResult<()> {
+    let written = sqlx::query_file!(
+        "queries/append_moving.sql",
         event.event_id,
         event.event_type,
         event.opportunity_id,
@@ -56,9 +88,9 @@ pub async fn append(tx: &mut PgConnection, event: &NewEvent<'_>) -> ApiResult<()
     Ok(())
 }
 
-/// [`append`] for many opportunities at once (R21 batches): one statement moves each to its
-/// event's version and writes the events. The caller holds every opportunity's row lock, and
-/// each opportunity appears once.
+/// [`append`] for many opportunities at once (R21 batches): one statement checks that each
+/// is at its event's version (the batch's insert or move wrote it) and writes the events.
+/// The caller holds every opportunity's row lock, and each opportunity appears once.
 pub async fn append_many(tx: &mut PgConnection, events: &[NewEvent<'_>]) -> ApiResult<()> {
     if events.is_empty() {
         return Ok(());
@@ -82,17 +114,16 @@ pub async fn append_many(tx: &mut PgConnection, events: &[NewEvent<'_>]) -> ApiR
                                   $10::bytea[], $11::bigint[])
                  as e (event_id, type, opportunity_id, occur_time, actor_id, actor_name,
                        request_id, owner_id, previous_owner_id, payload, version)),
-         bumped as (
-             update opportunities o set version = item.version
-             from item where o.id = item.opportunity_id and o.version = item.version - 1
-             returning o.id, o.version)
+         at_version as (
+             select o.id, o.version from opportunities o join item on o.id = item.opportunity_id
+             where o.id = any($3) and o.version = item.version)
          insert into opportunity_events
              (event_id, type, opportunity_id, occur_time, actor_id, actor_name, request_id,
               owner_id, previous_owner_id, payload, version)
          select item.event_id, item.type, item.opportunity_id, item.occur_time, item.actor_id,
                 item.actor_name, item.request_id, item.owner_id, item.previous_owner_id,
-                item.payload, bumped.version
-         from item join bumped on bumped.id = item.opportunity_id,
+                item.payload, at_version.version
+         from item join at_version on at_version.id = item.opportunity_id,
               (select pg_notify('salesopp_events', '')) wake"#,
         &event_ids,
         &types as &[&str],
@@ -110,7 +141,7 @@ pub async fn append_many(tx: &mut PgConnection, events: &[NewEvent<'_>]) -> ApiR
     .await?;
     if written.rows_affected() != events.len() as u64 {
         return Err(ApiError::internal(format!(
-            "{} of {} opportunities were not at the version before their event (their row locks are not held?)",
+            "{} of {} opportunities were not at their event's version (written at it?)",
             events.len() as u64 - written.rows_affected(),
             events.len()
         )));
