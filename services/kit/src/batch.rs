@@ -214,10 +214,6 @@ where
         }
     }
 
-    pub fn is_pending(&self, index: usize) -> bool {
-        matches!(self.slots[index], Slot::Pending { .. })
-    }
-
     /// Whether the batch is atomic and an item has failed: once every item is checked, the
     /// service writes nothing and goes straight to [`Items::finish`], which answers the
     /// failures (the transaction rolls back).

@@ -28,7 +28,7 @@ const RESOURCE: &str = "opportunity";
 
 /// AIP-211: a caller who may not see an opportunity learns nothing of it, not even whether
 /// it exists; only an admin (who sees everything) is told NOT_FOUND.
-pub(crate) fn hidden(visibility: &Visibility, id: Uuid) -> ApiError {
+fn hidden(visibility: &Visibility, id: Uuid) -> ApiError {
     match visibility {
         Visibility::All => ApiError::not_found(RESOURCE, id.to_string()),
         _ => ApiError::out_of_scope(format!(
