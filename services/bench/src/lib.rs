@@ -364,7 +364,6 @@ async fn round_trips(
             call,
             statements,
             source,
-            pool_checks: 1,
         });
     }
 

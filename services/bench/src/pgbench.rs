@@ -41,7 +41,7 @@ pub enum Script {
     ChangeAsIssued,
     /// The same durable work in the fewest statements.
     ChangeReference,
-    /// GetOpportunity's SELECT.
+    /// GetOpportunity's SELECT and its status durations (R15).
     GetAsIssued,
     /// The opportunity row by primary key.
     GetReference,
@@ -61,9 +61,10 @@ impl Script {
     /// is [`Script::text`]).
     pub fn statements(self) -> u32 {
         match self {
-            Script::ChangeAsIssued => 11,
+            Script::ChangeAsIssued => 12,
             Script::ChangeReference => 6,
-            Script::GetAsIssued | Script::GetReference => 1,
+            Script::GetAsIssued => 2,
+            Script::GetReference => 1,
         }
     }
 }
@@ -187,7 +188,11 @@ impl Script {
     /// with -D), `client_id` (pgbench's own).
     pub fn text(self, inputs: &Inputs) -> String {
         match self {
-            Script::GetAsIssued => format!("\\set n random(1, :scale)\n{};\n", get_sql()),
+            Script::GetAsIssued => format!(
+                "\\set n random(1, :scale)\n{};\n{};\n",
+                get_sql(),
+                durations_sql()
+            ),
             Script::GetReference => {
                 format!(
                     "\\set n random(1, :scale)\nselect * from opportunities where id = {OPPORTUNITY};\n"
@@ -204,13 +209,23 @@ fn get_sql() -> String {
     as_pgbench(salesopp_opportunity::store::GET_SQL, &[OPPORTUNITY])
 }
 
-/// The 11 statements ChangeOpportunityStatus issues, the store's own texts where it has them.
+/// The status durations of the opportunity read (R15), which GetOpportunity and the change
+/// answer with.
+fn durations_sql() -> String {
+    as_pgbench(
+        salesopp_opportunity::store::DURATIONS_OF_ONE_SQL,
+        &[OPPORTUNITY],
+    )
+}
+
+/// The 12 statements ChangeOpportunityStatus issues, the store's own texts where it has them.
 fn change_as_issued(inputs: &Inputs) -> String {
     let payload = hex(&inputs.event_payload);
     let response = hex(&inputs.stored_response);
     // The request hash is a SHA-256: 32 bytes.
     let hash = hex(&[0xab; 32]);
     let get = get_sql();
+    let durations = durations_sql();
     // The row moved and its clock read, returning `time` and what changed.
     let move_to_status = as_pgbench(
         salesopp_opportunity::store::MOVE_TO_STATUS_SQL,
@@ -285,6 +300,8 @@ insert into status_changes
  returning {history_columns};
 -- events::append (outbox::write::append)
 {append_event};
+-- service::with_durations_one: the answer's status durations (R15)
+{durations};
 -- kit idempotency::complete
 update idempotency_records set response = {response}
  where caller_id = :caller and method = 'ChangeOpportunityStatus' and request_id = 'pgbench-' || :r;

@@ -50,9 +50,6 @@ pub struct RoundTrips {
     pub statements: f64,
     /// Where the number comes from.
     pub source: String,
-    /// Besides the statements: sqlx's pool checks a connection before lending it
-    /// (`test_before_acquire`), one Sync round trip that runs no statement.
-    pub pool_checks: u32,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -203,17 +200,10 @@ impl Report {
             }
         }
         if !self.round_trips.is_empty() {
-            let _ = writeln!(
-                *md,
-                "\n| call | statements per call | pool checks | counted |"
-            );
-            let _ = writeln!(*md, "|---|---:|---:|---|");
+            let _ = writeln!(*md, "\n| call | statements per call | counted |");
+            let _ = writeln!(*md, "|---|---:|---|");
             for r in &self.round_trips {
-                let _ = writeln!(
-                    *md,
-                    "| {} | {:.1} | {} | {} |",
-                    r.call, r.statements, r.pool_checks, r.source
-                );
+                let _ = writeln!(*md, "| {} | {:.1} | {} |", r.call, r.statements, r.source);
             }
         }
     }

@@ -443,6 +443,10 @@ pub struct Moved {
     pub updated_by_name: String,
 }
 
+/// The status durations of one opportunity ([`durations`]), as the benchmark's pgbench
+/// scripts issue them too.
+pub const DURATIONS_OF_ONE_SQL: &str = include_str!("../queries/durations_of_one.sql");
+
 /// [`move_to_status`]'s statement (the benchmark's pgbench script runs this same text).
 pub const MOVE_TO_STATUS_SQL: &str = include_str!("../queries/move_to_status.sql");
 
@@ -857,24 +861,23 @@ pub async fn durations<'e>(
     db: impl PgExecutor<'e>,
     ids: &[Uuid],
 ) -> Result<Vec<StatusDurationRow>, sqlx::Error> {
+    // One opportunity by `=`: an array parameter keeps Postgres planning the statement
+    // again at every call (its generic plan is costed for ten elements), which cost a
+    // GetOpportunity more than its reads.
+    if let [id] = ids {
+        return sqlx::query_file_as!(StatusDurationRow, "queries/durations_of_one.sql", id)
+            .fetch_all(db)
+            .await;
+    }
     sqlx::query_as!(
         StatusDurationRow,
-        r#"select d.opportunity_id, d.status_id, s.display_name, d.entries,
-                  (extract(epoch from d.cumulative_closed
-                                      + case when o.status_id = d.status_id
-                                             then t.now - d.last_entered_time
-                                             else interval '0' end) * 1000000)::bigint
-                      as "cumulative_micros!",
-                  case when o.status_id = d.status_id
-                       then (extract(epoch from t.now - d.last_entered_time) * 1000000)::bigint
-                  end as current_stay_micros,
-                  d.last_entered_time, d.last_exited_time
-           from opportunity_status_durations d
-           join opportunities o on o.id = d.opportunity_id
-           join opportunity_statuses s on s.id = d.status_id
-           cross join (select salesopp_now() as now) t
-           where d.opportunity_id = any($1)
-           order by d.opportunity_id, s.position"#,
+        r#"select opportunity_id as "opportunity_id!", status_id as "status_id!",
+                  display_name as "display_name!", entries as "entries!",
+                  cumulative_micros as "cumulative_micros!", current_stay_micros,
+                  last_entered_time as "last_entered_time!", last_exited_time
+           from opportunity_status_durations_now
+           where opportunity_id = any($1)
+           order by opportunity_id, position"#,
         ids
     )
     .fetch_all(db)
