@@ -194,6 +194,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<report::Report> {
         db: &db,
         database_url: &bench_url,
         scale: plan.scale,
+        customers: plan.customers,
         args: &args,
     };
     let pgbench_results = match run_pgbench(&inputs, &workloads).await {
@@ -375,6 +376,7 @@ struct PgbenchRun<'a> {
     db: &'a sqlx::PgPool,
     database_url: &'a str,
     scale: u64,
+    customers: u64,
     args: &'a BenchArgs,
 }
 
@@ -393,14 +395,18 @@ async fn run_pgbench(
             workloads
                 .iter()
                 .any(|w| matches!(w, Workload::ChangeStatus | Workload::ChangeStatusCallers)),
-            [
+            vec![
                 pgbench::Script::ChangeAsIssued,
                 pgbench::Script::ChangeReference,
             ],
         ),
         (
             workloads.contains(&Workload::Get),
-            [pgbench::Script::GetAsIssued, pgbench::Script::GetReference],
+            vec![pgbench::Script::GetAsIssued, pgbench::Script::GetReference],
+        ),
+        (
+            workloads.contains(&Workload::BatchCreate),
+            vec![pgbench::Script::BatchCreateReference],
         ),
     ]
     .into_iter()
@@ -412,6 +418,7 @@ async fn run_pgbench(
         let inputs = pgbench::Inputs {
             database_url: run.database_url.to_owned(),
             scale: run.scale,
+            customers: run.customers,
             concurrency: args.concurrency,
             warmup: Duration::from_secs(args.warmup),
             duration: Duration::from_secs(args.duration),

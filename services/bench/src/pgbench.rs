@@ -18,7 +18,8 @@
 //!   tables, indexes and triggers: update the row (returning what the history needs),
 //!   insert the history entry, the event with a payload of the size the suite writes, the
 //!   idempotency record with a response of the size the suite stores, commit. For a read:
-//!   the opportunity row by primary key.
+//!   the opportunity row by primary key. For BatchCreateOpportunities, (b) only: the items'
+//!   rows, history entries, events and idempotency records in one statement.
 //!
 //! Each pgbench client changes only the opportunities numbered `client_id` modulo the
 //! clients, as each suite task does, so neither side waits on another's row.
@@ -32,7 +33,7 @@ use hdrhistogram::Histogram;
 use sqlx::PgPool;
 use tokio::process::Command;
 
-use crate::drive::Latency;
+use crate::drive::{BATCH_ITEMS, Latency};
 
 /// Which script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -45,6 +46,10 @@ pub enum Script {
     GetAsIssued,
     /// The opportunity row by primary key.
     GetReference,
+    /// The durable work of a BatchCreateOpportunities of [`BATCH_ITEMS`] items in one
+    /// statement: the rows, their first history entries, their CREATED events, their
+    /// idempotency records (the rules' triggers fire as for the suite).
+    BatchCreateReference,
 }
 
 impl Script {
@@ -54,6 +59,7 @@ impl Script {
             Script::ChangeReference => "(b) reference change",
             Script::GetAsIssued => "(a) GetOpportunity's own SQL",
             Script::GetReference => "(b) primary-key read",
+            Script::BatchCreateReference => "(b) reference batch create, 100 items",
         }
     }
 
@@ -65,6 +71,7 @@ impl Script {
             Script::ChangeReference => 6,
             Script::GetAsIssued => 2,
             Script::GetReference => 1,
+            Script::BatchCreateReference => 3,
         }
     }
 }
@@ -86,6 +93,8 @@ pub struct Measured {
 pub struct Inputs {
     pub database_url: String,
     pub scale: u64,
+    /// Customers seeded: `md5('customer-' || i)::uuid` for i in 1..=customers.
+    pub customers: u64,
     pub concurrency: usize,
     pub warmup: Duration,
     pub duration: Duration,
@@ -184,8 +193,8 @@ const PICK_OWN: &str = "\\set k random(0, (:scale - 1 - :client_id) / :nclients)
 ";
 
 impl Script {
-    /// The pgbench script. Variables: `scale`, `nclients`, `caller`, `caller_name` (given
-    /// with -D), `client_id` (pgbench's own).
+    /// The pgbench script. Variables: `scale`, `customers`, `nclients`, `caller`,
+    /// `caller_name` (given with -D), `client_id` (pgbench's own).
     pub fn text(self, inputs: &Inputs) -> String {
         match self {
             Script::GetAsIssued => format!(
@@ -200,6 +209,7 @@ impl Script {
             }
             Script::ChangeAsIssued => change_as_issued(inputs),
             Script::ChangeReference => change_reference(inputs),
+            Script::BatchCreateReference => batch_create_reference(inputs),
         }
     }
 }
@@ -310,6 +320,53 @@ COMMIT;
     )
 }
 
+/// A BatchCreateOpportunities' durable work in one statement, as the workload sends it:
+/// [`BATCH_ITEMS`] opportunities of random seeded customers owned by the caller, in the
+/// default status, each with its first history entry, its CREATED event (a payload of the
+/// size the suite writes) and its idempotency record. The triggers that keep the rules
+/// (customer live, status live, pipeline totals, durations, history chain) and the foreign
+/// keys run as they do for the suite; what the suite adds is reading and checking the items
+/// (statuses, customers, owners), the answers and the round trips.
+fn batch_create_reference(inputs: &Inputs) -> String {
+    let payload = hex(&inputs.event_payload);
+    let response = hex(&inputs.stored_response);
+    let hash = hex(&[0xab; 32]);
+    let items = BATCH_ITEMS;
+    format!(
+        "\\set r random(1, 1000000000000000)
+BEGIN;
+with o as (
+ insert into opportunities
+     (id, customer_id, owner_id, title, currency_code, amount, status_id, state,
+      status_change_time, created_by, updated_by, create_time, update_time, version)
+ select gen_random_uuid(), md5('customer-' || (1 + ((:r)::bigint + g * 7919) % :customers))::uuid,
+        :caller, 'Bench batch deal ' || :r || '-' || g, 'THB', (1000 + ((:r)::bigint + g) % 5000000)::numeric,
+        d.id, d.kind, now(), :caller, :caller, now(), now(), 1
+ from generate_series(1, {items}) g, opportunity_statuses d where d.is_default
+ returning id, owner_id, amount, currency_code, status_id),
+h as (
+ insert into status_changes
+     (opportunity_id, sequence, to_status_id, to_display_name, to_kind, to_probability,
+      changed_by_id, changed_by_name, change_time, currency_code, amount, request_id)
+ select o.id, 1, s.id, s.display_name, s.kind, s.probability, :caller, :caller_name, now(),
+        o.currency_code, o.amount, 'pgbench-' || :r
+ from o join opportunity_statuses s on s.id = o.status_id
+ returning 1),
+e as (
+ insert into opportunity_events
+     (type, opportunity_id, occur_time, actor_id, actor_name, request_id, owner_id, payload,
+      version)
+ select 'CREATED', o.id, now(), :caller, :caller_name, 'pgbench-' || :r, o.owner_id, {payload}, 1
+ from o
+ returning 1)
+insert into idempotency_records (caller_id, method, request_id, request_hash, response)
+select :caller, 'CreateOpportunity', 'pgbench-' || :r || '-' || g, {hash}, {response}
+from generate_series(1, {items}) g;
+COMMIT;
+"
+    )
+}
+
 /// The same durable work in the fewest statements, on the same tables and indexes.
 fn change_reference(inputs: &Inputs) -> String {
     let payload = hex(&inputs.event_payload);
@@ -403,6 +460,7 @@ async fn pgbench(
         .arg(format!("--time={}", duration.as_secs().max(1)))
         .arg(format!("--file={}", file.display()))
         .arg(format!("--define=scale={}", inputs.scale))
+        .arg(format!("--define=customers={}", inputs.customers))
         .arg(format!("--define=nclients={clients}"))
         .arg(format!("--define=caller={}", inputs.caller_id))
         .arg(format!("--define=caller_name={}", inputs.caller_name));
@@ -463,6 +521,7 @@ mod tests {
         Inputs {
             database_url: String::new(),
             scale: 10,
+            customers: 5,
             concurrency: 2,
             warmup: Duration::ZERO,
             duration: Duration::from_secs(1),
@@ -494,6 +553,7 @@ mod tests {
             Script::ChangeReference,
             Script::GetAsIssued,
             Script::GetReference,
+            Script::BatchCreateReference,
         ] {
             let text = script.text(&inputs());
             let ends = text

@@ -82,6 +82,7 @@ impl Report {
                     &[Script::ChangeAsIssued, Script::ChangeReference]
                 }
                 Workload::Get => &[Script::GetAsIssued, Script::GetReference],
+                Workload::BatchCreate => &[Script::BatchCreateReference],
                 _ => &[],
             };
             for script in scripts {
@@ -267,6 +268,7 @@ impl Report {
             let scripts: &[Script] = match m.workload {
                 Workload::ChangeStatus => &[Script::ChangeAsIssued, Script::ChangeReference],
                 Workload::Get => &[Script::GetAsIssued, Script::GetReference],
+                Workload::BatchCreate => &[Script::BatchCreateReference],
                 _ => &[],
             };
             for script in scripts {
