@@ -1115,6 +1115,22 @@ async fn r21_a_batch_status_change_records_one_history_entry_and_event_per_oppor
     let rep = rep_token();
     w.set_clock(at(9, 0)).await;
     let created = w.opportunities(40).await;
+    // R15: each answer's durations are what GetOpportunity reads at the same clock.
+    for opportunity in &created {
+        let read = w
+            .opps
+            .get_opportunity(authed(
+                &rep,
+                pb::GetOpportunityRequest {
+                    id: opportunity.id.clone(),
+                },
+            ))
+            .await
+            .expect("read the created opportunity")
+            .into_inner();
+        assert_eq!(read.status_durations.len(), 1);
+        assert_eq!(opportunity.status_durations, read.status_durations);
+    }
     // 90 minutes in Interested, then each moves.
     w.set_clock(at(10, 30)).await;
     let target = |i: usize| [PRESENTED, QUOTATION, WON, LOST][i % 4];

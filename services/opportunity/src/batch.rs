@@ -15,8 +15,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::convert::{
-    BatchChangeInput, BatchCreateInput, ChangeInput, NewOpportunityInput, opportunity_to_proto,
-    status_change_to_proto,
+    self, BatchChangeInput, BatchCreateInput, ChangeInput, NewOpportunityInput,
+    opportunity_to_proto, status_change_to_proto,
 };
 use crate::domain::{self, Visibility};
 use crate::service::{
@@ -205,7 +205,13 @@ pub async fn create(
             .map(|(event, request_id)| event.row(caller, time, *request_id))
             .collect();
         salesopp_outbox::append_many(tx, &outbox).await?;
-        with_durations(&mut *tx, &mut created).await?;
+        // R15: a new opportunity has been in its first status once, since the write's clock;
+        // known without reading it back (the history trigger wrote the same row).
+        for (((_, status, _), id), opportunity) in checked.iter().zip(&ids).zip(&mut created) {
+            opportunity.status_durations = vec![convert::status_duration_to_proto(
+                &store::StatusDurationRow::first(*id, status, time),
+            )];
+        }
         for ((index, _, _), opportunity) in checked.iter().zip(created) {
             items.done(*index, opportunity);
         }

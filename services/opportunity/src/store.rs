@@ -854,6 +854,23 @@ pub struct StatusDurationRow {
     pub last_exited_time: Option<DateTime<Utc>>,
 }
 
+impl StatusDurationRow {
+    /// The durations of an opportunity created at `time` in `status`, as of that moment: one
+    /// entry, no time spent yet.
+    pub fn first(opportunity_id: Uuid, status: &StatusInfo, time: DateTime<Utc>) -> Self {
+        StatusDurationRow {
+            opportunity_id,
+            status_id: status.id,
+            display_name: status.display_name.clone(),
+            entries: 1,
+            cumulative_micros: 0,
+            current_stay_micros: Some(0),
+            last_entered_time: time,
+            last_exited_time: None,
+        }
+    }
+}
+
 /// The status durations (R15) of the opportunities `ids`, by opportunity, each in pipeline
 /// order: one statement for a whole page, whatever its length. The trigger on the history
 /// keeps the ended stays; the current stay is counted here, up to `salesopp_now()`.
