@@ -8,6 +8,7 @@ use std::pin::Pin;
 
 use salesopp_kit::db::Pools;
 use salesopp_kit::handle;
+use salesopp_outbox::Wake;
 use salesopp_proto::opportunity::v1 as pb;
 use salesopp_proto::opportunity::v1::opportunity_service_server::OpportunityService;
 use tonic::{Request, Response, Status};
@@ -19,12 +20,14 @@ use crate::service;
 pub struct Opportunities {
     pools: Pools,
     feed: Feed,
+    wake: Wake,
 }
 
 impl Opportunities {
-    /// The service over `pools`, streaming events from `feed` (which reads the primary).
-    pub fn new(pools: Pools, feed: Feed) -> Self {
-        Self { pools, feed }
+    /// The service over `pools`, streaming events from `feed` (which reads the primary); each
+    /// write wakes the event sequencer through `wake` once it has committed.
+    pub fn new(pools: Pools, feed: Feed, wake: Wake) -> Self {
+        Self { pools, feed, wake }
     }
 }
 
@@ -36,30 +39,33 @@ impl OpportunityService for Opportunities {
         &self,
         request: Request<pb::CreateOpportunityRequest>,
     ) -> Result<Response<pb::Opportunity>, Status> {
-        handle::sales(request, async |caller, input| {
-            service::create(self.pools.primary(), caller, input).await
-        })
-        .await
+        self.wake
+            .after(handle::sales(request, async |caller, input| {
+                service::create(self.pools.primary(), caller, input).await
+            }))
+            .await
     }
 
     async fn batch_create_opportunities(
         &self,
         request: Request<pb::BatchCreateOpportunitiesRequest>,
     ) -> Result<Response<pb::BatchCreateOpportunitiesResponse>, Status> {
-        handle::sales(request, async |caller, input| {
-            crate::batch::create(self.pools.primary(), caller, input).await
-        })
-        .await
+        self.wake
+            .after(handle::sales(request, async |caller, input| {
+                crate::batch::create(self.pools.primary(), caller, input).await
+            }))
+            .await
     }
 
     async fn batch_change_opportunity_status(
         &self,
         request: Request<pb::BatchChangeOpportunityStatusRequest>,
     ) -> Result<Response<pb::BatchChangeOpportunityStatusResponse>, Status> {
-        handle::sales(request, async |caller, input| {
-            crate::batch::change_status(self.pools.primary(), caller, input).await
-        })
-        .await
+        self.wake
+            .after(handle::sales(request, async |caller, input| {
+                crate::batch::change_status(self.pools.primary(), caller, input).await
+            }))
+            .await
     }
 
     async fn get_opportunity(
@@ -76,20 +82,22 @@ impl OpportunityService for Opportunities {
         &self,
         request: Request<pb::UpdateOpportunityRequest>,
     ) -> Result<Response<pb::Opportunity>, Status> {
-        handle::sales(request, async |caller, input| {
-            service::update(self.pools.primary(), caller, input).await
-        })
-        .await
+        self.wake
+            .after(handle::sales(request, async |caller, input| {
+                service::update(self.pools.primary(), caller, input).await
+            }))
+            .await
     }
 
     async fn change_opportunity_status(
         &self,
         request: Request<pb::ChangeOpportunityStatusRequest>,
     ) -> Result<Response<pb::ChangeOpportunityStatusResponse>, Status> {
-        handle::sales(request, async |caller, input| {
-            service::change_status(self.pools.primary(), caller, input).await
-        })
-        .await
+        self.wake
+            .after(handle::sales(request, async |caller, input| {
+                service::change_status(self.pools.primary(), caller, input).await
+            }))
+            .await
     }
 
     async fn list_opportunities(

@@ -107,10 +107,15 @@ pub async fn sweep(pool: &PgPool, batch: i64) -> ApiResult<Option<u64>> {
 }
 
 /// Sweeps every `interval` until the task is dropped; a full batch goes again at once;
-/// errors are logged and the next round tries again.
-pub async fn run(pool: PgPool, interval: Duration) {
+/// errors are logged and the next round tries again. A sweep that told of any wakes the
+/// event sequencer through `wake`.
+pub async fn run(pool: PgPool, interval: Duration, wake: salesopp_outbox::Wake) {
     loop {
-        match sweep(&pool, BATCH).await {
+        let swept = sweep(&pool, BATCH).await;
+        if matches!(swept, Ok(Some(sent)) if sent > 0) {
+            wake.committed();
+        }
+        match swept {
             Ok(Some(sent)) if sent as i64 >= BATCH => continue,
             Ok(Some(sent)) if sent > 0 => tracing::info!(sent, "stale opportunities told"),
             Ok(_) => {}

@@ -6,7 +6,7 @@
 //!   bumping the opportunity's `version` (one write, one version).
 //! - [`sequencer`]: gives committed events their delivery position (`seq`) in commit order
 //!   and per opportunity in version order, without any lock on writers; one active across
-//!   replicas.
+//!   replicas. [`wake`]: the wake-up a write sends it once committed.
 //! - [`backlog`]: how many written events wait to be placed, and for how long (metrics).
 //! - [`read`]: the ordered reader by position, with the retention horizon in the same
 //!   snapshot; [`cursor`]: positions as opaque cursors.
@@ -20,9 +20,11 @@ pub mod read;
 pub mod retention;
 pub mod sequencer;
 pub mod tail;
+pub mod wake;
 pub mod write;
 
 pub use cursor::{cursor, parse_cursor};
 pub use read::{Bounds, Page, ReadError, StoredEvent};
 pub use tail::Tail;
+pub use wake::Wake;
 pub use write::{NewEvent, append, append_many, append_moving};

@@ -24,9 +24,10 @@
 //! that n+1's writer waited for) and is placed as soon as its own transaction is below the
 //! horizon. Other opportunities' events are not held back.
 //!
-//! Latency: writers `NOTIFY salesopp_events` in their commit; the sequencer listens, and
-//! polls slowly besides, for events held behind a transaction that wrote none. It notifies
-//! `salesopp_events_placed` in its own commit, which wakes every process's tail.
+//! Latency: once a write has committed, its process sends `NOTIFY salesopp_events` (never in
+//! the write's own transaction: [`crate::wake`] says why); the sequencer listens, and polls
+//! besides, for events held behind a transaction that wrote none and for a lost wake-up. It
+//! notifies `salesopp_events_placed` in its own commit, which wakes every process's tail.
 
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use uuid::Uuid;
 const SEQUENCER_LOCK: i64 = 0x5a1e_500f_5e90;
 /// The transaction lock each placing batch takes.
 const BATCH_LOCK: i64 = 0x5a1e_500f_5e91;
-/// The channel writers notify when they commit events.
+/// The channel a process notifies once a write of events has committed ([`crate::wake`]).
 pub const CHANNEL: &str = "salesopp_events";
 /// The channel the sequencer notifies when it placed events: every process's tail
 /// ([`crate::tail`]) listens to it.

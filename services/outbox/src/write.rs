@@ -29,9 +29,9 @@ pub const APPEND_SQL: &str = include_str!("../queries/append.sql");
 /// whose own write of the row already moved it to the event's version (an insert at version
 /// 1, a status move at the next): one write of the row per change, so no second version of
 /// it (and of its index entries) just for the number. The statement checks the version; the
-/// unique (opportunity, version) index makes each version one event. Wakes the sequencer
-/// when the transaction commits. Writers take no other lock: the order of delivery is the
-/// sequencer's work, after commit.
+/// unique (opportunity, version) index makes each version one event. Writers take no other
+/// lock, and notify nobody in their transaction: the caller wakes the sequencer once it has
+/// committed ([`crate::Wake::committed`]); the order of delivery is the sequencer's work.
 pub async fn append(tx: &mut PgConnection, event: &NewEvent<'_>) -> ApiResult<()> {
     let written = sqlx::query_file!(
         "queries/append.sql",
@@ -123,8 +123,7 @@ pub async fn append_many(tx: &mut PgConnection, events: &[NewEvent<'_>]) -> ApiR
          select item.event_id, item.type, item.opportunity_id, item.occur_time, item.actor_id,
                 item.actor_name, item.request_id, item.owner_id, item.previous_owner_id,
                 item.payload, at_version.version
-         from item join at_version on at_version.id = item.opportunity_id,
-              (select pg_notify('salesopp_events', '')) wake"#,
+         from item join at_version on at_version.id = item.opportunity_id"#,
         &event_ids,
         &types as &[&str],
         &opportunity_ids,

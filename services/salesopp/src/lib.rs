@@ -15,8 +15,8 @@ use salesopp_kit::auth::AuthLayer;
 use salesopp_kit::db::Pools;
 use salesopp_kit::{Authenticator, ServeOptions};
 use salesopp_opportunity::events::{Feed, StreamConfig};
-use salesopp_outbox::Tail;
 use salesopp_outbox::retention::Retention;
+use salesopp_outbox::{Tail, Wake};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -117,7 +117,12 @@ pub struct ServeConfig {
 }
 
 /// The routes of `services`, each behind token verification.
-fn routes(config: &ServeConfig, listen: SocketAddr, feed: Option<&Feed>) -> anyhow::Result<Routes> {
+fn routes(
+    config: &ServeConfig,
+    listen: SocketAddr,
+    feed: Option<&Feed>,
+    wake: Option<&Wake>,
+) -> anyhow::Result<Routes> {
     let auth = AuthLayer::new(
         config.auth.clone(),
         // Recording who calls is a write: the primary.
@@ -148,6 +153,7 @@ fn routes(config: &ServeConfig, listen: SocketAddr, feed: Option<&Feed>) -> anyh
                             feed.cloned().ok_or_else(|| {
                                 anyhow::anyhow!("no event feed without a database")
                             })?,
+                            wake.cloned().ok_or_else(no_wake)?,
                         ),
                     ),
                 ));
@@ -155,7 +161,10 @@ fn routes(config: &ServeConfig, listen: SocketAddr, feed: Option<&Feed>) -> anyh
             ServiceKind::StatusConfig => {
                 builder.add_service(auth.layer(
                     salesopp_status_config::StatusConfigServiceServer::new(
-                        salesopp_status_config::StatusConfig::new(pools()?),
+                        salesopp_status_config::StatusConfig::new(
+                            pools()?,
+                            wake.cloned().ok_or_else(no_wake)?,
+                        ),
                     ),
                 ));
             }
@@ -195,8 +204,12 @@ pub async fn serve(
     let mut tasks = Vec::new();
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut feed = None;
+    let mut wake = None;
     if let Some(pool) = config.pools.as_ref().map(Pools::primary) {
         if hosts(&[ServiceKind::Opportunity, ServiceKind::StatusConfig]) {
+            let (sender, task) = Wake::start(pool.clone());
+            tasks.push(AbortOnDrop(task));
+            wake = Some(sender.clone());
             tasks.push(AbortOnDrop(tokio::spawn(salesopp_outbox::sequencer::run(
                 pool.clone(),
             ))));
@@ -212,6 +225,7 @@ pub async fn serve(
                 tasks.push(AbortOnDrop(tokio::spawn(salesopp_opportunity::stale::run(
                     pool.clone(),
                     interval,
+                    sender,
                 ))));
             }
             tasks.push(AbortOnDrop(tokio::spawn(
@@ -227,7 +241,12 @@ pub async fn serve(
             feed = Some(Feed::new(pool.clone(), tail, config.streams, stopping));
         }
     }
-    let routes = routes(&config, listener.local_addr()?, feed.as_ref())?;
+    let routes = routes(
+        &config,
+        listener.local_addr()?,
+        feed.as_ref(),
+        wake.as_ref(),
+    )?;
     // Once shutdown has begun and readiness reads NOT_SERVING, open streams end at once with
     // UNAVAILABLE (their consumers reconnect elsewhere); unary calls in flight finish within
     // the grace period.
@@ -247,6 +266,10 @@ pub async fn serve(
     .await;
     drop(tasks);
     served
+}
+
+fn no_wake() -> anyhow::Error {
+    anyhow::anyhow!("no event wake-up without a database")
 }
 
 /// A background task that ends with its owner.

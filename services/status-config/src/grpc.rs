@@ -4,6 +4,7 @@
 
 use salesopp_kit::db::Pools;
 use salesopp_kit::handle;
+use salesopp_outbox::Wake;
 use salesopp_proto::statusconfig::v1 as pb;
 use salesopp_proto::statusconfig::v1::status_config_service_server::StatusConfigService;
 use tonic::{Request, Response, Status};
@@ -13,11 +14,14 @@ use crate::service;
 #[derive(Debug, Clone)]
 pub struct StatusConfig {
     pools: Pools,
+    wake: Wake,
 }
 
 impl StatusConfig {
-    pub fn new(pools: Pools) -> Self {
-        Self { pools }
+    /// The service over `pools`; a status deletion that moves opportunities (R6) wakes the
+    /// event sequencer through `wake` once it has committed.
+    pub fn new(pools: Pools, wake: Wake) -> Self {
+        Self { pools, wake }
     }
 }
 
@@ -69,10 +73,11 @@ impl StatusConfigService for StatusConfig {
         &self,
         request: Request<pb::DeleteStatusRequest>,
     ) -> Result<Response<pb::DeleteStatusResponse>, Status> {
-        handle::admin(request, async |caller, input| {
-            service::delete(self.pools.primary(), caller, input).await
-        })
-        .await
+        self.wake
+            .after(handle::admin(request, async |caller, input| {
+                service::delete(self.pools.primary(), caller, input).await
+            }))
+            .await
     }
 
     async fn set_default_status(
