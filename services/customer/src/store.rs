@@ -271,23 +271,48 @@ pub fn list_query(
     after: Option<&ListAfter>,
     limit: i64,
 ) -> QueryBuilder<Postgres> {
+    let order = match filter.order {
+        ListOrder::DisplayName => " order by lower(c.display_name), c.id",
+        ListOrder::UpdateTimeDesc => " order by c.update_time desc, c.id desc",
+    };
     let mut query = QueryBuilder::new("");
-    if let Some(pattern) = &filter.pattern {
-        // The matches first, through the trigram index, then ordered and paged: left to
-        // itself the planner walks the name index and filters, reading most of the table
-        // for a term that matches late in name order (Thai names sort after Latin ones).
-        query
-            .push("with matches as materialized (select c.id from customers c where ")
-            .push(SEARCH_EXPRESSION)
-            .push(" like lower(")
-            .push_bind(pattern.clone())
-            .push(")) ");
-    }
-    query.push(select_customer());
-    query.push("where true");
-    if filter.pattern.is_some() {
-        query.push(" and c.id in (select id from matches)");
-    }
+    let Some(pattern) = &filter.pattern else {
+        query.push(select_customer()).push("where true");
+        push_conditions(&mut query, filter, after);
+        query.push(order).push(" limit ").push_bind(limit);
+        return query;
+    };
+    // The matches first, through the trigram index, with only what orders them; then the
+    // page of them; then the page's rows and names. Left to itself the planner walks the name
+    // index and filters, reading most of the table for a term that matches late in name
+    // order (Thai names sort after Latin ones); and joining every match before paging would
+    // read each matching row twice.
+    query
+        .push("with matches as materialized (")
+        .push("select c.id, c.display_name, c.update_time from customers c where ")
+        .push(SEARCH_EXPRESSION)
+        .push(" like lower(")
+        .push_bind(pattern.clone())
+        .push(")");
+    push_conditions(&mut query, filter, after);
+    query
+        .push("), page as (select c.id from matches c")
+        .push(order)
+        .push(" limit ")
+        .push_bind(limit)
+        .push(") ")
+        .push(select_customer())
+        .push("where c.id in (select id from page)")
+        .push(order);
+    query
+}
+
+/// The list's conditions after a `where`, each as ` and ...` over `customers c`.
+fn push_conditions(
+    query: &mut QueryBuilder<Postgres>,
+    filter: &ListFilter,
+    after: Option<&ListAfter>,
+) {
     if !filter.show_archived {
         query.push(" and not c.archived");
     }
@@ -316,12 +341,6 @@ pub fn list_query(
         }
         None => {}
     }
-    query.push(match filter.order {
-        ListOrder::DisplayName => " order by lower(c.display_name), c.id",
-        ListOrder::UpdateTimeDesc => " order by c.update_time desc, c.id desc",
-    });
-    query.push(" limit ").push_bind(limit);
-    query
 }
 
 #[tracing::instrument(name = "SELECT customers", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "customers"))]
