@@ -5,7 +5,7 @@
 //! opportunities it alone was given, so no two tasks wait on one row: what is measured is
 //! the suite's own cost, not contention the benchmark made up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -136,6 +136,78 @@ pub struct Context {
     pub concurrency: usize,
     pub warmup: Duration,
     pub duration: Duration,
+    /// When the mix's writers were told their writes committed, beside what the watchers
+    /// received: the lag from commit to receipt.
+    pub acks: Acks,
+}
+
+/// Each write's acknowledgement (the suite answered: its transaction has committed) met
+/// with each watcher's receipt of the write's event, by (opportunity, version), whichever
+/// comes first: the lag from acknowledgement to receipt, 0 when the event arrived first. The
+/// commit lies between the event's occur time and the acknowledgement, so the delivery lag
+/// from commit lies between this lag and the one from the occur time.
+#[derive(Debug, Clone, Default)]
+pub struct Acks(Arc<std::sync::Mutex<AckState>>);
+
+#[derive(Debug, Default)]
+struct AckState {
+    acked: HashMap<(String, i64), SystemTime>,
+    /// Receipts before their acknowledgement: (watcher, opportunity, version).
+    early: HashMap<(usize, String, i64), SystemTime>,
+    watchers: usize,
+    lag: Option<Histogram<u64>>,
+}
+
+impl AckState {
+    fn record(&mut self, micros: u64) {
+        let _ = self.lag.get_or_insert_with(histogram).record(micros.max(1));
+    }
+}
+
+impl Acks {
+    fn acknowledged(&self, written: Written, at: SystemTime) {
+        let Ok(mut state) = self.0.lock() else { return };
+        for watcher in 0..state.watchers {
+            if state
+                .early
+                .remove(&(watcher, written.0.clone(), written.1))
+                .is_some()
+            {
+                state.record(0);
+            }
+        }
+        state.acked.insert(written, at);
+    }
+
+    fn received(&self, watcher: usize, written: Written, at: SystemTime) {
+        let Ok(mut state) = self.0.lock() else { return };
+        match state.acked.get(&written) {
+            Some(acked) => {
+                let micros = at.duration_since(*acked).unwrap_or_default().as_micros();
+                state.record(micros as u64);
+            }
+            None => {
+                state.early.insert((watcher, written.0, written.1), at);
+            }
+        }
+    }
+
+    fn watching(&self, watchers: usize) {
+        if let Ok(mut state) = self.0.lock() {
+            *state = AckState {
+                watchers,
+                ..AckState::default()
+            };
+        }
+    }
+
+    fn lag(&self) -> Histogram<u64> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|state| state.lag.clone())
+            .unwrap_or_else(histogram)
+    }
 }
 
 /// Latency summary in milliseconds.
@@ -171,9 +243,13 @@ pub struct Delivery {
     pub watchers: usize,
     /// Events received, summed over the watchers.
     pub events: u64,
-    /// From the event's occur time (the database clock inside its transaction, just before
-    /// commit) to its receipt by a watcher.
+    /// From the event's occur time (the database clock inside its transaction, before the
+    /// rest of it and its commit) to its receipt by a watcher.
     pub lag: Latency,
+    /// Events whose write's acknowledgement the watchers met (see [`Acks`]).
+    pub acknowledged_events: u64,
+    /// From the write's acknowledgement to the event's receipt (0 if it came first).
+    pub lag_from_ack: Latency,
 }
 
 /// What one workload measured.
@@ -226,6 +302,12 @@ struct Worker {
 
 /// One call's result: success, or the code of the failure.
 type Outcome = Result<(), tonic::Code>;
+/// The opportunity and version a write made.
+type Written = (String, i64);
+
+fn written(opportunity: Option<pb::Opportunity>) -> Written {
+    opportunity.map(|o| (o.id, o.version)).unwrap_or_default()
+}
 
 impl Worker {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -240,7 +322,7 @@ impl Worker {
         scheme::opportunity_id(self.rng.u64(1..=scale)).to_string()
     }
 
-    async fn change(&mut self, statuses: &[Status]) -> Outcome {
+    async fn change(&mut self, statuses: &[Status]) -> Result<Written, tonic::Code> {
         if self.owned.is_empty() {
             return Err(tonic::Code::FailedPrecondition);
         }
@@ -257,16 +339,16 @@ impl Worker {
             }))
             .await
             .map_err(|s| s.code())?;
-        let now = response
-            .into_inner()
-            .opportunity
+        let opportunity = response.into_inner().opportunity;
+        let now = opportunity
+            .as_ref()
             .and_then(|o| Uuid::parse_str(&o.status_id).ok())
             .unwrap_or(to);
         self.owned[at].1 = now;
-        Ok(())
+        Ok(written(opportunity))
     }
 
-    async fn create(&mut self, customers: u64) -> Outcome {
+    async fn create(&mut self, customers: u64) -> Result<Written, tonic::Code> {
         let customer = scheme::customer_id(self.rng.u64(1..=customers));
         let units = self.rng.i64(1_000..5_000_000);
         self.opportunities
@@ -285,7 +367,7 @@ impl Worker {
                 note: String::new(),
             }))
             .await
-            .map(drop)
+            .map(|response| written(Some(response.into_inner())))
             .map_err(|s| s.code())
     }
 
@@ -426,9 +508,9 @@ impl Worker {
     async fn call(&mut self, workload: Workload, context: &Context) -> Outcome {
         match workload {
             Workload::ChangeStatus | Workload::ChangeStatusCallers => {
-                self.change(&context.statuses).await
+                self.change(&context.statuses).await.map(drop)
             }
-            Workload::Create => self.create(context.customers).await,
+            Workload::Create => self.create(context.customers).await.map(drop),
             Workload::Get => {
                 let id = self.random_opportunity(context.scale);
                 self.get(id).await
@@ -451,8 +533,16 @@ impl Worker {
                     let id = self.own_opportunity(context.scale);
                     self.with_history(id).await
                 }
-                70..90 => self.change(&context.statuses).await,
-                _ => self.create(context.customers).await,
+                70..90 => {
+                    let written = self.change(&context.statuses).await?;
+                    context.acks.acknowledged(written, SystemTime::now());
+                    Ok(())
+                }
+                _ => {
+                    let written = self.create(context.customers).await?;
+                    context.acks.acknowledged(written, SystemTime::now());
+                    Ok(())
+                }
             },
             Workload::BatchCreate => self.batch_create(context.customers).await,
             Workload::BatchChangeStatus => self.batch_change(&context.statuses).await,
@@ -654,7 +744,7 @@ fn progress(
 }
 
 /// The delivery lags the watchers measured, once the run is over.
-async fn delivery(watchers: Vec<Watcher>) -> anyhow::Result<Option<Delivery>> {
+async fn delivery(watchers: Vec<Watcher>, acks: &Acks) -> anyhow::Result<Option<Delivery>> {
     if watchers.is_empty() {
         return Ok(None);
     }
@@ -673,10 +763,13 @@ async fn delivery(watchers: Vec<Watcher>) -> anyhow::Result<Option<Delivery>> {
         events += seen.len();
         lag.add(&seen)?;
     }
+    let from_ack = acks.lag();
     Ok(Some(Delivery {
         watchers: count,
         events,
         lag: Latency::of(&lag),
+        acknowledged_events: from_ack.len(),
+        lag_from_ack: Latency::of(&from_ack),
     }))
 }
 
@@ -730,7 +823,7 @@ pub async fn run(
     let peak = ticker.await.unwrap_or(0);
     bar.finish_and_clear();
 
-    let delivery = delivery(watchers).await?;
+    let delivery = delivery(watchers, &context.acks).await?;
     let seconds = context.duration.as_secs_f64();
     Ok(Measured {
         workload,
@@ -765,6 +858,7 @@ async fn start_watchers(
             .fetch_one(&context.db)
             .await?;
     let cursor = salesopp_outbox::cursor(newest);
+    context.acks.watching(count);
     let token = context.tokens.mint(
         scheme::ADMIN_ID,
         scheme::ADMIN_NAME,
@@ -773,7 +867,7 @@ async fn start_watchers(
         24 * 3600,
     )?;
     let mut watchers = Vec::with_capacity(count);
-    for _ in 0..count {
+    for index in 0..count {
         let client = OpportunityServiceClient::connect(context.url.clone()).await?;
         let lag = Arc::new(std::sync::Mutex::new(histogram()));
         let handle = tokio::spawn(watch(
@@ -782,6 +876,7 @@ async fn start_watchers(
             cursor.clone(),
             count_from,
             lag.clone(),
+            (index, context.acks.clone()),
         ));
         watchers.push(Watcher { handle, lag });
     }
@@ -798,6 +893,7 @@ async fn watch(
     cursor: String,
     count_from: SystemTime,
     lag: Arc<std::sync::Mutex<Histogram<u64>>>,
+    (index, acks): (usize, Acks),
 ) {
     let request = authed(
         &token,
@@ -831,6 +927,7 @@ async fn watch(
         if let Ok(mut lag) = lag.lock() {
             let _ = lag.record(micros);
         }
+        acks.received(index, (event.opportunity_id, event.version), received);
     }
 }
 

@@ -176,6 +176,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<report::Report> {
         concurrency: args.concurrency,
         warmup: Duration::from_secs(args.warmup),
         duration: Duration::from_secs(args.duration),
+        acks: drive::Acks::default(),
     });
 
     let outcome = drive_all(&context, &workloads, pid).await;
