@@ -1500,9 +1500,10 @@ async fn position_of(db: &PgPool, event_id: &str) -> Option<i64> {
 
 /// A writer holds its transaction open after writing its event (with a lower id); another
 /// caller's write meanwhile commits at once (writers never wait for each other: no global
-/// lock), but is not delivered before the held event: it gets no position while an older
-/// transaction can still commit. Shown directly with two connections and a sequencer pass of
-/// the test's own, so nothing depends on timing.
+/// lock) and is placed and delivered at once (it does not wait for the open transaction).
+/// The held event, committed later, is placed after it and delivered next: a reader past
+/// the higher id never skips it, and positions follow commit order. Shown directly with two
+/// connections and a sequencer pass of the test's own, so nothing depends on timing.
 #[tokio::test]
 async fn an_event_committed_late_with_a_lower_id_is_not_skipped() {
     let mut w = World::new().await;
@@ -1579,36 +1580,40 @@ async fn an_event_committed_late_with_a_lower_id_is_not_skipped() {
     .await
     .expect("the call's event");
     assert!(w.ids_by_event().await[&late_event] > raw_id, "a higher id");
-    // Committed, but not placed: the raw transaction is older and still open.
+    // Committed, so placed, while the raw transaction with the lower id is still open.
     let mut sequencer = w.db().acquire().await.expect("a connection");
     salesopp_outbox::sequencer::sequence(&mut sequencer)
         .await
         .expect("a sequencer pass");
-    assert_eq!(position_of(w.db(), &late_event).await, None);
+    assert!(position_of(w.db(), &late_event).await.is_some());
     assert_eq!(
         w.rows().await.len(),
         before_rows.len() + 1,
         "the raw row is not visible"
     );
-
-    raw.commit().await.expect("commit the raw transaction");
     let first = watcher.next().await;
     assert_eq!(
-        first.event_id,
-        raw_event_id.to_string(),
-        "the raw event first"
+        first.event_id, late_event,
+        "the committed call's event first"
     );
-    assert_eq!(first.opportunity_id, early.id);
-    assert_eq!(first.version, version);
+    assert_eq!(first.opportunity_id, late.id);
+    assert_eq!(first.r#type, STATUS_CHANGED);
+    assert_eq!(first.status_change, response.status_change);
+
+    raw.commit().await.expect("commit the raw transaction");
     let second = watcher.next().await;
-    assert_eq!(second.opportunity_id, late.id);
-    assert_eq!(second.r#type, STATUS_CHANGED);
-    assert_eq!(second.status_change, response.status_change);
+    assert_eq!(
+        second.event_id,
+        raw_event_id.to_string(),
+        "the raw event, with the lower id, is not skipped"
+    );
+    assert_eq!(second.opportunity_id, early.id);
+    assert_eq!(second.version, version);
     assert!(
         position_of(w.db(), &first.event_id).await < position_of(w.db(), &second.event_id).await,
         "positions follow commit order"
     );
-    // Resuming after the raw event gets the call's event.
+    // Resuming after the call's event gets the raw one.
     let mut resumed = w.watch(&admin_token(), &first.cursor, &[]).await;
     assert_eq!(resumed.next().await.event_id, second.event_id);
 }

@@ -232,9 +232,10 @@ async fn a_scrape_counts_the_calls_by_method_and_code_name() {
     }
 }
 
-/// The backlog gauges count the events the sequencer has not placed yet: a transaction left
-/// open holds every event committed after it began behind the sequencer's horizon, so they
-/// show in the scrape, and the gauges return to 0 once it ends and they are placed.
+/// The backlog gauges count the events the sequencer has not placed yet: while a transaction
+/// holds the lock every placing batch takes (a sequencer stuck in its batch), committed
+/// events wait, show in the scrape, and the gauges return to 0 once it ends and they are
+/// placed.
 #[tokio::test]
 async fn the_outbox_backlog_shows_events_waiting_to_be_placed() {
     let _turn = TURN.lock().await;
@@ -243,18 +244,18 @@ async fn the_outbox_backlog_shows_events_waiting_to_be_placed() {
     let token = admin_token();
     let customer = world.customer(&token, "Backlog Supplies Co., Ltd.").await;
     let mut open = world.db().begin().await.expect("begin");
-    // A transaction id of its own, below the horizon every later event is placed against.
-    sqlx::query("select pg_current_xact_id()")
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(salesopp_outbox::sequencer::BATCH_LOCK)
         .execute(&mut *open)
         .await
-        .expect("take a transaction id");
+        .expect("hold the sequencer's batch lock");
     for title in ["Held pumps", "Held valves"] {
         create_opportunity(&mut world, &customer.id, title).await;
     }
     let (waiting, _) = salesopp_outbox::backlog::measure(world.db())
         .await
         .expect("measure");
-    assert_eq!(waiting, 2, "both events wait behind the open transaction");
+    assert_eq!(waiting, 2, "both events wait while placement is stopped");
     let held = scrape_until(addr, "the backlog of 2", |s| {
         s.value("salesopp_event_outbox_backlog_events", &[]) == Some(2.0)
     })
