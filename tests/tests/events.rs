@@ -1618,6 +1618,31 @@ async fn an_event_committed_late_with_a_lower_id_is_not_skipped() {
     assert_eq!(resumed.next().await.event_id, second.event_id);
 }
 
+/// A committed write wakes the sequencer: its process sends `NOTIFY salesopp_events` once
+/// the write has committed (`salesopp_outbox::wake`), and the write's own statements notify
+/// nobody (a `NOTIFY` in the transaction would make every writer's commit wait for the
+/// others'). Without the wake-up no notification comes at all, and the wait fails.
+#[tokio::test]
+async fn a_committed_write_wakes_the_sequencer_after_its_commit() {
+    let mut w = World::new().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(w.db())
+        .await
+        .expect("a listener");
+    listener
+        .listen(salesopp_outbox::sequencer::CHANNEL)
+        .await
+        .expect("listen to the sequencer's channel");
+    w.create(&rep_token(), "Wakes the sequencer").await;
+    tokio::time::timeout(WAIT, listener.recv())
+        .await
+        .expect("a wake-up after the commit")
+        .expect("the notification");
+    assert!(
+        !salesopp_outbox::write::APPEND_SQL.contains("notify"),
+        "the event insert notifies nobody in the write's transaction"
+    );
+}
+
 /// Writes one event of `opportunity` at its next version in `tx` (which takes the row lock),
 /// as events.rs does; returns the event id.
 async fn raw_event(
