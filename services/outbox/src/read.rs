@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use prost::Message as _;
 use salesopp_proto::opportunity::v1 as pb;
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::cursor::cursor;
@@ -57,7 +57,11 @@ pub enum ReadError {
 }
 
 /// Up to `limit` placed events after position `after`, in position order.
-pub async fn read_after(pool: &PgPool, after: i64, limit: i64) -> Result<Page, ReadError> {
+pub async fn read_after<'e>(
+    db: impl PgExecutor<'e>,
+    after: i64,
+    limit: i64,
+) -> Result<Page, ReadError> {
     // The event's columns are null on the retention row alone (no event after the
     // position), a team when no salesperson has the id: `?` says so, since sqlx does not see
     // through these outer joins.
@@ -77,7 +81,7 @@ pub async fn read_after(pool: &PgPool, after: i64, limit: i64) -> Result<Page, R
         after,
         limit
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     let deleted_through = rows.first().map_or(0, |row| row.deleted_through);
     if after < deleted_through {
@@ -142,7 +146,7 @@ pub struct Bounds {
     pub deleted_through_time: Option<DateTime<Utc>>,
 }
 
-pub async fn bounds(pool: &PgPool) -> Result<Bounds, sqlx::Error> {
+pub async fn bounds<'e>(db: impl PgExecutor<'e>) -> Result<Bounds, sqlx::Error> {
     let bounds = sqlx::query!(
         r#"select r.deleted_through,
                   greatest(r.deleted_through, coalesce((select max(seq) from opportunity_events), 0))
@@ -150,7 +154,7 @@ pub async fn bounds(pool: &PgPool) -> Result<Bounds, sqlx::Error> {
                   r.deleted_through_time
            from event_retention r"#
     )
-    .fetch_one(pool)
+    .fetch_one(db)
     .await?;
     Ok(Bounds {
         oldest: bounds.deleted_through,

@@ -75,17 +75,18 @@ async fn sequence_batch(conn: &mut PgConnection) -> Result<(usize, bool), sqlx::
     let mut tx = conn.begin().await?;
     // Batches one at a time, whoever runs them (the active sequencer, a test): positions
     // become visible in increasing order and no event is placed twice. Writers never take it.
-    sqlx::query_scalar!("select pg_advisory_xact_lock($1)", BATCH_LOCK)
-        .fetch_one(&mut *tx)
-        .await?;
-    // Plain index scans only, whatever the statistics say (a table that grew fast has none
-    // yet): the candidates come in order from the partial index of unplaced events, each
-    // previous version is one probe of the (opportunity, version) index, and an index scan
-    // marks the entries of placed events dead as it passes them. A bitmap scan does not,
-    // so until a vacuum each batch would read every event placed since the last one.
-    sqlx::query!("set local enable_bitmapscan = off")
-        .execute(&mut *tx)
-        .await?;
+    // And plain index scans only (`set local`), whatever the statistics say (a table that
+    // grew fast has none yet): the candidates come in order from the partial index of
+    // unplaced events, each previous version is one probe of the (opportunity, version)
+    // index, and an index scan marks the entries of placed events dead as it passes them. A
+    // bitmap scan does not, so until a vacuum each batch would read every event placed since
+    // the last one. One statement for both: a round trip less per batch.
+    sqlx::query!(
+        "select pg_advisory_xact_lock($1), set_config('enable_bitmapscan', 'off', true)",
+        BATCH_LOCK
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     // Committed unplaced events, by id, each with whether the event of its previous version
     // is itself still unplaced.
     let candidates: Vec<(i64, Uuid, i64, bool)> = sqlx::query!(
@@ -112,23 +113,22 @@ async fn sequence_batch(conn: &mut PgConnection) -> Result<(usize, bool), sqlx::
     let ready = ready_in_order(&candidates);
     if !ready.is_empty() {
         // Materialized: positions are drawn once, in placement order (a subquery could be
-        // rescanned by the join and draw them again).
+        // rescanned by the join and draw them again). The notification is delivered at
+        // commit, when the positions become visible.
         sqlx::query!(
             "with placed as materialized (
                  select u.id, nextval('opportunity_event_seq') as seq
                  from unnest($1::bigint[]) with ordinality as u(id, position)
-                 order by u.position)
+                 order by u.position),
+             woken as materialized (select pg_notify($2, ''))
              update opportunity_events e set seq = placed.seq
-             from placed
+             from placed, woken
              where e.id = placed.id and e.seq is null",
-            &ready
+            &ready,
+            PLACED_CHANNEL
         )
         .execute(&mut *tx)
         .await?;
-        // Delivered at commit, when the positions become visible.
-        sqlx::query_scalar!("select pg_notify($1, '')", PLACED_CHANNEL)
-            .fetch_one(&mut *tx)
-            .await?;
     }
     tx.commit().await?;
     // A full batch that placed nothing is waiting on versions outside it: stop looping.

@@ -13,8 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::broadcast;
 
 use crate::read::{self, Page, ReadError};
@@ -52,9 +52,22 @@ impl Tail {
 async fn run(pool: PgPool, pages: broadcast::Sender<Arc<Page>>) {
     let mut head = None;
     let mut listener: Option<PgListener> = None;
+    // A connection of its own: a page must not wait for one behind the calls that share the
+    // pool (under load each holds its connection for a whole transaction).
+    let mut connection: Option<PgConnection> = None;
     let mut failures: u32 = 0;
     loop {
-        match step(&pool, &pages, &mut head).await {
+        let stepped = match connection.as_mut() {
+            Some(conn) => step(conn, &pages, &mut head).await,
+            None => match pool.acquire().await {
+                Ok(pooled) => {
+                    connection = Some(pooled.detach());
+                    continue;
+                }
+                Err(error) => Err(error),
+            },
+        };
+        match stepped {
             Ok(more) => {
                 failures = 0;
                 if more {
@@ -65,6 +78,7 @@ async fn run(pool: PgPool, pages: broadcast::Sender<Arc<Page>>) {
                 failures = failures.saturating_add(1);
                 tracing::warn!(%error, failures, "event tail: retrying");
                 listener = None;
+                connection = None;
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(20)))).await;
                 continue;
             }
@@ -92,7 +106,7 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
 
 /// Reads and publishes the next page; whether another may follow at once.
 async fn step(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     pages: &broadcast::Sender<Arc<Page>>,
     head: &mut Option<i64>,
 ) -> Result<bool, sqlx::Error> {
@@ -101,7 +115,7 @@ async fn step(
     let position = match *head {
         Some(position) if pages.receiver_count() > 0 => position,
         _ => {
-            let latest = read::bounds(pool).await?.latest;
+            let latest = read::bounds(&mut *conn).await?.latest;
             *head = Some(latest);
             if pages.receiver_count() == 0 {
                 return Ok(false);
@@ -109,7 +123,7 @@ async fn step(
             latest
         }
     };
-    match read::read_after(pool, position, PAGE).await {
+    match read::read_after(&mut *conn, position, PAGE).await {
         Ok(page) => {
             if page.events.is_empty() {
                 return Ok(false);
