@@ -5,7 +5,7 @@
 //! opportunities it alone was given, so no two tasks wait on one row: what is measured is
 //! the suite's own cost, not contention the benchmark made up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -153,7 +153,7 @@ pub struct Acks(Arc<std::sync::Mutex<AckState>>);
 struct AckState {
     acked: HashMap<(String, i64), SystemTime>,
     /// Receipts before their acknowledgement: (watcher, opportunity, version).
-    early: HashMap<(usize, String, i64), SystemTime>,
+    early: HashSet<(usize, String, i64)>,
     watchers: usize,
     lag: Option<Histogram<u64>>,
 }
@@ -168,11 +168,7 @@ impl Acks {
     fn acknowledged(&self, written: Written, at: SystemTime) {
         let Ok(mut state) = self.0.lock() else { return };
         for watcher in 0..state.watchers {
-            if state
-                .early
-                .remove(&(watcher, written.0.clone(), written.1))
-                .is_some()
-            {
+            if state.early.remove(&(watcher, written.0.clone(), written.1)) {
                 state.record(0);
             }
         }
@@ -187,7 +183,7 @@ impl Acks {
                 state.record(micros as u64);
             }
             None => {
-                state.early.insert((watcher, written.0, written.1), at);
+                state.early.insert((watcher, written.0, written.1));
             }
         }
     }

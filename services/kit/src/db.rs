@@ -333,6 +333,41 @@ pub async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A connection a background task keeps for itself, out of the pool: what it does must not
+/// wait behind the calls that share the pool (under load each holds its connection for a
+/// whole transaction), or it needs a session of its own (a session lock). Taken from the
+/// pool when first needed, and again after [`reset`](Self::reset).
+#[derive(Debug)]
+pub struct OwnConnection {
+    pool: PgPool,
+    connection: Option<sqlx::PgConnection>,
+}
+
+impl OwnConnection {
+    /// A connection of `pool`'s database, taken when first needed.
+    pub fn new(pool: PgPool) -> OwnConnection {
+        OwnConnection {
+            pool,
+            connection: None,
+        }
+    }
+
+    /// The connection, taken from the pool (and detached from it) if there is none.
+    pub async fn get(&mut self) -> Result<&mut sqlx::PgConnection, sqlx::Error> {
+        let connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => self.pool.acquire().await?.detach(),
+        };
+        Ok(self.connection.insert(connection))
+    }
+
+    /// Drops the connection after an error (a broken one may never answer a goodbye): the
+    /// next [`get`](Self::get) takes a new one.
+    pub fn reset(&mut self) {
+        self.connection = None;
+    }
+}
+
 /// Takes the transaction-scoped advisory lock `key` if no other session holds it: how a
 /// background task runs on one replica at a time (the others skip their round). Released
 /// when the transaction ends.

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use salesopp_kit::db::OwnConnection;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::broadcast;
@@ -54,18 +55,12 @@ async fn run(pool: PgPool, pages: broadcast::Sender<Arc<Page>>) {
     let mut listener: Option<PgListener> = None;
     // A connection of its own: a page must not wait for one behind the calls that share the
     // pool (under load each holds its connection for a whole transaction).
-    let mut connection: Option<PgConnection> = None;
+    let mut connection = OwnConnection::new(pool.clone());
     let mut failures: u32 = 0;
     loop {
-        let stepped = match connection.as_mut() {
-            Some(conn) => step(conn, &pages, &mut head).await,
-            None => match pool.acquire().await {
-                Ok(pooled) => {
-                    connection = Some(pooled.detach());
-                    continue;
-                }
-                Err(error) => Err(error),
-            },
+        let stepped = match connection.get().await {
+            Ok(conn) => step(conn, &pages, &mut head).await,
+            Err(error) => Err(error),
         };
         match stepped {
             Ok(more) => {
@@ -78,7 +73,7 @@ async fn run(pool: PgPool, pages: broadcast::Sender<Arc<Page>>) {
                 failures = failures.saturating_add(1);
                 tracing::warn!(%error, failures, "event tail: retrying");
                 listener = None;
-                connection = None;
+                connection.reset();
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(20)))).await;
                 continue;
             }

@@ -19,7 +19,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Connection as _, PgConnection, PgPool};
+use salesopp_kit::db::OwnConnection;
+use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::sequencer::CHANNEL;
@@ -55,30 +56,23 @@ impl Wake {
 }
 
 async fn run(pool: PgPool, pending: Arc<Notify>) {
-    let mut connection: Option<PgConnection> = None;
+    let mut connection = OwnConnection::new(pool);
     loop {
         pending.notified().await;
-        if connection.is_none() {
-            match pool.acquire().await {
-                Ok(pooled) => connection = Some(pooled.detach()),
-                Err(error) => {
-                    tracing::warn!(%error, "event wake-up: no connection, the sequencer polls");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+        let conn = match connection.get().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::warn!(%error, "event wake-up: no connection, the sequencer polls");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
-        let Some(conn) = connection.as_mut() else {
-            continue;
         };
         if let Err(error) = sqlx::query!("select pg_notify($1, '')", CHANNEL)
-            .execute(&mut *conn)
+            .execute(conn)
             .await
         {
             tracing::warn!(%error, "event wake-up failed: reconnecting");
-            if let Some(conn) = connection.take() {
-                let _ = conn.close().await;
-            }
+            connection.reset();
         }
     }
 }
