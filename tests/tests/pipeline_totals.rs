@@ -9,7 +9,7 @@ use salesopp_opportunity::store::{self, OpportunityFilter, PipelineRow};
 use salesopp_opportunity::summary;
 use salesopp_proto::opportunity::v1 as pb;
 use salesopp_tests::fixtures::{SHIPPED_STATUSES, mask, money};
-use salesopp_tests::{TestSuite, World, admin_token, authed, token};
+use salesopp_tests::{TestSuite, World, admin_token, authed, manager_token, token};
 use sqlx::PgPool;
 
 /// Owners in two teams, and the token of each.
@@ -333,4 +333,218 @@ async fn r14_a_fold_waits_for_no_writer_and_two_folds_never_count_twice() {
     .expect("folded total");
     assert!(moved <= 1);
     assert_eq!((count, amount.parse::<f64>().expect("numeric")), (1, 10.0));
+}
+
+/// GetPipelineSummary as `token` sees it, answered from the totals (and so from the cache
+/// when nothing changed), and the same summary aggregated from the opportunities themselves:
+/// a customer filter, which the totals do not keep, over the one customer every opportunity
+/// here has, so the same groups; no cache holds it.
+async fn cached_and_fresh(
+    suite: &TestSuite,
+    token: &str,
+    customer_id: &str,
+) -> (
+    pb::GetPipelineSummaryResponse,
+    pb::GetPipelineSummaryResponse,
+) {
+    let mut opportunities = suite.opportunities().await;
+    let cached = opportunities
+        .get_pipeline_summary(authed(token, pb::GetPipelineSummaryRequest::default()))
+        .await
+        .expect("summary from the totals")
+        .into_inner();
+    let fresh = opportunities
+        .get_pipeline_summary(authed(
+            token,
+            pb::GetPipelineSummaryRequest {
+                customer_id: customer_id.to_owned(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("summary from the rows")
+        .into_inner();
+    (cached, fresh)
+}
+
+/// The admin's and a manager's summaries are exactly what the rows say.
+async fn assert_cache_exact(suite: &TestSuite, customer_id: &str, when: &str) {
+    for token in [admin_token(), manager_token()] {
+        let (cached, fresh) = cached_and_fresh(suite, &token, customer_id).await;
+        assert_eq!(
+            cached, fresh,
+            "{when}: the summary is not what the rows say"
+        );
+        assert!(!cached.by_owner.is_empty(), "{when}: nothing summed");
+    }
+}
+
+/// Waits until a summary's statement waits for a lock on `pipeline_totals`.
+async fn wait_for_a_summary_waiting_on_the_totals(db: &PgPool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_locks l join pg_stat_activity a on a.pid = l.pid
+             where l.relation = 'pipeline_totals'::regclass and not l.granted
+               and a.query like 'select g.grouping%'",
+        )
+        .fetch_one(db)
+        .await
+        .expect("locks");
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no summary read the totals: the write was answered from the cache"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn r14_a_cached_summary_is_answered_again_only_until_what_it_sums_changes() {
+    let mut world = World::new().await;
+    let customer = world.customer(&admin_token(), "Cache Co").await;
+    let suite = &world.suite;
+    let mut opportunities = suite.opportunities().await;
+    // The manager's team (north) and everyone else's opportunities.
+    let mut rng = Lcg(7);
+    let mut ids = Vec::new();
+    for index in 0..12 {
+        let owner = if index % 3 == 0 {
+            manager_token()
+        } else {
+            owner_token(index)
+        };
+        let created = opportunities
+            .create_opportunity(authed(
+                &owner,
+                pb::CreateOpportunityRequest {
+                    opportunity: Some(pb::Opportunity {
+                        customer_id: customer.id.clone(),
+                        title: format!("Cached {index}"),
+                        amount: amount(&mut rng),
+                        status_id: SHIPPED_STATUSES[index % 5].to_owned(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("create")
+            .into_inner();
+        ids.push(created.id);
+    }
+    // Folded first, so that the background fold has nothing left to change.
+    while summary::fold(&suite.db, summary::FOLD_BATCH)
+        .await
+        .expect("fold")
+        > 0
+    {}
+    assert_cache_exact(suite, &customer.id, "at first").await;
+    let (before, _) = cached_and_fresh(suite, &admin_token(), &customer.id).await;
+
+    // Nothing changed: the summary is answered without reading the totals, even while a
+    // session holds them locked.
+    let mut locked = suite.db.begin().await.expect("begin");
+    sqlx::query("lock table pipeline_totals in access exclusive mode")
+        .execute(&mut *locked)
+        .await
+        .expect("lock the totals");
+    let again = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        opportunities.get_pipeline_summary(authed(
+            &admin_token(),
+            pb::GetPipelineSummaryRequest::default(),
+        )),
+    )
+    .await
+    .expect("the unchanged summary read the locked totals: it was not kept")
+    .expect("summary")
+    .into_inner();
+    assert_eq!(again, before);
+
+    // A write (a delta; the totals stay locked): the next summary reads them, so it waits.
+    opportunities
+        .change_opportunity_status(authed(
+            &admin_token(),
+            pb::ChangeOpportunityStatusRequest {
+                opportunity_id: ids[0].clone(),
+                status_id: SHIPPED_STATUSES[6].to_owned(),
+                lost_reason: "Budget cut".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("change status");
+    let waiting = tokio::spawn({
+        let mut opportunities = suite.opportunities().await;
+        async move {
+            opportunities
+                .get_pipeline_summary(authed(
+                    &admin_token(),
+                    pb::GetPipelineSummaryRequest::default(),
+                ))
+                .await
+        }
+    });
+    wait_for_a_summary_waiting_on_the_totals(&suite.db).await;
+    locked.rollback().await.expect("unlock");
+    let after = waiting
+        .await
+        .expect("task")
+        .expect("summary after the write")
+        .into_inner();
+    assert_ne!(after, before, "the write changed nothing it sums");
+    assert_cache_exact(suite, &customer.id, "after a status change").await;
+
+    // Every other kind of change to what a summary sums or shows.
+    write(suite, &customer.id, &ids, &mut Lcg(3)).await;
+    assert_cache_exact(suite, &customer.id, "after a write").await;
+    while summary::fold(&suite.db, 2).await.expect("fold") > 0 {
+        assert_cache_exact(suite, &customer.id, "while folding").await;
+    }
+    assert_cache_exact(suite, &customer.id, "after the fold").await;
+    sqlx::query("select pipeline_totals_rebuild()")
+        .execute(&suite.db)
+        .await
+        .expect("rebuild");
+    assert_cache_exact(suite, &customer.id, "after a rebuild").await;
+    for (change, sql) in [
+        (
+            "a status's probability",
+            "update opportunity_statuses set probability = 35, updated_by = 'admin-1'
+             where probability = 20",
+        ),
+        (
+            "a status's name",
+            "update opportunity_statuses set display_name = display_name || ' (new)'
+             where position = 2",
+        ),
+        (
+            "an owner's name",
+            "update salespeople set display_name = 'Renamed' where id = 'rep-n2'",
+        ),
+        (
+            "an owner's team (the manager now sees them)",
+            "update salespeople set team = 'north' where id = 'rep-s1'",
+        ),
+    ] {
+        let (before, _) = cached_and_fresh(suite, &admin_token(), &customer.id).await;
+        let (team_before, _) = cached_and_fresh(suite, &manager_token(), &customer.id).await;
+        let changed = sqlx::query(sql)
+            .execute(&suite.db)
+            .await
+            .expect("change")
+            .rows_affected();
+        assert!(changed > 0, "{change}: the test changed nothing");
+        assert_cache_exact(suite, &customer.id, &format!("after {change}")).await;
+        let (after, _) = cached_and_fresh(suite, &admin_token(), &customer.id).await;
+        let (team_after, _) = cached_and_fresh(suite, &manager_token(), &customer.id).await;
+        assert!(
+            after != before || team_after != team_before,
+            "{change}: the summaries did not change, so the test proves nothing"
+        );
+    }
 }

@@ -44,6 +44,9 @@ pub struct Metrics {
     /// The instances of each downstream service the gateway sends calls to now (those that
     /// answer and report SERVING), by service (gateway processes only).
     pub gateway_instances: IntGaugeVec,
+    /// R14 summaries from the totals, by `result`: `hit` (answered from the cache: nothing it
+    /// sums changed) or `miss` (read from the database).
+    pub pipeline_summary_cache: IntCounterVec,
     pub events: Events,
 }
 
@@ -124,12 +127,24 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["service"],
     )
     .expect("gateway metric");
+    let pipeline_summary_cache = IntCounterVec::new(
+        Opts::new(
+            "pipeline_summary_cache_total",
+            "pipeline summaries from the totals, by result: hit (from the cache), miss (read)",
+        ),
+        &["result"],
+    )
+    .expect("summary cache metric");
+    for result in ["hit", "miss"] {
+        pipeline_summary_cache.with_label_values(&[result]);
+    }
     for collector in [
         Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(latency.clone()),
         Box::new(pool.clone()),
         Box::new(database_up.clone()),
         Box::new(gateway_instances.clone()),
+        Box::new(pipeline_summary_cache.clone()),
     ] {
         registry.register(collector).expect("register metric");
     }
@@ -227,6 +242,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         pool,
         database_up,
         gateway_instances,
+        pipeline_summary_cache,
         events,
     }
 });

@@ -5,6 +5,7 @@
 //! read pool for the lists, history, pipeline summary and salespeople.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use salesopp_kit::db::Pools;
 use salesopp_kit::handle;
@@ -21,13 +22,19 @@ pub struct Opportunities {
     pools: Pools,
     feed: Feed,
     wake: Wake,
+    summaries: Arc<service::SummaryCache>,
 }
 
 impl Opportunities {
     /// The service over `pools`, streaming events from `feed` (which reads the primary); each
     /// write wakes the event sequencer through `wake` once it has committed.
     pub fn new(pools: Pools, feed: Feed, wake: Wake) -> Self {
-        Self { pools, feed, wake }
+        Self {
+            pools,
+            feed,
+            wake,
+            summaries: Arc::default(),
+        }
     }
 }
 
@@ -125,7 +132,7 @@ impl OpportunityService for Opportunities {
         request: Request<pb::GetPipelineSummaryRequest>,
     ) -> Result<Response<pb::GetPipelineSummaryResponse>, Status> {
         handle::sales(request, async |caller, input| {
-            service::pipeline(self.pools.read(), caller, input).await
+            service::pipeline(self.pools.read(), &self.summaries, caller, input).await
         })
         .await
     }

@@ -657,8 +657,12 @@ fn add_to_state(
     }
 }
 
+/// The cache of the summaries the totals answer ([`summary::Cache`]).
+pub type SummaryCache = summary::Cache<pb::GetPipelineSummaryResponse>;
+
 pub async fn pipeline(
     pool: &PgPool,
+    cache: &SummaryCache,
     caller: Sales<'_>,
     input: PipelineInput,
 ) -> ApiResult<pb::GetPipelineSummaryResponse> {
@@ -682,21 +686,39 @@ pub async fn pipeline(
             let statuses = store::statuses_as_of(pool, at, &held).await?;
             (rows, statuses)
         }
-        // R14: the totals the writes keep answer the boards; other filters aggregate the rows.
-        None if summary::answers(filter) => (
-            summary::pipeline(pool, &visibility, filter).await?,
-            store::live_statuses(pool).await?,
-        ),
+        // R14: the totals the writes keep answer the boards, and the same answer again while
+        // nothing it sums has changed; other filters aggregate the rows.
+        None if summary::answers(filter) => {
+            let key = format!("{visibility:?} {filter:?}");
+            // Taken before the answer is read: the same stamp later means nothing changed
+            // in between either.
+            let stamp = summary::stamp(pool).await?;
+            if let Some(answer) = cache.get(&key, &stamp) {
+                return Ok(answer);
+            }
+            let rows = summary::pipeline(pool, &visibility, filter).await?;
+            let answer = respond(&rows, &store::live_statuses(pool).await?)?;
+            cache.put(key, stamp, answer.clone(), rows.len());
+            return Ok(answer);
+        }
         None => (
             store::pipeline(pool, &visibility, filter).await?,
             store::live_statuses(pool).await?,
         ),
     };
+    respond(&rows, &statuses)
+}
+
+/// The response of the summary's grouping rows over `statuses`.
+fn respond(
+    rows: &[store::PipelineRow],
+    statuses: &[store::LiveStatus],
+) -> ApiResult<pb::GetPipelineSummaryResponse> {
     let mut summary = Summary::default();
-    for row in &rows {
+    for row in rows {
         summary.add(row)?;
     }
-    Ok(summary.finish(&statuses))
+    Ok(summary.finish(statuses))
 }
 
 /// R14: the pipeline's grouping sets folded into the response, one row at a time.

@@ -6,7 +6,14 @@
 //! visibility, `owner_ids`, `team`, `states`): what a rep, a manager and an admin ask for on
 //! their boards. A summary over a customer or an expected close date range still aggregates
 //! the opportunities themselves ([`crate::store::pipeline_query`]).
+//!
+//! A summary from the totals is kept ([`Cache`]) with the [`Stamp`] of the state it was read
+//! in, and answered again, without reading the totals, while a fresh stamp is the same: a
+//! board refreshed by many managers costs one small statement a call until something it
+//! sums changes.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
@@ -69,6 +76,145 @@ pub async fn pipeline<'e>(
         .build_query_as()
         .fetch_all(db)
         .await
+}
+
+/// What a summary from the totals is read from, as of one snapshot: equal stamps of one
+/// server, read at two moments, mean the same summary.
+///
+/// - The totals' generation and the number of deltas: writers only add deltas, and whatever
+///   takes one away or changes a total adds one to the generation (migration
+///   `pipeline_generation`, by triggers), so with the generation unchanged the visible deltas
+///   can only have grown, and the same count is the same deltas.
+/// - The statuses (whole rows: name, position, probability, kind) and the salespeople's
+///   names and teams (a manager's visibility), as digests: they change rarely, and each is
+///   read whole.
+/// - Whether the server is a standby: a replica and the primary make each transaction
+///   visible in a different order, so their counts are not compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    generation: i64,
+    deltas: i64,
+    statuses: String,
+    salespeople: String,
+    standby: bool,
+}
+
+/// The stamp of the state `db` sees now. It reads neither the totals nor the deltas' rows
+/// beyond counting them.
+pub async fn stamp<'e>(db: impl PgExecutor<'e>) -> Result<Stamp, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"select (select generation from pipeline_generation) as "generation!",
+                  (select count(*) from pipeline_deltas) as "deltas!",
+                  (select coalesce(md5(string_agg(s::text, E'\x1e' order by s.id)), '')
+                   from opportunity_statuses s) as "statuses!",
+                  (select coalesce(md5(string_agg(p.id || E'\x1f' || p.display_name
+                                                  || E'\x1f' || p.team,
+                                                  E'\x1e' order by p.id collate "C")), '')
+                   from salespeople p) as "salespeople!",
+                  pg_is_in_recovery() as "standby!""#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(Stamp {
+        generation: row.generation,
+        deltas: row.deltas,
+        statuses: row.statuses,
+        salespeople: row.salespeople,
+        standby: row.standby,
+    })
+}
+
+/// Most summary groups kept across all cached answers (an admin's summary of 200 owners, 7
+/// statuses and 3 currencies is about 6,000): a few MiB.
+pub const CACHED_GROUPS: usize = 60_000;
+
+/// Summaries from the totals, by what they were asked (the caller's visibility and the
+/// filters), each with its [`Stamp`]. Bounded by [`CACHED_GROUPS`]: the oldest answers go
+/// first.
+#[derive(Debug)]
+pub struct Cache<T> {
+    state: Mutex<CacheState<T>>,
+}
+
+#[derive(Debug)]
+struct CacheState<T> {
+    answers: HashMap<String, Cached<T>>,
+    groups: usize,
+    next: u64,
+}
+
+#[derive(Debug)]
+struct Cached<T> {
+    stamp: Stamp,
+    answer: T,
+    groups: usize,
+    order: u64,
+}
+
+impl<T> Default for Cache<T> {
+    fn default() -> Self {
+        Cache {
+            state: Mutex::new(CacheState {
+                answers: HashMap::new(),
+                groups: 0,
+                next: 0,
+            }),
+        }
+    }
+}
+
+impl<T: Clone> Cache<T> {
+    /// The answer kept for `key`, if it was read at `stamp`.
+    pub fn get(&self, key: &str, stamp: &Stamp) -> Option<T> {
+        let state = self.state.lock().ok()?;
+        let answer = state
+            .answers
+            .get(key)
+            .filter(|cached| cached.stamp == *stamp)
+            .map(|cached| cached.answer.clone());
+        salesopp_kit::metrics::metrics()
+            .pipeline_summary_cache
+            .with_label_values(&[if answer.is_some() { "hit" } else { "miss" }])
+            .inc();
+        answer
+    }
+
+    /// Keeps `answer` of `groups` groups for `key`, read at `stamp` (a stamp taken before the
+    /// answer was read: a later stamp equal to it means nothing changed in between either).
+    pub fn put(&self, key: String, stamp: Stamp, answer: T, groups: usize) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if groups > CACHED_GROUPS {
+            return;
+        }
+        if let Some(old) = state.answers.remove(&key) {
+            state.groups -= old.groups;
+        }
+        while state.groups + groups > CACHED_GROUPS {
+            let oldest = state
+                .answers
+                .iter()
+                .min_by_key(|(_, cached)| cached.order)
+                .map(|(key, _)| key.clone());
+            let Some(removed) = oldest.and_then(|key| state.answers.remove(&key)) else {
+                break;
+            };
+            state.groups -= removed.groups;
+        }
+        let order = state.next;
+        state.next += 1;
+        state.groups += groups;
+        state.answers.insert(
+            key,
+            Cached {
+                stamp,
+                answer,
+                groups,
+                order,
+            },
+        );
+    }
 }
 
 /// Moves up to `batch` deltas into the totals, in one statement: each delta is either still a
