@@ -1176,7 +1176,16 @@ pub fn list_query(
         // Opportunities without an amount come last: -1 stands for them.
         ListOrder::AmountDesc => " order by coalesce(o.amount, -1) desc, o.id desc",
     });
-    query.push(" limit ").push_bind(limit);
+    // The page's size written into the statement, not bound: a bound limit makes Postgres cost
+    // the prepared statement's generic plan for a tenth of the matching rows, so it plans
+    // every call again (about 1.5 ms of 2.5 for a page of an owner's 5,000 opportunities at
+    // 1,000,000). Written in, the generic plan is costed for the page and kept. Not with a
+    // text search: how rare the text is decides the plan, and only a plan made for the
+    // pattern knows that.
+    match filter.pattern {
+        None => query.push(format_args!(" limit {limit}")),
+        Some(_) => query.push(" limit ").push_bind(limit),
+    };
     query
 }
 
