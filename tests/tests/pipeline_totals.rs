@@ -113,6 +113,24 @@ async fn assert_totals_exact(db: &PgPool, when: &str) {
     }
 }
 
+/// Creates `opportunity` as `token`; its id.
+async fn create(world: &mut World, token: &str, opportunity: pb::Opportunity) -> String {
+    let request = pb::CreateOpportunityRequest {
+        opportunity: Some(opportunity),
+        ..Default::default()
+    };
+    world
+        .try_create_request(token, request)
+        .await
+        .expect("create")
+        .id
+}
+
+/// Folds until no delta is left.
+async fn fold_all(db: &PgPool) {
+    while summary::fold(db, summary::FOLD_BATCH).await.expect("fold") > 0 {}
+}
+
 /// Writes a caller makes: a new opportunity, a status move, a new amount, a hand-over.
 async fn write(suite: &TestSuite, customer_id: &str, ids: &[String], rng: &mut Lcg) {
     let mut opportunities = suite.opportunities().await;
@@ -196,30 +214,19 @@ async fn write(suite: &TestSuite, customer_id: &str, ids: &[String], rng: &mut L
 async fn r14_pipeline_totals_are_exact_under_concurrent_writes_and_two_folders() {
     let mut world = World::new().await;
     let customer = world.customer(&admin_token(), "บริษัท ทดสอบ จำกัด").await;
-    let suite = &world.suite;
     // Every owner has called once, so they can be handed opportunities.
-    let mut opportunities = suite.opportunities().await;
     let mut ids = Vec::new();
     let mut rng = Lcg(14);
     for index in 0..40 {
-        let created = opportunities
-            .create_opportunity(authed(
-                &owner_token(index),
-                pb::CreateOpportunityRequest {
-                    opportunity: Some(pb::Opportunity {
-                        customer_id: customer.id.clone(),
-                        title: format!("Opening {index}"),
-                        amount: amount(&mut rng),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("create")
-            .into_inner();
-        ids.push(created.id);
+        let opportunity = pb::Opportunity {
+            customer_id: customer.id.clone(),
+            title: format!("Opening {index}"),
+            amount: amount(&mut rng),
+            ..Default::default()
+        };
+        ids.push(create(&mut world, &owner_token(index), opportunity).await);
     }
+    let suite = &world.suite;
     assert_totals_exact(&suite.db, "after the first creates").await;
 
     // Four callers write while two folders fold in small batches, and the summaries are
@@ -255,11 +262,7 @@ async fn r14_pipeline_totals_are_exact_under_concurrent_writes_and_two_folders()
     assert_totals_exact(&suite.db, "after the writes").await;
 
     // Folded to the end: no delta is left, and the totals alone are still exact.
-    while summary::fold(&suite.db, summary::FOLD_BATCH)
-        .await
-        .expect("fold")
-        > 0
-    {}
+    fold_all(&suite.db).await;
     let left: i64 = sqlx::query_scalar("select count(*) from pipeline_deltas")
         .fetch_one(&suite.db)
         .await
@@ -406,8 +409,6 @@ async fn wait_for_a_summary_waiting_on_the_totals(db: &PgPool) {
 async fn r14_a_cached_summary_is_answered_again_only_until_what_it_sums_changes() {
     let mut world = World::new().await;
     let customer = world.customer(&admin_token(), "Cache Co").await;
-    let suite = &world.suite;
-    let mut opportunities = suite.opportunities().await;
     // The manager's team (north) and everyone else's opportunities.
     let mut rng = Lcg(7);
     let mut ids = Vec::new();
@@ -417,31 +418,19 @@ async fn r14_a_cached_summary_is_answered_again_only_until_what_it_sums_changes(
         } else {
             owner_token(index)
         };
-        let created = opportunities
-            .create_opportunity(authed(
-                &owner,
-                pb::CreateOpportunityRequest {
-                    opportunity: Some(pb::Opportunity {
-                        customer_id: customer.id.clone(),
-                        title: format!("Cached {index}"),
-                        amount: amount(&mut rng),
-                        status_id: SHIPPED_STATUSES[index % 5].to_owned(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("create")
-            .into_inner();
-        ids.push(created.id);
+        let opportunity = pb::Opportunity {
+            customer_id: customer.id.clone(),
+            title: format!("Cached {index}"),
+            amount: amount(&mut rng),
+            status_id: SHIPPED_STATUSES[index % 5].to_owned(),
+            ..Default::default()
+        };
+        ids.push(create(&mut world, &owner, opportunity).await);
     }
+    let suite = &world.suite;
+    let mut opportunities = suite.opportunities().await;
     // Folded first, so that the background fold has nothing left to change.
-    while summary::fold(&suite.db, summary::FOLD_BATCH)
-        .await
-        .expect("fold")
-        > 0
-    {}
+    fold_all(&suite.db).await;
     assert_cache_exact(suite, &customer.id, "at first").await;
     let (before, _) = cached_and_fresh(suite, &admin_token(), &customer.id).await;
 
