@@ -67,7 +67,7 @@ impl Script {
     /// is [`Script::text`]).
     pub fn statements(self) -> u32 {
         match self {
-            Script::ChangeAsIssued => 12,
+            Script::ChangeAsIssued => 11,
             Script::ChangeReference => 6,
             Script::GetAsIssued => 2,
             Script::GetReference => 1,
@@ -228,7 +228,7 @@ fn durations_sql() -> String {
     )
 }
 
-/// The 12 statements ChangeOpportunityStatus issues, the store's own texts where it has them.
+/// The 11 statements ChangeOpportunityStatus issues, the store's own texts where it has them.
 fn change_as_issued(inputs: &Inputs) -> String {
     let payload = hex(&inputs.event_payload);
     let response = hex(&inputs.stored_response);
@@ -236,6 +236,14 @@ fn change_as_issued(inputs: &Inputs) -> String {
     let hash = hex(&[0xab; 32]);
     let get = get_sql();
     let durations = durations_sql();
+    let target = format!(
+        "select {NEXT_STATUS} from opportunities o join opportunity_statuses c on c.id = o.status_id \
+         where o.id = {OPPORTUNITY}"
+    );
+    let share_statuses = as_pgbench(
+        salesopp_opportunity::store::SHARE_STATUSES_OF_WRITE_SQL,
+        &[&target, OPPORTUNITY],
+    );
     // The row moved and its clock read, returning `time` and what changed.
     let move_to_status = as_pgbench(
         salesopp_opportunity::store::MOVE_TO_STATUS_SQL,
@@ -282,14 +290,13 @@ insert into idempotency_records (caller_id, method, request_id, request_hash, re
      where idempotency_records.create_time < now() - make_interval(hours => 24)
  returning 1;
 -- kit people::record: no statement (the auth layer has recorded the caller)
--- store::share_status (target chosen here: see the module's note)
-select id, display_name, kind::text as kind, probability, forecast_category, archived
- from opportunity_statuses where id = (
-     select {NEXT_STATUS} from opportunities o join opportunity_statuses c on c.id = o.status_id
-     where o.id = {OPPORTUNITY}) for share \\gset to_
--- store::lock_in_its_status: the current status first, then the row
-select s.id from opportunity_statuses s
- where s.id = (select o.status_id from opportunities o where o.id = {OPPORTUNITY}) for share;
+-- store::lock_moving_to: the target status (chosen here: see the module's note) and the
+-- current one FOR SHARE in one statement (the target is the row that is not the current
+-- one: the workload always moves), then the row
+with locked as materialized (
+{share_statuses}
+) select id, display_name, kind, probability, forecast_category, archived
+  from locked where id is distinct from current_status_id \\gset to_
 select id from opportunities where id = {OPPORTUNITY} for update;
 {get} \\gset cur_
 -- store::move_to_status (reads the clock and returns what changed)

@@ -288,15 +288,15 @@ pub async fn update(
     let input = &input;
     let response = write(pool, caller, &input.retry, async |tx| {
         let patch = &input.patch;
-        let target = match patch.status_id {
-            Some(id) => Some(target_status(tx, "opportunity.status_id", id).await?),
-            None => None,
+        let (target, current) = match patch.status_id {
+            Some(status_id) => {
+                let (target, current) = store::lock_moving_to(tx, input.id, status_id).await?;
+                let target = usable_status("opportunity.status_id", status_id, target)?;
+                (Some(target), current)
+            }
+            None => (None, store::lock_in_its_status(tx, input.id).await?),
         };
-        let current = visible(
-            &visibility,
-            input.id,
-            store::lock_in_its_status(tx, input.id).await?,
-        )?;
+        let current = visible(&visibility, input.id, current)?;
         check_etag(&current, input.etag.as_ref())?;
         let moving = target.as_ref().filter(|t| t.id != current.status_id);
         // R8: a lost reason belongs to the LOST status: the one moved to, or else the current.
@@ -480,13 +480,11 @@ pub async fn change_status(
     let caller: &Principal = &caller;
     let input = &input;
     let response = write(pool, caller, &input.retry, async |tx| {
-        let target = target_status(tx, "status_id", input.status_id).await?;
+        let (target, current) =
+            store::lock_moving_to(tx, input.opportunity_id, input.status_id).await?;
+        let target = usable_status("status_id", input.status_id, target)?;
         domain::check_lost_reason("lost_reason", target.kind, input.lost_reason.is_some())?;
-        let current = visible(
-            &visibility,
-            input.opportunity_id,
-            store::lock_in_its_status(tx, input.opportunity_id).await?,
-        )?;
+        let current = visible(&visibility, input.opportunity_id, current)?;
         check_etag(&current, input.etag.as_ref())?;
         let before = opportunity_to_proto(&current);
         let change = Change {

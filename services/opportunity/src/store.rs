@@ -128,27 +128,70 @@ pub async fn lock_in_its_status(
     tx: &mut PgConnection,
     id: Uuid,
 ) -> ApiResult<Option<OpportunityRow>> {
+    Ok(lock_after_statuses(tx, id, None).await?.1)
+}
+
+/// [`lock_in_its_status`] for a write that moves the opportunity to the status `target`: the
+/// target is held FOR SHARE in the same statement as the opportunity's current status (a
+/// round trip less), the two in id order, and both before the opportunity's row. The
+/// target's row (`None`: no status has its id) and the opportunity (`None`: no opportunity
+/// has the id).
+pub async fn lock_moving_to(
+    tx: &mut PgConnection,
+    id: Uuid,
+    target: Uuid,
+) -> ApiResult<(Option<StatusInfo>, Option<OpportunityRow>)> {
+    lock_after_statuses(tx, id, Some(target)).await
+}
+
+async fn lock_after_statuses(
+    tx: &mut PgConnection,
+    id: Uuid,
+    target: Option<Uuid>,
+) -> ApiResult<(Option<StatusInfo>, Option<OpportunityRow>)> {
     const ATTEMPTS: usize = 5;
     for _ in 0..ATTEMPTS {
-        let status = sqlx::query_scalar!(
-            "select s.id from opportunity_statuses s
-             where s.id = (select o.status_id from opportunities o where o.id = $1) for share",
-            id
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(status) = status else {
-            return Ok(None);
+        let (target_status, current) = share_statuses_of_write(tx, id, target).await?;
+        let Some(current) = current else {
+            return Ok((target_status, None));
         };
         match lock(tx, id).await? {
-            Some(row) if row.status_id != status => continue,
-            row => return Ok(row),
+            Some(row) if row.status_id != current => continue,
+            row => return Ok((target_status, row)),
         }
     }
     Err(ApiError::Aborted {
         reason: Reason::ConcurrentChange,
         message: "the opportunity kept changing status during the call: retry".into(),
     })
+}
+
+/// The status `target` (when the write moves the opportunity) and the opportunity's current
+/// status, held FOR SHARE in id order: the target's row and the current status's id (`None`
+/// when no opportunity has the id).
+pub async fn share_statuses_of_write(
+    tx: &mut PgConnection,
+    id: Uuid,
+    target: Option<Uuid>,
+) -> Result<(Option<StatusInfo>, Option<Uuid>), sqlx::Error> {
+    let statuses = sqlx::query_file!("queries/share_statuses_of_write.sql", target, id)
+        .fetch_all(&mut *tx)
+        .await?;
+    let current = statuses.first().and_then(|status| status.current_status_id);
+    let target = target.and_then(|target| {
+        statuses
+            .into_iter()
+            .find(|status| status.id == target)
+            .map(|s| StatusInfo {
+                id: s.id,
+                display_name: s.display_name,
+                kind: s.kind,
+                probability: s.probability,
+                forecast_category: s.forecast_category,
+                archived: s.archived,
+            })
+    });
+    Ok((target, current))
 }
 
 /// The ids of the opportunities in a status, locked, in id order (R6 moves them).
@@ -449,6 +492,10 @@ pub const DURATIONS_OF_ONE_SQL: &str = include_str!("../queries/durations_of_one
 
 /// [`move_to_status`]'s statement (the benchmark's pgbench script runs this same text).
 pub const MOVE_TO_STATUS_SQL: &str = include_str!("../queries/move_to_status.sql");
+
+/// [`share_statuses_of_write`]'s statement (the benchmark's pgbench script runs it too).
+pub const SHARE_STATUSES_OF_WRITE_SQL: &str =
+    include_str!("../queries/share_statuses_of_write.sql");
 
 /// Moves the opportunity to `status` now (R8): closes it on WON/LOST, reopens it on OPEN,
 /// keeps the lost reason only in LOST. One statement reads the clock, writes the row and
