@@ -537,3 +537,41 @@ async fn r14_a_cached_summary_is_answered_again_only_until_what_it_sums_changes(
         );
     }
 }
+
+#[tokio::test]
+async fn r14_the_fold_vacuums_the_deltas_it_deleted() {
+    let world = World::new().await;
+    let db = &world.suite.db;
+    // As many deltas as writes leave before a vacuum is due (they cancel out: no total moves).
+    sqlx::query(
+        "insert into pipeline_deltas (owner_id, status_id, currency_code, count, amount)
+         select 'rep-vacuum', $1, 'THB', case when i % 2 = 0 then 1 else -1 end,
+                case when i % 2 = 0 then 1 else -1 end
+         from generate_series(1, $2) i",
+    )
+    .bind(uuid::Uuid::parse_str(SHIPPED_STATUSES[0]).expect("id"))
+    .bind(summary::VACUUM_AFTER as i64)
+    .execute(db)
+    .await
+    .expect("deltas");
+    // The suite's background fold moves them and then vacuums the table.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (left, vacuumed): (i64, bool) = sqlx::query_as(
+            "select (select count(*) from pipeline_deltas),
+                    (select last_vacuum is not null from pg_stat_user_tables
+                     where relname = 'pipeline_deltas')",
+        )
+        .fetch_one(db)
+        .await
+        .expect("deltas and their table's vacuum");
+        if left == 0 && vacuumed {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} deltas left, vacuumed: {vacuumed}: the fold did not vacuum what it deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -256,13 +256,38 @@ pub async fn fold(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
     Ok(moved as u64)
 }
 
+/// Deltas a replica folds between two vacuums of `pipeline_deltas`. A fold deletes every
+/// delta it moves, and until a vacuum the dead rows are read by every summary from the totals
+/// and by its stamp's count: measured at 1,000,000 opportunities with 314,000 of them, the
+/// stamp took 8 ms instead of 0.4 and team summaries fell from 1,160 to 458 calls/s.
+/// Autovacuum may be off, and when on it comes about once a minute, so the fold vacuums the
+/// table itself (about 40,000 deltas at most, a few MiB, stay dead between two vacuums).
+pub const VACUUM_AFTER: u64 = 20_000;
+
 /// Folds every `interval` until the process ends; a fold that moved a full batch goes again
-/// at once.
+/// at once. After every [`VACUUM_AFTER`] deltas moved, vacuums the deltas (a replica that
+/// finds another vacuuming skips it).
 pub async fn run(pool: PgPool, interval: Duration) {
+    let mut moved_since_vacuum = 0;
     loop {
         match fold(&pool, FOLD_BATCH).await {
-            Ok(moved) if moved as i64 >= FOLD_BATCH => continue,
-            Ok(_) => {}
+            Ok(moved) => {
+                moved_since_vacuum += moved;
+                if moved_since_vacuum >= VACUUM_AFTER {
+                    match sqlx::query("vacuum (skip_locked) pipeline_deltas")
+                        .execute(&pool)
+                        .await
+                    {
+                        Ok(_) => moved_since_vacuum = 0,
+                        Err(error) => {
+                            tracing::warn!(%error, "vacuum of the pipeline deltas failed")
+                        }
+                    }
+                }
+                if moved as i64 >= FOLD_BATCH {
+                    continue;
+                }
+            }
             Err(error) => tracing::warn!(%error, "pipeline fold failed: retrying later"),
         }
         tokio::time::sleep(interval).await;
